@@ -1,0 +1,186 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Kind names, as they appear in YAML and in IssuerRef.Kind.
+const (
+	KindIssuer        = "Issuer"
+	KindClusterIssuer = "ClusterIssuer"
+	KindAccessPolicy  = "AccessPolicy"
+)
+
+// AzureCloud names a national cloud of Microsoft Entra ID; it selects the
+// default authority host.
+// +kubebuilder:validation:Enum=AzurePublic;AzureUSGovernment;AzureChina
+type AzureCloud string
+
+// The national clouds and their authority hosts.
+const (
+	// AzureCloudPublic is login.microsoftonline.com.
+	AzureCloudPublic AzureCloud = "AzurePublic"
+	// AzureCloudUSGovernment is login.microsoftonline.us.
+	AzureCloudUSGovernment AzureCloud = "AzureUSGovernment"
+	// AzureCloudChina is login.chinacloudapi.cn.
+	AzureCloudChina AzureCloud = "AzureChina"
+)
+
+// AuthorityHost returns the https authority host of the cloud; the empty
+// cloud is AzurePublic.
+func (c AzureCloud) AuthorityHost() string {
+	switch c {
+	case AzureCloudUSGovernment:
+		return "https://login.microsoftonline.us"
+	case AzureCloudChina:
+		return "https://login.chinacloudapi.cn"
+	default:
+		return "https://login.microsoftonline.com"
+	}
+}
+
+// IssuerSpec says which bearer tokens are trusted. Exactly one of AzureAD
+// and OIDC is set.
+// +kubebuilder:validation:XValidation:rule="has(self.azureAD) != has(self.oidc)",message="exactly one of azureAD or oidc must be set"
+type IssuerSpec struct {
+	// AzureAD trusts access tokens of a Microsoft Entra ID (Azure AD) tenant.
+	// +optional
+	AzureAD *AzureADIssuer `json:"azureAD,omitempty"`
+	// OIDC trusts tokens of a generic OpenID Connect provider.
+	// +optional
+	OIDC *OIDCIssuer `json:"oidc,omitempty"`
+	// ClockSkew is the tolerance applied to exp, nbf and iat. Zero (unset)
+	// means the token checker's default of one minute.
+	// +optional
+	ClockSkew *metav1.Duration `json:"clockSkew,omitempty"`
+	// ForwardClaims maps a claim name to the request header that carries
+	// its value to the application once the request is allowed (for
+	// example oid: X-Caller-Oid). Client-sent headers of the same names are
+	// always removed first. Empty means no claim is forwarded.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=32
+	ForwardClaims map[string]string `json:"forwardClaims,omitempty"`
+}
+
+// AzureADIssuer describes an Entra ID tenant. The accepted `iss` is the
+// one of the tenant's discovery document ({tenantid} filled from the
+// token's `tid` for multi-tenant configurations).
+// +kubebuilder:validation:XValidation:rule="!has(self.allowedTenants) || self.tenantID in ['common', 'organizations']",message="allowedTenants requires tenantID common or organizations"
+type AzureADIssuer struct {
+	// TenantID is the directory (tenant) ID, or `common` / `organizations`
+	// for multi-tenant applications (then allowedTenants lists the tenants
+	// whose tokens are accepted).
+	// +kubebuilder:validation:Pattern=`^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|common|organizations)$`
+	TenantID string `json:"tenantID"`
+	// Cloud selects the authority host. Empty means AzurePublic.
+	// +optional
+	// +kubebuilder:default=AzurePublic
+	Cloud AzureCloud `json:"cloud,omitempty"`
+	// AuthorityHost overrides where discovery and keys are fetched from
+	// (an https URL, e.g. a local test issuer); it does not change the
+	// accepted `iss`. Empty means the cloud's host.
+	// +optional
+	// +kubebuilder:validation:Pattern=`^https://[^/?#]+/?$`
+	AuthorityHost string `json:"authorityHost,omitempty"`
+	// Audiences are the accepted `aud` values: the API's application ID
+	// URI and/or client ID. At least one.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=set
+	Audiences []string `json:"audiences"`
+	// AcceptedVersions are the accepted access-token versions (`ver` 1.0
+	// and/or 2.0). Empty means [2].
+	// +optional
+	// +kubebuilder:default={2}
+	// +kubebuilder:validation:MaxItems=2
+	// +listType=set
+	AcceptedVersions []AccessTokenVersion `json:"acceptedVersions,omitempty"`
+	// AllowedTenants lists the tenant IDs accepted when TenantID is
+	// multi-tenant. Empty means only TenantID itself.
+	// +optional
+	// +kubebuilder:validation:MaxItems=64
+	// +listType=set
+	AllowedTenants []string `json:"allowedTenants,omitempty"`
+}
+
+// AccessTokenVersion is an Entra access-token version: 1 or 2.
+// +kubebuilder:validation:Enum=1;2
+type AccessTokenVersion int32
+
+// OIDCIssuer describes a generic OpenID Connect provider.
+type OIDCIssuer struct {
+	// Issuer is the exact `iss`; discovery is read from
+	// <issuer>/.well-known/openid-configuration unless JWKSURI is set.
+	// +kubebuilder:validation:Pattern=`^https://`
+	Issuer string `json:"issuer"`
+	// JWKSURI is where the signing keys are fetched from. Empty means the
+	// jwks_uri of the discovery document.
+	// +optional
+	// +kubebuilder:validation:Pattern=`^https://`
+	JWKSURI string `json:"jwksURI,omitempty"`
+	// Audiences are the accepted `aud` values. At least one.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=set
+	Audiences []string `json:"audiences"`
+}
+
+// IssuerStatus is written by the agent.
+type IssuerStatus struct {
+	// ObservedGeneration is the generation the conditions describe.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Conditions: Ready (discovery and keys fetched).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Issuer trusts the tokens of one identity provider for the AccessPolicies
+// of its namespace.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:categories=portcullis
+// +kubebuilder:printcolumn:name="Tenant",type=string,JSONPath=`.spec.azureAD.tenantID`
+// +kubebuilder:printcolumn:name="OIDC",type=string,JSONPath=`.spec.oidc.issuer`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Issuer struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   IssuerSpec   `json:"spec"`
+	Status IssuerStatus `json:"status,omitempty"`
+}
+
+// IssuerList is a list of Issuers.
+// +kubebuilder:object:root=true
+type IssuerList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Issuer `json:"items"`
+}
+
+// ClusterIssuer is an Issuer usable by the AccessPolicies of every
+// namespace.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:scope=Cluster,categories=portcullis
+// +kubebuilder:printcolumn:name="Tenant",type=string,JSONPath=`.spec.azureAD.tenantID`
+// +kubebuilder:printcolumn:name="OIDC",type=string,JSONPath=`.spec.oidc.issuer`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ClusterIssuer struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   IssuerSpec   `json:"spec"`
+	Status IssuerStatus `json:"status,omitempty"`
+}
+
+// ClusterIssuerList is a list of ClusterIssuers.
+// +kubebuilder:object:root=true
+type ClusterIssuerList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ClusterIssuer `json:"items"`
+}
