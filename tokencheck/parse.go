@@ -1,0 +1,317 @@
+package tokencheck
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/base64"
+	"encoding/json"
+	"math"
+	"math/big"
+	"slices"
+	"strings"
+	"time"
+	"unsafe"
+)
+
+// b64 decodes strictly: no padding, URL alphabet only, zero trailing bits.
+// Go's decoder skips CR and LF, so callers check the alphabet first.
+var b64 = base64.RawURLEncoding.Strict()
+
+// header is the JOSE header of a compact JWS. Members that must be absent
+// are kept raw so that their presence (even as null) is seen.
+type header struct {
+	Alg   string          `json:"alg"`
+	Kid   string          `json:"kid"`
+	Crit  json.RawMessage `json:"crit"`
+	Nonce json.RawMessage `json:"nonce"`
+	JWK   json.RawMessage `json:"jwk"`
+	JKU   json.RawMessage `json:"jku"`
+	X5U   json.RawMessage `json:"x5u"`
+	X5C   json.RawMessage `json:"x5c"`
+	B64   json.RawMessage `json:"b64"`
+}
+
+// token is a parsed, not yet verified, compact JWS.
+type token struct {
+	hdr          header
+	signingInput string // header.payload, what the signature covers
+	sig          []byte
+	claims       *Claims
+	// exp, nbf, iat in Unix seconds; hasNbf/hasIat say whether present.
+	exp, nbf, iat  int64
+	hasNbf, hasIat bool
+}
+
+// parseToken splits, decodes and checks the shape of raw. It trusts
+// nothing: the result still needs its issuer, key and signature checked.
+func parseToken(raw string) (*token, Reason, error) {
+	d1 := strings.IndexByte(raw, '.')
+	if d1 < 0 {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "not a compact JWS: no '.'"}
+	}
+	d2 := strings.IndexByte(raw[d1+1:], '.')
+	if d2 < 0 {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "not a compact JWS: one '.'"}
+	}
+	d2 += d1 + 1
+	if strings.IndexByte(raw[d2+1:], '.') >= 0 {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "not a compact JWS: more than two '.' (JWE?)"}
+	}
+	h64, p64, s64 := raw[:d1], raw[d1+1:d2], raw[d2+1:]
+	if h64 == "" || p64 == "" || s64 == "" {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "empty JWS part"}
+	}
+	if !isB64URL(raw) {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "character outside the base64url alphabet"}
+	}
+	t := &token{signingInput: raw[:d2]}
+	hb, err := b64.DecodeString(h64)
+	if err != nil {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "header: bad base64url"}
+	}
+	if err := json.Unmarshal(hb, &t.hdr); err != nil {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "header: not a JSON object"}
+	}
+	if r, err := checkHeader(&t.hdr); err != nil {
+		return nil, r, err
+	}
+	pb, err := b64.DecodeString(p64)
+	if err != nil {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "payload: bad base64url"}
+	}
+	if t.sig, err = b64.DecodeString(s64); err != nil {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "signature: bad base64url"}
+	}
+	var m map[string]any
+	if err := json.Unmarshal(pb, &m); err != nil || m == nil {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "payload: not a JSON object"}
+	}
+	if r, err := t.fill(m); err != nil {
+		return nil, r, err
+	}
+	return t, ReasonNone, nil
+}
+
+// checkHeader refuses what no issuer may use, before any issuer is chosen.
+func checkHeader(h *header) (Reason, error) {
+	switch {
+	case h.JWK != nil || h.JKU != nil || h.X5U != nil || h.X5C != nil:
+		return refuse(ReasonEmbeddedKey, "header carries jwk, jku, x5u or x5c")
+	case h.Crit != nil || h.B64 != nil:
+		return refuse(ReasonCritUnsupported, "header has crit or b64")
+	case !slices.Contains(supportedAlgs, h.Alg):
+		// none, HS*, EdDSA, and anything invented.
+		return refuse(ReasonAlgNotAllowed, "alg %q", clip(h.Alg))
+	case h.Kid == "":
+		return refuse(ReasonMalformed, "header has no kid")
+	case h.Nonce != nil:
+		return refuse(ReasonGraphToken, "header has a nonce: a token for Microsoft Graph, not for this API")
+	}
+	return ReasonNone, nil
+}
+
+// isB64URL reports whether s has only base64url characters and dots.
+func isB64URL(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if !b64url[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+var b64url = func() (t [256]bool) {
+	for _, c := range "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_." {
+		t[c] = true
+	}
+	return t
+}()
+
+// clip bounds attacker-chosen strings placed in error details.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+// fill types the claims of m into t.claims, refusing wrong JSON types.
+func (t *token) fill(m map[string]any) (Reason, error) {
+	c := &Claims{Raw: m}
+	var bad string
+	str := func(name string) string {
+		v, ok := m[name]
+		if !ok {
+			return ""
+		}
+		s, ok := v.(string)
+		if !ok {
+			bad = name
+		}
+		return s
+	}
+	list := func(name string) []string {
+		v, ok := m[name]
+		if !ok {
+			return nil
+		}
+		a, ok := v.([]any)
+		if !ok {
+			bad = name
+			return nil
+		}
+		out := make([]string, len(a))
+		for i, e := range a {
+			s, ok := e.(string)
+			if !ok {
+				bad = name
+				return nil
+			}
+			out[i] = s
+		}
+		return out
+	}
+	num := func(name string) (int64, bool) {
+		v, ok := m[name]
+		if !ok {
+			return 0, false
+		}
+		f, ok := v.(float64)
+		// NumericDate: seconds; refuse what int64 nanoseconds cannot hold.
+		if !ok || math.IsNaN(f) || f < 0 || f > 1<<33 {
+			bad = name
+			return 0, false
+		}
+		return int64(f), true
+	}
+	c.Issuer = str("iss")
+	c.Subject = str("sub")
+	c.ObjectID = str("oid")
+	c.TenantID = str("tid")
+	c.Version = str("ver")
+	c.UPN = str("upn")
+	c.PreferredUsername = str("preferred_username")
+	c.IDType = str("idtyp")
+	azp, appid := str("azp"), str("appid")
+	c.ClientID = azp
+	if c.ClientID == "" {
+		c.ClientID = appid
+	}
+	switch v := m["aud"].(type) {
+	case string:
+		c.Audience = []string{v}
+	case nil:
+		if _, ok := m["aud"]; ok {
+			bad = "aud"
+		}
+	default:
+		c.Audience = list("aud")
+	}
+	c.Roles = list("roles")
+	c.Groups = list("groups")
+	c.WIDs = list("wids")
+	if scp := str("scp"); scp != "" {
+		c.Scopes = strings.Fields(scp)
+	}
+	if names, ok := m["_claim_names"].(map[string]any); ok {
+		if _, ok := names["groups"]; ok {
+			c.GroupOverage = true
+		}
+	}
+	if hg, ok := m["hasgroups"].(bool); ok && hg {
+		c.GroupOverage = true
+	}
+	var hasExp bool
+	t.exp, hasExp = num("exp")
+	t.nbf, t.hasNbf = num("nbf")
+	t.iat, t.hasIat = num("iat")
+	if bad != "" {
+		return refuse(ReasonMalformed, "claim %s has the wrong JSON type", bad)
+	}
+	if !hasExp {
+		return refuse(ReasonMalformed, "no exp claim")
+	}
+	if c.Issuer == "" {
+		return refuse(ReasonWrongIssuer, "no iss claim")
+	}
+	if c.IDType == "" {
+		// Without the optional idtyp claim: delegated (user) tokens always
+		// carry scp; app-only tokens have none and their sub is the
+		// service principal's oid.
+		if _, hasScp := m["scp"]; !hasScp && c.Subject != "" && c.Subject == c.ObjectID {
+			c.IDType = "app"
+		} else {
+			c.IDType = "user"
+		}
+	}
+	c.ExpiresAt = time.Unix(t.exp, 0)
+	if t.hasNbf {
+		c.NotBefore = time.Unix(t.nbf, 0)
+	}
+	if t.hasIat {
+		c.IssuedAt = time.Unix(t.iat, 0)
+	}
+	c.KeyID = t.hdr.Kid
+	t.claims = c
+	return ReasonNone, nil
+}
+
+// verifySignature checks sig over input with pub for alg. The caller has
+// already matched alg against the issuer's allow-list.
+func verifySignature(pub crypto.PublicKey, alg, input string, sig []byte) bool {
+	var h crypto.Hash
+	switch alg[2:] {
+	case "256":
+		h = crypto.SHA256
+	case "384":
+		h = crypto.SHA384
+	case "512":
+		h = crypto.SHA512
+	default:
+		return false
+	}
+	var buf [64]byte
+	digest := buf[:h.Size()]
+	switch h {
+	case crypto.SHA256:
+		d := sha256.Sum256(bytesOf(input))
+		copy(digest, d[:])
+	case crypto.SHA384:
+		d := sha512.Sum384(bytesOf(input))
+		copy(digest, d[:])
+	case crypto.SHA512:
+		d := sha512.Sum512(bytesOf(input))
+		copy(digest, d[:])
+	}
+	switch alg[:2] {
+	case "RS":
+		k, ok := pub.(*rsa.PublicKey)
+		return ok && rsa.VerifyPKCS1v15(k, h, digest, sig) == nil
+	case "PS":
+		k, ok := pub.(*rsa.PublicKey)
+		return ok && rsa.VerifyPSS(k, h, digest, sig, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash}) == nil
+	case "ES":
+		k, ok := pub.(*ecdsa.PublicKey)
+		if !ok {
+			return false
+		}
+		size := (k.Curve.Params().BitSize + 7) / 8
+		want := map[string]int{"256": 32, "384": 48, "512": 66}[alg[2:]]
+		if size != want || len(sig) != 2*size {
+			return false
+		}
+		r := new(big.Int).SetBytes(sig[:size])
+		s := new(big.Int).SetBytes(sig[size:])
+		return ecdsa.Verify(k, digest, r, s)
+	}
+	return false
+}
+
+// bytesOf views s as bytes without copying, for read-only use (hashing and
+// comparison); the result must never be written or retained.
+func bytesOf(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
+}

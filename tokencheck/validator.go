@@ -1,0 +1,397 @@
+package tokencheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Validator validates bearer tokens against a live set of trusted issuers.
+// It refreshes each issuer's keys in the background (one goroutine per
+// distinct discovery document) and remembers verified tokens until they
+// expire. All methods are safe for concurrent use.
+type Validator struct {
+	cfg   Config
+	cache *tokenCache
+
+	state atomic.Pointer[issuerSet]
+
+	mu      sync.Mutex // serialises SetIssuers and Close
+	sources map[string]*source
+	closed  bool
+}
+
+// issuer is one configured IssuerConfig in force. When an update changes or
+// removes it, it is retired, which invalidates the tokens it accepted.
+type issuer struct {
+	cfg     IssuerConfig
+	n       *normalized
+	sources []*source
+	retired atomic.Bool
+}
+
+// route maps an iss (exact, or a {tenantid} template as prefix+suffix) to
+// the issuer and source that accept it. A route without source recognises
+// an issuer string of a version left out of AcceptedVersions.
+type route struct {
+	iss            *issuer
+	src            *source
+	prefix, suffix string // template routes only
+	version        int
+}
+
+// issuerSet is an immutable snapshot of the trusted issuers.
+type issuerSet struct {
+	exact     map[string][]route
+	templates []route
+	issuers   []*issuer // sorted by Ref
+}
+
+// New returns a Validator trusting issuers and starts fetching their keys.
+// Close stops it.
+func New(cfg Config, issuers []IssuerConfig) (*Validator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("tokencheck config: %w", err)
+	}
+	v := &Validator{cfg: cfg.withDefaults(), sources: map[string]*source{}}
+	v.cache = newTokenCache(v.cfg.CacheEntries, v.cfg.CacheBytes)
+	v.state.Store(&issuerSet{exact: map[string][]route{}})
+	if err := v.SetIssuers(issuers); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// SetIssuers replaces the trusted issuers. Issuers whose configuration is
+// unchanged keep their keys and cached tokens; sources (discovery documents)
+// still named by some issuer keep their keys. If any configuration is
+// invalid, or two share a Ref, nothing changes and the error says which.
+func (v *Validator) SetIssuers(cfgs []IssuerConfig) error {
+	norm := make([]*normalized, len(cfgs))
+	seen := map[string]bool{}
+	for i, ic := range cfgs {
+		n, err := ic.normalize()
+		if err != nil {
+			return err
+		}
+		if seen[ic.Ref] {
+			return fmt.Errorf("issuer %s: duplicate ref", ic.Ref)
+		}
+		seen[ic.Ref] = true
+		norm[i] = n
+	}
+
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return errors.New("set issuers: validator closed")
+	}
+	old := v.state.Load()
+	oldByRef := map[string]*issuer{}
+	for _, is := range old.issuers {
+		oldByRef[is.n.ref] = is
+	}
+	next := &issuerSet{exact: map[string][]route{}}
+	kept := map[*issuer]bool{}
+	for i, ic := range cfgs {
+		is := oldByRef[ic.Ref]
+		if is != nil && reflect.DeepEqual(is.cfg, ic) {
+			kept[is] = true
+		} else {
+			is = &issuer{cfg: cloneIssuerConfig(ic), n: norm[i]}
+			for _, spec := range is.n.sources {
+				src := v.sources[spec.key()]
+				if src == nil {
+					src = newSource(spec, &v.cfg, v.purge)
+					v.sources[spec.key()] = src
+				}
+				src.refs++
+				is.sources = append(is.sources, src)
+			}
+		}
+		next.issuers = append(next.issuers, is)
+	}
+	slices.SortFunc(next.issuers, func(a, b *issuer) int { return strings.Compare(a.n.ref, b.n.ref) })
+	for _, is := range next.issuers {
+		for i, spec := range is.n.sources {
+			next.add(route{iss: is, src: is.sources[i], version: spec.version}, spec.issuer)
+		}
+		for _, iss := range is.n.refused {
+			next.add(route{iss: is}, iss)
+		}
+	}
+	v.state.Store(next)
+
+	var stopped bool
+	for _, is := range old.issuers {
+		if kept[is] {
+			continue
+		}
+		is.retired.Store(true)
+		for _, src := range is.sources {
+			src.refs--
+			if src.refs == 0 {
+				delete(v.sources, src.spec.key())
+				src.stop()
+				stopped = true
+			}
+		}
+	}
+	if stopped || len(old.issuers) > len(kept) {
+		v.purge()
+	}
+	return nil
+}
+
+func (s *issuerSet) add(r route, iss string) {
+	if pre, suf, ok := strings.Cut(iss, tenantTemplate); ok {
+		r.prefix, r.suffix = pre, suf
+		s.templates = append(s.templates, r)
+		return
+	}
+	s.exact[iss] = append(s.exact[iss], r)
+}
+
+// lookup returns the routes accepting iss; for template routes the filled
+// tenant must look like a GUID (it is compared with tid later).
+func (s *issuerSet) lookup(iss string, buf []route) []route {
+	buf = append(buf, s.exact[iss]...)
+	for _, r := range s.templates {
+		if len(iss) > len(r.prefix)+len(r.suffix) && strings.HasPrefix(iss, r.prefix) && strings.HasSuffix(iss, r.suffix) &&
+			isGUID(iss[len(r.prefix):len(iss)-len(r.suffix)]) {
+			buf = append(buf, r)
+		}
+	}
+	return buf
+}
+
+func cloneIssuerConfig(ic IssuerConfig) IssuerConfig {
+	ic.Algorithms = slices.Clone(ic.Algorithms)
+	if ic.AzureAD != nil {
+		a := *ic.AzureAD
+		a.Audiences = slices.Clone(a.Audiences)
+		a.AcceptedVersions = slices.Clone(a.AcceptedVersions)
+		a.AllowedTenants = slices.Clone(a.AllowedTenants)
+		ic.AzureAD = &a
+	}
+	if ic.OIDC != nil {
+		o := *ic.OIDC
+		o.Audiences = slices.Clone(o.Audiences)
+		ic.OIDC = &o
+	}
+	return ic
+}
+
+func (v *Validator) purge() {
+	if v.cache != nil {
+		v.cache.purge(v.cfg.Now().UnixNano())
+	}
+}
+
+// Close stops every background refresh and waits for it. Afterwards every
+// token is refused with ReasonWrongIssuer.
+func (v *Validator) Close() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return nil
+	}
+	v.closed = true
+	old := v.state.Swap(&issuerSet{exact: map[string][]route{}})
+	for _, is := range old.issuers {
+		is.retired.Store(true)
+	}
+	for k, src := range v.sources {
+		src.stop()
+		delete(v.sources, k)
+	}
+	v.purge()
+	return nil
+}
+
+// WaitReady waits until every issuer's first key fetch has ended (with or
+// without keys), or ctx is done. It lets an agent report readiness only
+// once tokens can be judged on their merits.
+func (v *Validator) WaitReady(ctx context.Context) error {
+	for _, is := range v.state.Load().issuers {
+		for _, src := range is.sources {
+			for {
+				src.mu.Lock()
+				done, attempted := src.inflight, !src.lastAttempt.IsZero()
+				src.mu.Unlock()
+				if attempted || done == nil {
+					break
+				}
+				select {
+				case <-done:
+				case <-ctx.Done():
+					return fmt.Errorf("wait for keys of %s: %w", is.n.ref, ctx.Err())
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Validate checks raw (the bearer token, without "Bearer ") and returns its
+// claims, or a Reason and an *Error saying why it is refused. The issuer is
+// chosen by the token's iss alone (and tid for multi-tenant issuers), then
+// everything is checked against that issuer's own configuration and keys.
+//
+// A token seen before and still valid is answered from memory without
+// allocating. Otherwise Validate may wait, bounded by ctx and FetchTimeout,
+// for a key refresh when the token names a kid the issuer's key set lacks
+// (rate-limited per issuer by UnknownKIDInterval).
+//
+// The returned Claims are shared between callers and must not be modified.
+func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, Reason, error) {
+	if raw == "" {
+		return nil, ReasonMissingToken, ErrMissingToken
+	}
+	if len(raw) > v.cfg.MaxTokenSize {
+		r, err := refuse(ReasonTokenTooLarge, "%d bytes, limit %d", len(raw), v.cfg.MaxTokenSize)
+		return nil, r, err
+	}
+	now := v.cfg.Now()
+	if v.cache != nil {
+		if c := v.cache.get(raw, now.UnixNano()); c != nil {
+			return c, ReasonNone, nil
+		}
+	}
+	return v.validate(ctx, raw, now)
+}
+
+func (v *Validator) validate(ctx context.Context, raw string, now time.Time) (*Claims, Reason, error) {
+	t, r, err := parseToken(raw)
+	if err != nil {
+		return nil, r, err
+	}
+	var buf [4]route
+	routes := v.state.Load().lookup(t.claims.Issuer, buf[:0])
+	if len(routes) == 0 {
+		r, err := refuse(ReasonWrongIssuer, "iss %q is not trusted", clip(t.claims.Issuer))
+		return nil, r, err
+	}
+	var firstReason Reason
+	var firstErr error
+	for _, rt := range routes {
+		if rt.src == nil {
+			r, err = refuse(ReasonVersionNotAccepted, "issuer %s does not accept tokens of iss %q", rt.iss.n.ref, t.claims.Issuer)
+		} else {
+			var k *key
+			k, r, err = v.check(ctx, rt, t, now)
+			if err == nil {
+				c := *t.claims
+				c.IssuerRef = rt.iss.n.ref
+				if v.cache != nil {
+					v.cache.put(strings.Clone(raw), &c, time.Unix(t.exp, 0).UnixNano(), k, rt.iss, now.UnixNano())
+				}
+				return &c, ReasonNone, nil
+			}
+		}
+		if firstErr == nil || (firstReason == ReasonVersionNotAccepted && r != ReasonVersionNotAccepted) {
+			firstReason, firstErr = r, err
+		}
+	}
+	return nil, firstReason, firstErr
+}
+
+// check verifies t against one route: key, signature, then claims.
+func (v *Validator) check(ctx context.Context, rt route, t *token, now time.Time) (*key, Reason, error) {
+	is, src, c := rt.iss, rt.src, t.claims
+	if !slices.Contains(is.n.algs, t.hdr.Alg) {
+		r, err := refuse(ReasonAlgNotAllowed, "issuer %s does not allow alg %s", is.n.ref, t.hdr.Alg)
+		return nil, r, err
+	}
+	ks := src.usable(now)
+	if ks == nil {
+		src.awaitRefresh(ctx)
+		if ks = src.usable(v.cfg.Now()); ks == nil {
+			r, err := refuse(ReasonJWKSUnavailable, "issuer %s has no current key set", is.n.ref)
+			return nil, r, err
+		}
+	}
+	k := ks.keys[t.hdr.Kid]
+	if k == nil {
+		src.awaitRefresh(ctx)
+		if ks = src.usable(v.cfg.Now()); ks != nil {
+			k = ks.keys[t.hdr.Kid]
+		}
+		if k == nil {
+			r, err := refuse(ReasonUnknownKID, "issuer %s has no key %q", is.n.ref, clip(t.hdr.Kid))
+			return nil, r, err
+		}
+	}
+	if k.alg != "" && k.alg != t.hdr.Alg {
+		r, err := refuse(ReasonAlgNotAllowed, "key %s of issuer %s is for %s, token uses %s", k.kid, is.n.ref, k.alg, t.hdr.Alg)
+		return nil, r, err
+	}
+	if !verifySignature(k.pub, t.hdr.Alg, t.signingInput, t.sig) {
+		r, err := refuse(ReasonBadSignature, "signature does not verify with key %s of issuer %s", k.kid, is.n.ref)
+		return nil, r, err
+	}
+	skew := int64(is.n.skew / time.Second)
+	sec := now.Unix()
+	if sec > t.exp+skew {
+		r, err := refuse(ReasonExpired, "exp %s is before now %s (skew %v)", time.Unix(t.exp, 0).UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), is.n.skew)
+		return nil, r, err
+	}
+	if t.hasNbf && t.nbf > sec+skew {
+		r, err := refuse(ReasonNotYetValid, "nbf %s is after now %s (skew %v)", time.Unix(t.nbf, 0).UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), is.n.skew)
+		return nil, r, err
+	}
+	if t.hasIat && t.iat > sec+skew {
+		r, err := refuse(ReasonNotYetValid, "iat %s is after now %s (skew %v)", time.Unix(t.iat, 0).UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), is.n.skew)
+		return nil, r, err
+	}
+	if is.n.azure {
+		if want := [...]string{"", "1.0", "2.0"}[rt.version]; c.Version != want {
+			r, err := refuse(ReasonWrongIssuer, "ver %q disagrees with iss %q (want %q)", clip(c.Version), c.Issuer, want)
+			return nil, r, err
+		}
+		if r, err := checkTenant(rt, c); err != nil {
+			return nil, r, err
+		}
+	}
+	if !slices.ContainsFunc(c.Audience, func(a string) bool { return slices.Contains(is.n.audiences, a) }) {
+		r, err := refuse(ReasonWrongAudience, "aud %q is not an audience of issuer %s", clipList(c.Audience), is.n.ref)
+		return nil, r, err
+	}
+	return k, ReasonNone, nil
+}
+
+// checkTenant ties tid to iss and to the issuer's tenant or allow-list.
+func checkTenant(rt route, c *Claims) (Reason, error) {
+	n := rt.iss.n
+	if n.tenant != "" {
+		if c.TenantID != n.tenant {
+			return refuse(ReasonWrongIssuer, "tid %q disagrees with iss %q", clip(c.TenantID), c.Issuer)
+		}
+		return ReasonNone, nil
+	}
+	filled := c.Issuer[len(rt.prefix) : len(c.Issuer)-len(rt.suffix)]
+	if c.TenantID != filled {
+		return refuse(ReasonWrongIssuer, "tid %q disagrees with iss %q", clip(c.TenantID), c.Issuer)
+	}
+	if !n.anyTenant && !slices.Contains(n.allowed, c.TenantID) {
+		return refuse(ReasonTenantNotAllowed, "tenant %s is not allowed by issuer %s", c.TenantID, n.ref)
+	}
+	return ReasonNone, nil
+}
+
+func clipList(l []string) string {
+	if len(l) > 4 {
+		l = l[:4]
+	}
+	out := make([]string, len(l))
+	for i, s := range l {
+		out[i] = clip(s)
+	}
+	return strings.Join(out, ",")
+}
