@@ -1,0 +1,244 @@
+// Package metrics defines the agent's Prometheus metrics: one registry,
+// names under the portcullis_ namespace in base units, and labels taken only
+// from bounded sets (decisions, reasons, configured policy and issuer names —
+// never pods, subjects or tokens).
+//
+// Counters that live elsewhere (BPF maps, the audit logger) are exported by
+// FuncCollector, which reads them on scrape instead of copying them on a
+// timer.
+package metrics
+
+import (
+	"net/http"
+	"runtime"
+	"runtime/debug"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "portcullis"
+
+// Connection results for Metrics.Connection. The set is closed.
+const (
+	// ConnAccepted: an HTTP connection was accepted on a captured port.
+	ConnAccepted = "accepted"
+	// ConnPassthrough: a connection on a passthrough port was accepted.
+	ConnPassthrough = "passthrough"
+	// ConnRefusedTLS: a TLS ClientHello arrived on a captured HTTP port.
+	ConnRefusedTLS = "refused_tls"
+	// ConnRefusedNonHTTP: the first bytes were not an HTTP request.
+	ConnRefusedNonHTTP = "refused_non_http"
+	// ConnRefusedLimit: the per-pod concurrent connection limit was reached.
+	ConnRefusedLimit = "refused_limit"
+	// ConnRefusedTimeout: no request arrived before the header-read timeout.
+	ConnRefusedTimeout = "refused_timeout"
+	// ConnRefusedL4: a passthrough connection was refused by policy.
+	ConnRefusedL4 = "refused_l4"
+)
+
+// Metrics holds every collector of the agent. The zero value is not usable;
+// call New. A nil *Metrics is valid for every Observe/Inc method and does
+// nothing, so components can run without metrics in tests.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	requests        *prometheus.CounterVec
+	decisionSeconds prometheus.Histogram
+	upstreamSeconds prometheus.Histogram
+	connections     *prometheus.CounterVec
+	openConns       prometheus.Gauge
+	tokenCache      *prometheus.CounterVec
+	jwksRefreshes   *prometheus.CounterVec
+	jwksAge         *prometheus.GaugeVec
+	enrolledPods    prometheus.Gauge
+}
+
+// BuildInfo labels portcullis_build_info.
+type BuildInfo struct {
+	// Version is the release version; empty means "devel".
+	Version string
+	// Revision is the VCS revision; empty means the one recorded by the Go
+	// toolchain, or "unknown".
+	Revision string
+}
+
+// New creates the collectors and registers them, with the Go runtime and
+// process collectors, on a new registry (never the global default).
+func New(bi BuildInfo) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		reg: reg,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "verifier", Name: "requests_total",
+			Help: "Requests decided by the verifier, by decision (allow|deny), reason, policy and mode (enforce|audit).",
+		}, []string{"decision", "reason", "policy", "mode"}),
+		decisionSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "verifier", Name: "decision_duration_seconds",
+			Help:    "Time to authorize one request (token check and policy evaluation).",
+			Buckets: []float64{2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1},
+		}),
+		upstreamSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Subsystem: "verifier", Name: "upstream_duration_seconds",
+			Help:    "Time from forwarding a request to receiving the application's response headers.",
+			Buckets: []float64{1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+		}),
+		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "verifier", Name: "connections_total",
+			Help: "Captured connections by result (accepted, passthrough, refused_tls, refused_non_http, refused_limit, refused_timeout, refused_l4).",
+		}, []string{"result"}),
+		openConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "verifier", Name: "open_connections",
+			Help: "Captured connections currently open.",
+		}),
+		tokenCache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "tokencheck", Name: "cache_lookups_total",
+			Help: "Verified-token cache lookups by result (hit|miss).",
+		}, []string{"result"}),
+		jwksRefreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "tokencheck", Name: "jwks_refreshes_total",
+			Help: "Signing-key set fetches by configured issuer and result (success|failure).",
+		}, []string{"issuer", "result"}),
+		jwksAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "tokencheck", Name: "jwks_age_seconds",
+			Help: "Age of the signing-key set in use, by configured issuer.",
+		}, []string{"issuer"}),
+		enrolledPods: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "agent", Name: "enrolled_pods",
+			Help: "Pods on this node whose inbound connections are captured.",
+		}),
+	}
+	version, revision := bi.Version, bi.Revision
+	if version == "" {
+		version = "devel"
+	}
+	if revision == "" {
+		revision = "unknown"
+		if info, ok := debug.ReadBuildInfo(); ok {
+			for _, s := range info.Settings {
+				if s.Key == "vcs.revision" {
+					revision = s.Value
+				}
+			}
+		}
+	}
+	build := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info",
+		Help:        "Build metadata; the value is always 1.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()},
+	})
+	build.Set(1)
+	reg.MustRegister(m.requests, m.decisionSeconds, m.upstreamSeconds, m.connections, m.openConns,
+		m.tokenCache, m.jwksRefreshes, m.jwksAge, m.enrolledPods, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Registry returns the registry, for registering more collectors and for
+// tests.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the registry in the Prometheus exposition formats.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// ObserveRequest counts one decided request and its decision latency.
+// An empty reason or policy is recorded as "none".
+func (m *Metrics) ObserveRequest(decision, reason, policy, mode string, decisionTime time.Duration) {
+	if m == nil {
+		return
+	}
+	m.requests.WithLabelValues(decision, orNone(reason), orNone(policy), mode).Inc()
+	m.decisionSeconds.Observe(decisionTime.Seconds())
+}
+
+// ObserveUpstream records the time the application took to answer.
+func (m *Metrics) ObserveUpstream(d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.upstreamSeconds.Observe(d.Seconds())
+}
+
+// Connection counts a captured connection with one of the Conn* results.
+func (m *Metrics) Connection(result string) {
+	if m == nil {
+		return
+	}
+	m.connections.WithLabelValues(result).Inc()
+}
+
+// ConnOpened and ConnClosed track currently open captured connections.
+func (m *Metrics) ConnOpened() {
+	if m != nil {
+		m.openConns.Inc()
+	}
+}
+
+// ConnClosed is the counterpart of ConnOpened.
+func (m *Metrics) ConnClosed() {
+	if m != nil {
+		m.openConns.Dec()
+	}
+}
+
+// TokenCache counts a verified-token cache lookup.
+func (m *Metrics) TokenCache(hit bool) {
+	if m == nil {
+		return
+	}
+	if hit {
+		m.tokenCache.WithLabelValues("hit").Inc()
+	} else {
+		m.tokenCache.WithLabelValues("miss").Inc()
+	}
+}
+
+// JWKSRefresh counts a key-set fetch for the configured issuer name.
+func (m *Metrics) JWKSRefresh(issuer string, ok bool) {
+	if m == nil {
+		return
+	}
+	result := "success"
+	if !ok {
+		result = "failure"
+	}
+	m.jwksRefreshes.WithLabelValues(issuer, result).Inc()
+}
+
+// SetJWKSAge sets the age of issuer's key set.
+func (m *Metrics) SetJWKSAge(issuer string, age time.Duration) {
+	if m == nil {
+		return
+	}
+	m.jwksAge.WithLabelValues(issuer).Set(age.Seconds())
+}
+
+// ForgetIssuer removes the series of an issuer that is no longer configured.
+func (m *Metrics) ForgetIssuer(issuer string) {
+	if m == nil {
+		return
+	}
+	m.jwksAge.DeleteLabelValues(issuer)
+	m.jwksRefreshes.DeleteLabelValues(issuer, "success")
+	m.jwksRefreshes.DeleteLabelValues(issuer, "failure")
+}
+
+// SetEnrolledPods sets the number of captured pods.
+func (m *Metrics) SetEnrolledPods(n int) {
+	if m == nil {
+		return
+	}
+	m.enrolledPods.Set(float64(n))
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
