@@ -159,13 +159,25 @@ func (s *service) DumpBPFMaps(ctx context.Context, _ *debugv1.DumpBPFMapsRequest
 }
 
 func (s *service) InspectToken(ctx context.Context, req *debugv1.InspectTokenRequest) (*debugv1.InspectTokenResponse, error) {
-	tok := strings.TrimSpace(req.GetToken())
-	tok = strings.TrimSpace(strings.TrimPrefix(tok, "Bearer "))
+	tok := bareToken(req.GetToken())
 	if tok == "" {
-		return nil, status.Error(codes.InvalidArgument, "token is empty")
+		return nil, status.Error(codes.InvalidArgument, "want exactly one token, optionally after \"Bearer\"")
 	}
 	r, err := s.b.InspectToken(ctx, tok)
 	return r, toStatus(err)
+}
+
+// bareToken strips surrounding space and an optional "Bearer" scheme, as
+// an operator may paste an Authorization header's value.
+func bareToken(s string) string {
+	f := strings.Fields(s)
+	if len(f) > 0 && strings.EqualFold(f[0], "bearer") {
+		f = f[1:]
+	}
+	if len(f) != 1 {
+		return ""
+	}
+	return f[0]
 }
 
 // toStatus maps a Backend error to a gRPC status error.
