@@ -1,0 +1,346 @@
+package bpf
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/portcullis-mesh/portcullis/bpf/cgroupv2"
+)
+
+// DefaultPinDir is where Open pins objects when Config.PinDir is empty.
+const DefaultPinDir = BPFFSRoot + "/portcullis/agent"
+
+// DefaultListenerPort is the agent's in-pod listener port when
+// Config.ListenerPort is zero.
+const DefaultListenerPort = 15006
+
+// Config configures Open.
+type Config struct {
+	// PinDir is the bpffs directory that holds this datapath's programs,
+	// maps and links. Empty means DefaultPinDir. bpffs is mounted on
+	// /sys/fs/bpf when PinDir is below it and it is not mounted yet. Two
+	// datapaths with different PinDirs are independent.
+	PinDir string
+	// CgroupRoot is the cgroup v2 directory the sockops program is attached
+	// to: connections opened below it are attributed. Empty means the root
+	// of the cgroup v2 hierarchy (cgroupv2.Root). Changing it for an
+	// existing PinDir needs a Teardown first.
+	CgroupRoot string
+	// ListenerPort is the port of the agent's listener in every enrolled
+	// pod's netns. It is never captured. Zero means DefaultListenerPort.
+	ListenerPort uint16
+}
+
+// Datapath is a loaded (or re-adopted) datapath. Its methods are safe for
+// concurrent use.
+type Datapath struct {
+	cfg  Config
+	objs portcullisObjects
+
+	mu      sync.Mutex
+	sockops link.Link
+	pods    map[string]*podState // by Pod.Key
+	closed  bool
+}
+
+// Pin layout below Config.PinDir.
+const (
+	pinProgCapture = "prog_capture"
+	pinProgSockops = "prog_sockops"
+	pinLinkSockops = "link_sockops"
+	pinMapPrefix   = "map_"
+	pinPodsDir     = "pods"     // pods/<netns cookie>/tcx_<ifindex>
+	pinLinkPrefix  = "tcx_"     // one pinned TCX link per interface
+	pinPodDirMode  = 0o700      // directories on bpffs
+	mapPodsName    = "pc_pods"  // see lib/capture.h
+	mapConnsName   = "pc_conns" // see lib/sockops.h
+)
+
+// Open loads the datapath, re-adopting pinned objects from a previous run.
+func Open(cfg Config) (*Datapath, error) {
+	if cfg.PinDir == "" {
+		cfg.PinDir = DefaultPinDir
+	}
+	if cfg.ListenerPort == 0 {
+		cfg.ListenerPort = DefaultListenerPort
+	}
+	if cfg.CgroupRoot == "" {
+		root, err := cgroupv2.Root()
+		if err != nil {
+			return nil, err
+		}
+		cfg.CgroupRoot = root
+	}
+	if err := ensureBPFFS(cfg.PinDir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.PinDir, pinPodsDir), pinPodDirMode); err != nil {
+		return nil, fmt.Errorf("create pin directory: %w", err)
+	}
+
+	d := &Datapath{cfg: cfg, pods: make(map[string]*podState)}
+	if err := d.load(); err != nil {
+		return nil, err
+	}
+	if err := d.adopt(); err != nil {
+		d.closeHandles()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Datapath) pin(name ...string) string {
+	return filepath.Join(append([]string{d.cfg.PinDir}, name...)...)
+}
+
+// load loads the collection with the pinned maps of a previous run as
+// replacements, so their contents survive, and pins any map not pinned yet.
+func (d *Datapath) load() error {
+	spec, err := loadPortcullis()
+	if err != nil {
+		return fmt.Errorf("load datapath spec: %w", err)
+	}
+	if err := spec.Variables[portcullisVarPcListenerPort].Set(d.cfg.ListenerPort); err != nil {
+		return fmt.Errorf("set listener port: %w", err)
+	}
+	replacements := make(map[string]*ebpf.Map)
+	defer func() {
+		for _, m := range replacements {
+			m.Close()
+		}
+	}()
+	for name := range spec.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // .rodata and friends belong to one program load
+		}
+		m, err := ebpf.LoadPinnedMap(d.pin(pinMapPrefix+name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("load pinned map %s: %w", name, err)
+		}
+		replacements[name] = m
+	}
+	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: replacements})
+	if err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return fmt.Errorf("load datapath: %+v", verr)
+		}
+		return fmt.Errorf("load datapath: %w", err)
+	}
+	maps := map[string]*ebpf.Map{
+		portcullisMapPcCgroups:  d.objs.PcCgroups,
+		portcullisMapPcConns:    d.objs.PcConns,
+		portcullisMapPcCounters: d.objs.PcCounters,
+		portcullisMapPcPods:     d.objs.PcPods,
+		portcullisMapPcPorts:    d.objs.PcPorts,
+	}
+	for name, m := range maps {
+		if _, ok := replacements[name]; ok {
+			continue
+		}
+		if err := m.Pin(d.pin(pinMapPrefix + name)); err != nil {
+			d.objs.Close()
+			return fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
+	// Programs are pinned for operators (bpftool); links keep them alive.
+	for name, p := range map[string]*ebpf.Program{pinProgCapture: d.objs.PcCaptureIn, pinProgSockops: d.objs.PcSockops} {
+		if err := os.Remove(d.pin(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.objs.Close()
+			return fmt.Errorf("unpin old program %s: %w", name, err)
+		}
+		if err := p.Pin(d.pin(name)); err != nil {
+			d.objs.Close()
+			return fmt.Errorf("pin program %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// adopt attaches sockops (or switches a pinned link to the new program) and
+// re-adopts the pinned TCX links of enrolled pods.
+func (d *Datapath) adopt() error {
+	l, err := link.LoadPinnedLink(d.pin(pinLinkSockops), nil)
+	switch {
+	case err == nil:
+		if err := l.Update(d.objs.PcSockops); err != nil {
+			l.Close()
+			return fmt.Errorf("update pinned sockops link: %w", err)
+		}
+	case errors.Is(err, os.ErrNotExist):
+		l, err = link.AttachCgroup(link.CgroupOptions{
+			Path:    d.cfg.CgroupRoot,
+			Attach:  ebpf.AttachCGroupSockOps,
+			Program: d.objs.PcSockops,
+		})
+		if err != nil {
+			return fmt.Errorf("attach sockops to cgroup %s: %w", d.cfg.CgroupRoot, err)
+		}
+		if err := l.Pin(d.pin(pinLinkSockops)); err != nil {
+			l.Close()
+			return fmt.Errorf("pin sockops link: %w", err)
+		}
+	default:
+		return fmt.Errorf("load pinned sockops link: %w", err)
+	}
+	d.sockops = l
+
+	// Pods known to the map, then their pinned links.
+	var (
+		cookie uint64
+		pod    portcullisPcPod
+	)
+	iter := d.objs.PcPods.Iterate()
+	for iter.Next(&cookie, &pod) {
+		key := cString(pod.Key[:])
+		d.pods[key] = &podState{key: key, cookie: cookie, links: make(map[int]link.Link)}
+	}
+	if err := iter.Err(); err != nil {
+		return fmt.Errorf("iterate pods: %w", err)
+	}
+	byCookie := make(map[uint64]*podState, len(d.pods))
+	for _, p := range d.pods {
+		byCookie[p.cookie] = p
+	}
+	dirs, err := os.ReadDir(d.pin(pinPodsDir))
+	if err != nil {
+		return fmt.Errorf("read pinned pods: %w", err)
+	}
+	for _, dir := range dirs {
+		cookie, err := strconv.ParseUint(dir.Name(), 10, 64)
+		if err != nil {
+			continue // not ours
+		}
+		p := byCookie[cookie]
+		if err := d.adoptPodLinks(cookie, p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// adoptPodLinks loads the pinned TCX links of the pod with netns cookie
+// cookie and points them at the new program. Links whose interface is gone,
+// and links of a pod missing from the pods map, are removed.
+func (d *Datapath) adoptPodLinks(cookie uint64, p *podState) error {
+	dir := d.pin(pinPodsDir, strconv.FormatUint(cookie, 10))
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("read pinned links of netns %d: %w", cookie, err)
+	}
+	for _, e := range entries {
+		ifindex, err := strconv.Atoi(strings.TrimPrefix(e.Name(), pinLinkPrefix))
+		if err != nil || !strings.HasPrefix(e.Name(), pinLinkPrefix) {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			return fmt.Errorf("load pinned link %s: %w", path, err)
+		}
+		if p == nil || l.Update(d.objs.PcCaptureIn) != nil {
+			// Orphan, or defunct because its interface was destroyed.
+			if err := unpinClose(l); err != nil {
+				return fmt.Errorf("remove stale link %s: %w", path, err)
+			}
+			continue
+		}
+		p.links[ifindex] = l
+	}
+	if p == nil {
+		if err := os.Remove(dir); err != nil {
+			return fmt.Errorf("remove stale pin directory %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+func unpinClose(l link.Link) error {
+	err := l.Unpin()
+	return errors.Join(err, l.Close())
+}
+
+func cString(b []int8) string {
+	var sb strings.Builder
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		sb.WriteByte(byte(c))
+	}
+	return sb.String()
+}
+
+// closeHandles releases every file descriptor, keeping the pins.
+func (d *Datapath) closeHandles() error {
+	var errs []error
+	for _, p := range d.pods {
+		for _, l := range p.links {
+			errs = append(errs, l.Close())
+		}
+	}
+	if d.sockops != nil {
+		errs = append(errs, d.sockops.Close())
+	}
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Close releases the datapath's handles. Everything stays attached and
+// pinned: capture keeps failing closed until an agent opens the pin
+// directory again.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	if err := d.closeHandles(); err != nil {
+		return fmt.Errorf("close datapath: %w", err)
+	}
+	return nil
+}
+
+// Teardown detaches every program, removes every pin and the pin directory,
+// and closes the datapath. Captured ports become reachable directly.
+func (d *Datapath) Teardown() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return errors.New("teardown datapath: already closed")
+	}
+	var errs []error
+	for key, p := range d.pods {
+		errs = append(errs, d.detachPod(p))
+		delete(d.pods, key)
+	}
+	if d.sockops != nil {
+		errs = append(errs, unpinClose(d.sockops))
+		d.sockops = nil
+	}
+	errs = append(errs, d.objs.Close())
+	errs = append(errs, os.RemoveAll(d.cfg.PinDir))
+	d.closed = true
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("teardown datapath: %w", err)
+	}
+	return nil
+}
+
+// PinDir returns the directory holding the datapath's pins.
+func (d *Datapath) PinDir() string { return d.cfg.PinDir }
+
+// ListenerPort returns the agent listener port the programs were loaded with.
+func (d *Datapath) ListenerPort() uint16 { return d.cfg.ListenerPort }

@@ -1,0 +1,26 @@
+// Package bpf is the Portcullis eBPF datapath and its Go loader.
+//
+// Two programs do the work (C sources in this directory, lib/ holds the
+// logic, bpf2go output committed next to them):
+//
+//   - pc_capture_in, a TCX ingress program on a pod's interfaces inside the
+//     pod's network namespace. A TCP packet to a captured port that belongs
+//     to no existing socket is bpf_sk_assign'ed to the agent's listener on
+//     Config.ListenerPort in that namespace; the accepted socket's local
+//     address is the original destination. With no listener the packet is
+//     dropped: a captured port is never reachable unverified.
+//   - pc_sockops, a sockops program on the cgroup v2 root, records for every
+//     TCP connection opened by a process of a registered cgroup (or of a
+//     descendant) the connection's 4-tuple -> identity ID, and forgets it
+//     when the socket closes. LookupConnection answers "who called?".
+//
+// Open loads the programs, or re-adopts the ones a previous agent pinned
+// under Config.PinDir: maps keep their contents and existing links are
+// switched to the new programs, so a restart neither opens a gap nor
+// attaches twice. Close releases the agent's handles and keeps the pins, so
+// capture stays in force (fail closed) while no agent runs; Teardown
+// removes everything.
+//
+// Identity IDs are plain uint32 here; 0 means "none". The package imports
+// nothing else of Portcullis.
+package bpf

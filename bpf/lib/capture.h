@@ -1,0 +1,300 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Inbound capture: decide, for a packet arriving on a pod's interface, whether
+ * it belongs to a new connection to a captured port and if so hand it to the
+ * agent's listener in the pod's netns with bpf_sk_assign. */
+#ifndef PC_CAPTURE_H
+#define PC_CAPTURE_H
+
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include <linux/tcp.h>
+#include <linux/pkt_cls.h>
+#include <stdbool.h>
+
+#include "common.h"
+
+/* pc_listener_port is the port of the agent's listener in every pod netns
+ * (host byte order). It is never captured. Set by the loader before load. */
+const volatile __u16 pc_listener_port = 0;
+
+/* pc_pods: enrolled pods by netns cookie. Sized for a node with 250 pods
+ * with room for pods that are being replaced. ~330 bytes per entry. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, struct pc_pod);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} pc_pods SEC(".maps");
+
+/* pc_ports: the ports listed for each pod (captured in PC_MODE_LISTED,
+ * excluded in PC_MODE_ALL_EXCEPT). 64 ports per pod (enforced by the loader)
+ * for 256 pods, twice: during an update old and new generations coexist. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, struct pc_port_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} pc_ports SEC(".maps");
+
+/* IPv6 extension headers skipped before the transport header. More than this
+ * and the packet is dropped if it may be TCP (see pc_parse_ipv6). */
+#define PC_MAX_IPV6_EXT 6
+
+#define PC_IP_MF 0x2000
+#define PC_IP_OFFSET 0x1fff
+
+/* struct pc_pkt is what capture needs from a packet. */
+struct pc_pkt {
+	struct bpf_sock_tuple tuple;
+	__u16 dport; /* host byte order */
+	bool ipv6;
+	bool tcp;
+	/* fragment: a fragment (IPv4 MF/offset, IPv6 fragment header). */
+	bool fragment;
+	/* later_fragment: a non-first fragment; carries no TCP header. */
+	bool later_fragment;
+};
+
+enum pc_parse {
+	PC_PARSE_OK = 0,
+	PC_PARSE_NOT_IP,
+	PC_PARSE_MALFORMED,
+};
+
+/* Headers are read with bpf_skb_load_bytes rather than direct packet access
+ * so that a header outside the linear part of the skb is still parsed
+ * instead of being mistaken for a malformed packet. */
+static __always_inline enum pc_parse pc_parse_ipv4(struct __sk_buff *skb, struct pc_pkt *pkt)
+{
+	__u32 off = sizeof(struct ethhdr);
+	struct iphdr ip;
+	__be16 ports[2];
+	__u32 ihl;
+
+	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+		return PC_PARSE_MALFORMED;
+	if (ip.protocol != IPPROTO_TCP)
+		return PC_PARSE_OK;
+	pkt->tcp = true;
+	if (ip.frag_off & bpf_htons(PC_IP_MF | PC_IP_OFFSET)) {
+		pkt->fragment = true;
+		if (ip.frag_off & bpf_htons(PC_IP_OFFSET)) {
+			pkt->later_fragment = true;
+			return PC_PARSE_OK;
+		}
+	}
+	ihl = ip.ihl * 4;
+	if (ihl < sizeof(ip))
+		return PC_PARSE_MALFORMED;
+	if (bpf_skb_load_bytes(skb, off + ihl, ports, sizeof(ports)) < 0)
+		return PC_PARSE_MALFORMED;
+	pkt->tuple.ipv4.saddr = ip.saddr;
+	pkt->tuple.ipv4.daddr = ip.daddr;
+	pkt->tuple.ipv4.sport = ports[0];
+	pkt->tuple.ipv4.dport = ports[1];
+	pkt->dport = bpf_ntohs(ports[1]);
+	return PC_PARSE_OK;
+}
+
+static __always_inline bool pc_ipv6_ext(__u8 nexthdr)
+{
+	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||
+	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT;
+}
+
+static __always_inline enum pc_parse pc_parse_ipv6(struct __sk_buff *skb, struct pc_pkt *pkt)
+{
+	__u32 off = sizeof(struct ethhdr);
+	struct ipv6hdr ip6;
+	__u8 nexthdr;
+	__be16 ports[2];
+	int i;
+
+	pkt->ipv6 = true;
+	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+		return PC_PARSE_MALFORMED;
+	off += sizeof(ip6);
+	nexthdr = ip6.nexthdr;
+
+	/* Walk extension headers (RFC 8200 section 4) so that a header chain
+	 * cannot hide a TCP segment from capture. */
+	for (i = 0; i < PC_MAX_IPV6_EXT; i++) {
+		struct ipv6_opt_hdr opt;
+
+		if (!pc_ipv6_ext(nexthdr))
+			break;
+		if (bpf_skb_load_bytes(skb, off, &opt, sizeof(opt)) < 0)
+			return PC_PARSE_MALFORMED;
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			__be16 frag_off;
+
+			if (bpf_skb_load_bytes(skb, off + 2, &frag_off, sizeof(frag_off)) < 0)
+				return PC_PARSE_MALFORMED;
+			pkt->fragment = true;
+			if (frag_off & bpf_htons(0xfff8)) {
+				pkt->later_fragment = true;
+				pkt->tcp = opt.nexthdr == IPPROTO_TCP;
+				return PC_PARSE_OK;
+			}
+			off += 8;
+		} else {
+			off += (opt.hdrlen + 1) * 8;
+		}
+		nexthdr = opt.nexthdr;
+	}
+	if (pc_ipv6_ext(nexthdr))
+		return PC_PARSE_MALFORMED;
+	if (nexthdr != IPPROTO_TCP)
+		return PC_PARSE_OK;
+	pkt->tcp = true;
+	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+		return PC_PARSE_MALFORMED;
+	__builtin_memcpy(pkt->tuple.ipv6.saddr, &ip6.saddr, 16);
+	__builtin_memcpy(pkt->tuple.ipv6.daddr, &ip6.daddr, 16);
+	pkt->tuple.ipv6.sport = ports[0];
+	pkt->tuple.ipv6.dport = ports[1];
+	pkt->dport = bpf_ntohs(ports[1]);
+	return PC_PARSE_OK;
+}
+
+/* pc_parse fills pkt from an Ethernet frame. Interfaces without an Ethernet
+ * header are refused by the loader. */
+static __always_inline enum pc_parse pc_parse(struct __sk_buff *skb, struct pc_pkt *pkt)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return pc_parse_ipv4(skb, pkt);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return pc_parse_ipv6(skb, pkt);
+	return PC_PARSE_NOT_IP;
+}
+
+/* pc_port_captured reports whether a pod captures port. The agent's own
+ * listener port is never captured, whatever the pod's list says. */
+static __always_inline bool pc_port_captured(__u64 cookie, const struct pc_pod *pod, __u16 port)
+{
+	struct pc_port_key key = {
+		.netns_cookie = cookie,
+		.port = port,
+		.generation = pod->generation,
+	};
+	bool listed;
+
+	if (port == pc_listener_port)
+		return false;
+	listed = bpf_map_lookup_elem(&pc_ports, &key) != NULL;
+	if (pod->mode == PC_MODE_ALL_EXCEPT)
+		return !listed;
+	return listed;
+}
+
+/* pc_lookup_existing reports whether the packet belongs to a socket other
+ * than a listener: an established, request (SYN_RECV) or timewait socket,
+ * including connections the agent already accepted. Those go to the stack. */
+static __always_inline bool pc_lookup_existing(struct __sk_buff *skb, struct pc_pkt *pkt)
+{
+	struct bpf_sock *sk;
+	bool existing;
+
+	if (pkt->ipv6)
+		sk = bpf_skc_lookup_tcp(skb, &pkt->tuple, sizeof(pkt->tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
+	else
+		sk = bpf_skc_lookup_tcp(skb, &pkt->tuple, sizeof(pkt->tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return false;
+	existing = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return existing;
+}
+
+/* pc_assign_listener hands the packet to the agent's listener on
+ * pc_listener_port in the packet's netns. The lookup uses the packet's
+ * destination address (a listener bound to the pod IP or to the wildcard
+ * matches) with a zero source, so that it can only find a listener.
+ * Returns a TCX verdict. */
+static __always_inline int pc_assign_listener(struct __sk_buff *skb, struct pc_pkt *pkt)
+{
+	struct bpf_sock_tuple ln = {};
+	struct bpf_sock *sk;
+	long err;
+
+	if (pkt->ipv6) {
+		__builtin_memcpy(ln.ipv6.daddr, pkt->tuple.ipv6.daddr, 16);
+		ln.ipv6.dport = bpf_htons(pc_listener_port);
+		sk = bpf_skc_lookup_tcp(skb, &ln, sizeof(ln.ipv6), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		ln.ipv4.daddr = pkt->tuple.ipv4.daddr;
+		ln.ipv4.dport = bpf_htons(pc_listener_port);
+		sk = bpf_skc_lookup_tcp(skb, &ln, sizeof(ln.ipv4), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sk) {
+		pc_count(PC_CNT_CAPTURE_NO_LISTENER);
+		return PC_TCX_DROP;
+	}
+	if (sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		pc_count(PC_CNT_CAPTURE_NO_LISTENER);
+		return PC_TCX_DROP;
+	}
+	/* bpf_sk_assign (bpf-helpers(7)): the stack delivers the skb to sk
+	 * instead of looking a socket up; the accepted socket keeps the
+	 * packet's destination as its local address. */
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		pc_count(PC_CNT_CAPTURE_ASSIGN_ERROR);
+		return PC_TCX_DROP;
+	}
+	pc_count(PC_CNT_CAPTURE_ASSIGNED);
+	return PC_TCX_PASS;
+}
+
+/* pc_capture is the whole ingress decision. Returns a TCX verdict. */
+static __always_inline int pc_capture(struct __sk_buff *skb)
+{
+	struct pc_pkt pkt = {};
+	struct pc_pod *pod;
+	__u64 cookie;
+
+	switch (pc_parse(skb, &pkt)) {
+	case PC_PARSE_NOT_IP:
+		return PC_TCX_NEXT;
+	case PC_PARSE_MALFORMED:
+		/* Could be TCP to a captured port: fail closed. */
+		pc_count(PC_CNT_CAPTURE_MALFORMED);
+		return PC_TCX_DROP;
+	case PC_PARSE_OK:
+		break;
+	}
+	if (!pkt.tcp || pkt.later_fragment)
+		/* A later fragment alone opens nothing: its first fragment is
+		 * dropped below if it goes to a captured port, so reassembly
+		 * can never complete. */
+		return PC_TCX_NEXT;
+
+	cookie = bpf_get_netns_cookie(skb);
+	pod = bpf_map_lookup_elem(&pc_pods, &cookie);
+	if (!pod) {
+		pc_count(PC_CNT_CAPTURE_NOT_ENROLLED);
+		return PC_TCX_NEXT;
+	}
+	if (!pc_port_captured(cookie, pod, pkt.dport)) {
+		pc_count(PC_CNT_CAPTURE_UNCAPTURED);
+		return PC_TCX_NEXT;
+	}
+	if (pkt.fragment) {
+		/* bpf_sk_assign on a fragment would bypass reassembly. */
+		pc_count(PC_CNT_CAPTURE_MALFORMED);
+		return PC_TCX_DROP;
+	}
+	if (pc_lookup_existing(skb, &pkt)) {
+		pc_count(PC_CNT_CAPTURE_ESTABLISHED);
+		return PC_TCX_NEXT;
+	}
+	return pc_assign_listener(skb, &pkt);
+}
+
+#endif /* PC_CAPTURE_H */

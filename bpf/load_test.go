@@ -1,0 +1,38 @@
+package bpf
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/portcullis-mesh/portcullis/bpf/testenv"
+)
+
+// testPinDir returns a pin directory unique to the test.
+func testPinDir(t *testing.T) string {
+	t.Helper()
+	return filepath.Join(BPFFSRoot, "portcullis", fmt.Sprintf("test-%d-%s", os.Getpid(), filepath.Base(t.Name())))
+}
+
+func openTest(t *testing.T) *Datapath {
+	t.Helper()
+	testenv.RequirePrivileged(t)
+	d, err := Open(Config{PinDir: testPinDir(t)})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := d.Teardown(); err != nil {
+			t.Errorf("Teardown: %v", err)
+		}
+	})
+	return d
+}
+
+func TestOpenLoadsAgainstRunningKernel(t *testing.T) {
+	d := openTest(t)
+	if _, err := os.Stat(filepath.Join(d.PinDir(), pinLinkSockops)); err != nil {
+		t.Errorf("sockops link not pinned: %v", err)
+	}
+}
