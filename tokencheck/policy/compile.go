@@ -1,0 +1,553 @@
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/cel-go/cel"
+	v1 "github.com/portcullis-mesh/portcullis/tokencheck/policy/apis/v1alpha1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Set is a compiled, immutable policy configuration. It is safe for
+// concurrent use; build one with Compile and replace it whole (Store).
+type Set struct {
+	namespaces map[string]*nsIndex
+	issuers    []Issuer
+	issuerRefs []string
+	policies   []*cpolicy // by namespace/name
+	rules      int
+}
+
+// Issuer is a validated Issuer or ClusterIssuer of a Set.
+type Issuer struct {
+	// Ref is how tokencheck.Claims.IssuerRef names it: "namespace/name"
+	// for an Issuer, "name" for a ClusterIssuer.
+	Ref string
+	// Namespace is empty for a ClusterIssuer.
+	Namespace string
+	Name      string
+	Spec      v1.IssuerSpec
+}
+
+// nsIndex holds the policies of one namespace, split by what they do, so
+// evaluation never looks at a policy that cannot apply.
+type nsIndex struct {
+	enforceDeny, enforceAllow, auditDeny, auditAllow group
+}
+
+// group indexes policies by one label their selector requires, so a
+// workload only visits the policies whose required label it carries.
+type group struct {
+	unindexed []*cpolicy             // empty selectors and matchExpressions only; by ordinal
+	byLabel   map[labelKV][]*cpolicy // by ordinal
+	all       []*cpolicy             // by ordinal, for Capture
+}
+
+type labelKV struct{ key, value string }
+
+func (g *group) add(p *cpolicy) {
+	g.all = append(g.all, p)
+	if p.indexKey == nil {
+		g.unindexed = append(g.unindexed, p)
+		return
+	}
+	if g.byLabel == nil {
+		g.byLabel = make(map[labelKV][]*cpolicy)
+	}
+	g.byLabel[*p.indexKey] = append(g.byLabel[*p.indexKey], p)
+}
+
+func (g *group) empty() bool { return len(g.all) == 0 }
+
+// cpolicy is a compiled AccessPolicy.
+type cpolicy struct {
+	ord       int
+	key       string // namespace/name
+	audit     bool
+	deny      bool
+	selector  labels.Selector // nil: every pod of the namespace
+	indexKey  *labelKV        // one label the selector requires, if any
+	allPorts  bool            // some rule has no port restriction (or no rules)
+	ports     []uint16        // sorted union of rule ports, when !allPorts
+	rules     []crule
+	tokenRule bool // some rule needs a token
+}
+
+func (p *cpolicy) selects(w *Workload) bool {
+	return p.selector == nil || p.selector.Matches(labels.Set(w.Labels))
+}
+
+func (p *cpolicy) coversPort(port uint16) bool {
+	if p.allPorts {
+		return true
+	}
+	_, ok := slices.BinarySearch(p.ports, port)
+	return ok
+}
+
+// crule is a compiled Rule. Nil/empty fields do not constrain.
+type crule struct {
+	// from
+	fromSet    bool
+	workloads  map[nsSA]struct{}
+	namespaces map[string]struct{}
+	anonymous  bool
+	// to
+	ports   []uint16
+	methods []string // upper case
+	paths   *pathMatcher
+	hosts   []hostPattern
+	// when
+	needsToken bool
+	issuers    []string // Claims.IssuerRef values
+	clients    *stringMatch
+	roles      *stringMatch
+	groups     *stringMatch
+	scopes     *stringMatch
+	claims     []claimMatch
+	bound      bool
+	expr       *compiledExpr
+}
+
+type claimMatch struct {
+	name   string
+	values []string
+}
+
+// Compile validates objs and compiles them into a Set. Every problem
+// found is returned at once as an *Error; a configuration with any
+// problem yields no Set.
+func Compile(objs *Objects) (*Set, error) {
+	env, err := newCELEnv()
+	if err != nil {
+		return nil, err
+	}
+	c := &compiler{objs: objs, env: env, set: &Set{namespaces: make(map[string]*nsIndex)}}
+	c.compile()
+	if len(c.problems) > 0 {
+		return nil, &Error{Problems: c.problems}
+	}
+	return c.set, nil
+}
+
+// Validate reports every problem of objs as an *Error, or nil. It is
+// Compile without keeping the result: the API-server path and local files
+// share it.
+func Validate(objs *Objects) error {
+	_, err := Compile(objs)
+	return err
+}
+
+type compiler struct {
+	objs     *Objects
+	env      *cel.Env
+	set      *Set
+	problems []Problem
+	// issuer refs known, in Claims.IssuerRef form
+	known map[string]bool
+}
+
+// report records a problem about object o at field path.
+func (c *compiler) report(o any, kind, path, format string, args ...any) {
+	p := Problem{Kind: kind, Field: path, Message: fmt.Sprintf(format, args...)}
+	if m, ok := objectMeta(o); ok {
+		p.Namespace, p.Name = m.Namespace, m.Name
+	}
+	if or, ok := c.objs.origins[o]; ok {
+		p.File = or.file
+		n := nodeAt(or.doc, path)
+		p.Line, p.Column = n.Line, n.Column
+	}
+	c.problems = append(c.problems, p)
+}
+
+func (c *compiler) compile() {
+	c.known = make(map[string]bool)
+	seen := make(map[string]bool)
+	dup := func(o any, kind string, m *metav1.ObjectMeta) bool {
+		k := kind + " " + m.Namespace + "/" + m.Name
+		if seen[k] {
+			c.report(o, kind, "metadata.name", "duplicate name")
+			return true
+		}
+		seen[k] = true
+		return false
+	}
+	for _, is := range c.objs.Issuers {
+		c.checkMeta(is, v1.KindIssuer, &is.ObjectMeta, true)
+		if dup(is, v1.KindIssuer, &is.ObjectMeta) {
+			continue
+		}
+		c.checkIssuerSpec(is, v1.KindIssuer, &is.Spec)
+		ref := is.Namespace + "/" + is.Name
+		c.known[ref] = true
+		c.set.issuers = append(c.set.issuers, Issuer{Ref: ref, Namespace: is.Namespace, Name: is.Name, Spec: *is.Spec.DeepCopy()})
+	}
+	for _, is := range c.objs.ClusterIssuers {
+		c.checkMeta(is, v1.KindClusterIssuer, &is.ObjectMeta, false)
+		if dup(is, v1.KindClusterIssuer, &is.ObjectMeta) {
+			continue
+		}
+		c.checkIssuerSpec(is, v1.KindClusterIssuer, &is.Spec)
+		c.known[is.Name] = true
+		c.set.issuers = append(c.set.issuers, Issuer{Ref: is.Name, Name: is.Name, Spec: *is.Spec.DeepCopy()})
+	}
+	slices.SortFunc(c.set.issuers, func(a, b Issuer) int { return cmp.Compare(a.Ref, b.Ref) })
+
+	pols := slices.Clone(c.objs.AccessPolicies)
+	slices.SortStableFunc(pols, func(a, b *v1.AccessPolicy) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	refs := make(map[string]bool)
+	for _, ap := range pols {
+		c.checkMeta(ap, v1.KindAccessPolicy, &ap.ObjectMeta, true)
+		if dup(ap, v1.KindAccessPolicy, &ap.ObjectMeta) {
+			continue
+		}
+		p := c.compilePolicy(ap, len(c.set.policies), refs)
+		if p == nil {
+			continue
+		}
+		c.set.policies = append(c.set.policies, p)
+		c.set.rules += len(p.rules)
+		ns := c.set.namespaces[ap.Namespace]
+		if ns == nil {
+			ns = &nsIndex{}
+			c.set.namespaces[ap.Namespace] = ns
+		}
+		switch {
+		case p.deny && p.audit:
+			ns.auditDeny.add(p)
+		case p.deny:
+			ns.enforceDeny.add(p)
+		case p.audit:
+			ns.auditAllow.add(p)
+		default:
+			ns.enforceAllow.add(p)
+		}
+	}
+	for r := range refs {
+		c.set.issuerRefs = append(c.set.issuerRefs, r)
+	}
+	slices.Sort(c.set.issuerRefs)
+}
+
+func (c *compiler) checkMeta(o any, kind string, m *metav1.ObjectMeta, namespaced bool) {
+	if m.Name == "" {
+		c.report(o, kind, "metadata.name", "name is required")
+	} else if errs := validation.IsDNS1123Subdomain(m.Name); len(errs) > 0 {
+		c.report(o, kind, "metadata.name", "invalid name %q: %s", m.Name, strings.Join(errs, "; "))
+	}
+	switch {
+	case namespaced && m.Namespace == "":
+		c.report(o, kind, "metadata.namespace", "namespace is required")
+	case namespaced:
+		if errs := validation.IsDNS1123Label(m.Namespace); len(errs) > 0 {
+			c.report(o, kind, "metadata.namespace", "invalid namespace %q: %s", m.Namespace, strings.Join(errs, "; "))
+		}
+	case m.Namespace != "":
+		c.report(o, kind, "metadata.namespace", "%s is cluster-scoped: remove the namespace", kind)
+	}
+}
+
+var (
+	tenantRE = regexp.MustCompile(`^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|common|organizations)$`)
+	guidRE   = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+	hostRE   = regexp.MustCompile(`^https://[^/?#]+/?$`)
+	headerRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+)
+
+// checkIssuerSpec mirrors the CRD schema (the API server checks it too;
+// local mode has only this).
+func (c *compiler) checkIssuerSpec(o any, kind string, s *v1.IssuerSpec) {
+	switch {
+	case s.AzureAD == nil && s.OIDC == nil:
+		c.report(o, kind, "spec", "exactly one of azureAD or oidc must be set")
+	case s.AzureAD != nil && s.OIDC != nil:
+		c.report(o, kind, "spec", "exactly one of azureAD or oidc must be set")
+	}
+	if a := s.AzureAD; a != nil {
+		if !tenantRE.MatchString(a.TenantID) {
+			c.report(o, kind, "spec.azureAD.tenantID", "invalid tenant ID %q: want a GUID, common or organizations", a.TenantID)
+		}
+		switch a.Cloud {
+		case "", v1.AzureCloudPublic, v1.AzureCloudUSGovernment, v1.AzureCloudChina:
+		default:
+			c.report(o, kind, "spec.azureAD.cloud", "unsupported value %q: want AzurePublic, AzureUSGovernment or AzureChina", a.Cloud)
+		}
+		if a.AuthorityHost != "" && !hostRE.MatchString(a.AuthorityHost) {
+			c.report(o, kind, "spec.azureAD.authorityHost", "invalid authority host %q: want https://host[:port]", a.AuthorityHost)
+		}
+		c.checkAudiences(o, kind, "spec.azureAD.audiences", a.Audiences)
+		for i, v := range a.AcceptedVersions {
+			if v != 1 && v != 2 {
+				c.report(o, kind, fmt.Sprintf("spec.azureAD.acceptedVersions[%d]", i), "unsupported version %d: want 1 or 2", v)
+			}
+		}
+		if len(a.AllowedTenants) > 0 && a.TenantID != "common" && a.TenantID != "organizations" {
+			c.report(o, kind, "spec.azureAD.allowedTenants", "allowedTenants requires tenantID common or organizations")
+		}
+		for i, t := range a.AllowedTenants {
+			if !guidRE.MatchString(t) {
+				c.report(o, kind, fmt.Sprintf("spec.azureAD.allowedTenants[%d]", i), "invalid tenant ID %q: want a GUID", t)
+			}
+		}
+	}
+	if oi := s.OIDC; oi != nil {
+		if !strings.HasPrefix(oi.Issuer, "https://") {
+			c.report(o, kind, "spec.oidc.issuer", "invalid issuer %q: want an https URL", oi.Issuer)
+		}
+		if oi.JWKSURI != "" && !strings.HasPrefix(oi.JWKSURI, "https://") {
+			c.report(o, kind, "spec.oidc.jwksURI", "invalid JWKS URI %q: want an https URL", oi.JWKSURI)
+		}
+		c.checkAudiences(o, kind, "spec.oidc.audiences", oi.Audiences)
+	}
+	if s.ClockSkew != nil && (s.ClockSkew.Duration < 0 || s.ClockSkew.Duration > 10*time.Minute) {
+		c.report(o, kind, "spec.clockSkew", "clock skew %s out of range: want 0 to 10m", s.ClockSkew.Duration)
+	}
+	for _, claim := range slices.Sorted(mapKeys(s.ForwardClaims)) {
+		h := s.ForwardClaims[claim]
+		if !headerRE.MatchString(h) {
+			c.report(o, kind, "spec.forwardClaims["+claim+"]", "invalid header name %q", h)
+		}
+	}
+}
+
+func mapKeys(m map[string]string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+func (c *compiler) checkAudiences(o any, kind, path string, auds []string) {
+	if len(auds) == 0 {
+		c.report(o, kind, path, "at least one audience is required")
+	}
+	for i, a := range auds {
+		if a == "" {
+			c.report(o, kind, fmt.Sprintf("%s[%d]", path, i), "empty audience")
+		}
+	}
+}
+
+var (
+	workloadRE  = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$`)
+	namespaceRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+	methodRE    = regexp.MustCompile(`^[A-Za-z]+$`)
+)
+
+// compilePolicy checks and compiles one AccessPolicy; nil when it has
+// problems (already reported).
+func (c *compiler) compilePolicy(ap *v1.AccessPolicy, ord int, refs map[string]bool) *cpolicy {
+	before := len(c.problems)
+	const kind = v1.KindAccessPolicy
+	report := func(path, format string, args ...any) { c.report(ap, kind, path, format, args...) }
+	s := &ap.Spec
+	p := &cpolicy{ord: ord, key: ap.Namespace + "/" + ap.Name}
+	switch s.Mode {
+	case "", v1.ModeEnforce:
+	case v1.ModeAudit:
+		p.audit = true
+	default:
+		report("spec.mode", "unsupported value %q: want Enforce or Audit", s.Mode)
+	}
+	switch s.Action {
+	case "", v1.ActionAllow:
+	case v1.ActionDeny:
+		p.deny = true
+	default:
+		report("spec.action", "unsupported value %q: want Allow or Deny", s.Action)
+	}
+	if sel := s.Selector; sel != nil && (len(sel.MatchLabels) > 0 || len(sel.MatchExpressions) > 0) {
+		ls, err := metav1.LabelSelectorAsSelector(sel)
+		if err != nil {
+			report("spec.selector", "invalid selector: %v", err)
+		} else {
+			p.selector = ls
+		}
+		if len(sel.MatchLabels) > 0 {
+			k := slices.Sorted(mapKeys(sel.MatchLabels))[0]
+			p.indexKey = &labelKV{key: k, value: sel.MatchLabels[k]}
+		}
+	}
+	if len(s.Rules) == 0 {
+		p.allPorts = true
+	}
+	ports := make(map[uint16]bool)
+	for i := range s.Rules {
+		r := c.compileRule(ap, fmt.Sprintf("spec.rules[%d]", i), &s.Rules[i], p.deny, refs)
+		if len(r.ports) == 0 {
+			p.allPorts = true
+		}
+		for _, port := range r.ports {
+			ports[port] = true
+		}
+		p.tokenRule = p.tokenRule || r.needsToken
+		p.rules = append(p.rules, r)
+	}
+	if !p.allPorts {
+		for port := range ports {
+			p.ports = append(p.ports, port)
+		}
+		slices.Sort(p.ports)
+	}
+	if len(c.problems) > before {
+		return nil
+	}
+	return p
+}
+
+func (c *compiler) compileRule(ap *v1.AccessPolicy, path string, r *v1.Rule, deny bool, refs map[string]bool) crule {
+	const kind = v1.KindAccessPolicy
+	report := func(field, format string, args ...any) { c.report(ap, kind, path+field, format, args...) }
+	var cr crule
+	if f := r.From; f != nil {
+		cr.fromSet = true
+		if len(f.Workloads) == 0 && len(f.Namespaces) == 0 && !f.Anonymous {
+			report(".from", "from must list workloads, namespaces or anonymous: true")
+		}
+		for i, w := range f.Workloads {
+			if !workloadRE.MatchString(w) {
+				report(fmt.Sprintf(".from.workloads[%d]", i), "invalid workload %q: want namespace/serviceaccount", w)
+			}
+			if cr.workloads == nil {
+				cr.workloads = make(map[nsSA]struct{})
+			}
+			ns, sa, _ := strings.Cut(w, "/")
+			cr.workloads[nsSA{ns, sa}] = struct{}{}
+		}
+		for i, n := range f.Namespaces {
+			if !namespaceRE.MatchString(n) {
+				report(fmt.Sprintf(".from.namespaces[%d]", i), "invalid namespace %q", n)
+			}
+			if cr.namespaces == nil {
+				cr.namespaces = make(map[string]struct{})
+			}
+			cr.namespaces[n] = struct{}{}
+		}
+		cr.anonymous = f.Anonymous
+	}
+	if t := r.To; t != nil {
+		for i, port := range t.Ports {
+			if port < 1 || port > 65535 {
+				report(fmt.Sprintf(".to.ports[%d]", i), "port %d out of range 1-65535", port)
+				continue
+			}
+			cr.ports = append(cr.ports, uint16(port))
+		}
+		slices.Sort(cr.ports)
+		cr.ports = slices.Compact(cr.ports)
+		for i, m := range t.Methods {
+			if !methodRE.MatchString(m) {
+				report(fmt.Sprintf(".to.methods[%d]", i), "invalid method %q", m)
+			}
+			cr.methods = append(cr.methods, strings.ToUpper(m))
+		}
+		for i, pth := range t.Paths {
+			if err := checkPathPattern(pth); err != nil {
+				report(fmt.Sprintf(".to.paths[%d]", i), "%v", err)
+			}
+		}
+		if len(t.Paths) > 0 {
+			cr.paths = newPathMatcher(t.Paths)
+		}
+		for i, h := range t.Hosts {
+			if err := checkHostPattern(h); err != nil {
+				report(fmt.Sprintf(".to.hosts[%d]", i), "%v", err)
+			}
+		}
+		cr.hosts = newHostPatterns(t.Hosts)
+		if len(cr.hosts) == 0 {
+			cr.hosts = nil
+		}
+	}
+	w := r.When
+	if w == nil {
+		return cr
+	}
+	for i, ref := range w.Issuers {
+		field := fmt.Sprintf(".when.issuers[%d]", i)
+		var key string
+		switch ref.Kind {
+		case "", v1.KindIssuer:
+			key = ap.Namespace + "/" + ref.Name
+		case v1.KindClusterIssuer:
+			key = ref.Name
+		default:
+			report(field+".kind", "unsupported kind %q: want Issuer or ClusterIssuer", ref.Kind)
+			continue
+		}
+		if !c.known[key] {
+			k := cmp.Or(ref.Kind, v1.KindIssuer)
+			if k == v1.KindIssuer {
+				report(field, "Issuer %q not found in namespace %q", ref.Name, ap.Namespace)
+			} else {
+				report(field, "ClusterIssuer %q not found", ref.Name)
+			}
+			continue
+		}
+		refs[key] = true
+		cr.issuers = append(cr.issuers, key)
+	}
+	sm := func(field string, m *v1.StringMatch) *stringMatch {
+		if m == nil {
+			return nil
+		}
+		if len(m.AnyOf) == 0 && len(m.AllOf) == 0 {
+			report(".when."+field, "anyOf or allOf must be non-empty")
+		}
+		return newStringMatch(m.AnyOf, m.AllOf)
+	}
+	cr.clients = sm("clients", w.Clients)
+	cr.roles = sm("roles", w.Roles)
+	cr.groups = sm("groups", w.Groups)
+	cr.scopes = sm("scopes", w.Scopes)
+	for i, cm := range w.Claims {
+		if cm.Name == "" {
+			report(fmt.Sprintf(".when.claims[%d].name", i), "claim name is required")
+		}
+		if len(cm.Values) == 0 {
+			report(fmt.Sprintf(".when.claims[%d].values", i), "at least one value is required")
+		}
+		cr.claims = append(cr.claims, claimMatch{name: cm.Name, values: cm.Values})
+	}
+	cr.bound = w.TokenBoundToSource
+	if cr.bound && deny {
+		report(".when.tokenBoundToSource", "tokenBoundToSource is only meaningful in Allow policies")
+	}
+	if w.Expression != "" {
+		e, err := compileExpr(c.env, w.Expression)
+		if err != nil {
+			report(".when.expression", "%v", err)
+		} else {
+			cr.expr = e
+		}
+	}
+	cr.needsToken = len(cr.issuers) > 0 || cr.clients != nil || cr.roles != nil || cr.groups != nil ||
+		cr.scopes != nil || len(cr.claims) > 0 || cr.bound || (cr.expr != nil && cr.expr.usesClaims)
+	return cr
+}
+
+// Rules returns the number of compiled rules.
+func (s *Set) Rules() int { return s.rules }
+
+// Policies returns the number of compiled AccessPolicies.
+func (s *Set) Policies() int { return len(s.policies) }
+
+// Issuers returns the validated Issuers and ClusterIssuers, by Ref.
+func (s *Set) Issuers() []Issuer { return slices.Clone(s.issuers) }
+
+// IssuerRefs returns, sorted, the issuers that some rule names in
+// when.issuers, in tokencheck.Claims.IssuerRef form.
+func (s *Set) IssuerRefs() []string { return slices.Clone(s.issuerRefs) }
