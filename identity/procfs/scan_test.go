@@ -64,7 +64,7 @@ func TestParsePodCgroup(t *testing.T) {
 		{path: "/init.scope"},
 		{path: "/user.slice/user-0.slice/podman-1.scope"},
 		{path: "/kubepods/burstable/podnotauuid/x"},
-		{path: "/system.slice/pod0b6d1e5a-65d0-44d7-a663-855d0b6f0c50"},     // no kubepods parent
+		{path: "/system.slice/pod0b6d1e5a-65d0-44d7-a663-855d0b6f0c50"},        // no kubepods parent
 		{path: "/kubepods/guaranteed/pod0b6d1e5a-65d0-44d7-a663-855d0b6f0c50"}, // no such QoS directory
 		{path: "/kubepods.slice/kubepods-burstable.slice"},
 		{path: "/kubepods.slice/kubepods-burstable-pod0b6d1e5a-65d0-44d7-a663-855d0b6f0c5.slice"},
