@@ -1,0 +1,272 @@
+// Package config is the agent's one typed configuration: a YAML file and
+// flags are decoded into Config, defaults are applied in one place, and
+// Validate says precisely what is wrong. Everything else takes its settings
+// from a Config; nothing re-reads flags or the environment.
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Mode says where workloads and policies come from.
+type Mode string
+
+const (
+	// ModeLocal reads workloads, issuers and policies from files (the demo,
+	// tests, and nodes without a cluster).
+	ModeLocal Mode = "local"
+	// ModeKubernetes watches the API server (the DaemonSet).
+	ModeKubernetes Mode = "kubernetes"
+)
+
+// Config is the agent's configuration. Every field documents its zero value.
+type Config struct {
+	// Mode is local or kubernetes. Zero: local.
+	Mode Mode `json:"mode,omitempty"`
+	// NodeName names this node (Kubernetes: from the downward API). Zero: the
+	// host name.
+	NodeName string `json:"nodeName,omitempty"`
+	// TrustDomain is the SPIFFE trust domain of workload identities. Zero:
+	// cluster.local.
+	TrustDomain string `json:"trustDomain,omitempty"`
+	// AdminAddress serves /healthz, /readyz and /metrics, away from the data
+	// path. Zero: 127.0.0.1:9901. "off" disables it.
+	AdminAddress string `json:"adminAddress,omitempty"`
+	// DebugSocket is the Unix socket of the gRPC debug API (mode 0600).
+	// Zero: /var/run/portcullis/debug.sock. "off" disables it.
+	DebugSocket string `json:"debugSocket,omitempty"`
+	// ListenerPort is the port of the agent's listener inside each enrolled
+	// pod's network namespace; it is never captured. Zero: 15006.
+	ListenerPort int `json:"listenerPort,omitempty"`
+	// PinDir is where the datapath pins programs, maps and links so that
+	// enforcement survives an agent restart. Zero: /sys/fs/bpf/portcullis/agent.
+	PinDir string `json:"pinDir,omitempty"`
+	// CgroupRoot is the cgroup v2 mount. Zero: detected.
+	CgroupRoot string `json:"cgroupRoot,omitempty"`
+	// ShutdownGrace bounds how long in-flight requests may finish on
+	// shutdown. Zero: 20s.
+	ShutdownGrace Duration `json:"shutdownGrace,omitempty"`
+	// TeardownOnExit removes the datapath on shutdown instead of leaving it
+	// pinned. Zero: false — the datapath stays and keeps captured ports
+	// closed (fail closed) until an agent re-adopts it.
+	TeardownOnExit bool `json:"teardownOnExit,omitempty"`
+
+	// Local configures ModeLocal.
+	Local LocalConfig `json:"local,omitempty"`
+	// Kubernetes configures ModeKubernetes.
+	Kubernetes KubernetesConfig `json:"kubernetes,omitempty"`
+	// Audit configures the decision log.
+	Audit AuditConfig `json:"audit,omitempty"`
+	// Limits bound what one client can make the verifier hold.
+	Limits LimitsConfig `json:"limits,omitempty"`
+	// Log configures the agent's own logs.
+	Log LogConfig `json:"log,omitempty"`
+}
+
+// LocalConfig names the files of local mode. Relative paths are resolved
+// against the config file's directory.
+type LocalConfig struct {
+	// Workloads is a YAML file of workloads (pods) on this node. Required in
+	// local mode.
+	Workloads string `json:"workloads,omitempty"`
+	// Policies is a file or directory of Issuer, ClusterIssuer and
+	// AccessPolicy YAML documents, watched for changes. Required in local mode.
+	Policies string `json:"policies,omitempty"`
+}
+
+// KubernetesConfig configures ModeKubernetes.
+type KubernetesConfig struct {
+	// Kubeconfig is a kubeconfig path. Zero: in-cluster configuration.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// PodName and PodNamespace name the agent's own pod, which is never
+	// captured. Zero: from POD_NAME / POD_NAMESPACE.
+	PodName      string `json:"podName,omitempty"`
+	PodNamespace string `json:"podNamespace,omitempty"`
+}
+
+// AuditConfig configures the decision log.
+type AuditConfig struct {
+	// Path is the file audit records are appended to; "-" is standard
+	// output. Zero: standard output.
+	Path string `json:"path,omitempty"`
+	// AllowSampleRate is the fraction of allow decisions recorded, 0..1.
+	// Denies are always recorded. Zero (unset): 1, every allow.
+	AllowSampleRate *float64 `json:"allowSampleRate,omitempty"`
+	// Buffer is how many records may wait to be written. Zero: 4096.
+	Buffer int `json:"buffer,omitempty"`
+}
+
+// LimitsConfig bounds client resources. Zero values take the verifier's
+// defaults.
+type LimitsConfig struct {
+	// MaxHeaderBytes bounds a request's header block. Zero: 64 KiB.
+	MaxHeaderBytes int `json:"maxHeaderBytes,omitempty"`
+	// MaxHeaders bounds the number of header fields. Zero: 100.
+	MaxHeaders int `json:"maxHeaders,omitempty"`
+	// HeaderTimeout bounds reading a request's header (slowloris). Zero: 10s.
+	HeaderTimeout Duration `json:"headerTimeout,omitempty"`
+	// IdleTimeout closes keep-alive connections idle this long. Zero: 120s.
+	IdleTimeout Duration `json:"idleTimeout,omitempty"`
+	// MaxConnsPerPod bounds concurrent client connections per pod. Zero: 4096.
+	MaxConnsPerPod int `json:"maxConnsPerPod,omitempty"`
+	// PassthroughPorts are captured ports that carry non-HTTP traffic: only
+	// the source part of policies applies to them (L4). Zero: none.
+	PassthroughPorts []int `json:"passthroughPorts,omitempty"`
+}
+
+// LogConfig configures the agent's logs.
+type LogConfig struct {
+	// Format is json or text. Zero: json.
+	Format string `json:"format,omitempty"`
+	// Level is debug, info, warn or error. Zero: info.
+	Level string `json:"level,omitempty"`
+}
+
+// Duration is a time.Duration written as "10s" in YAML.
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON accepts a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"10s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %q is negative", s)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalJSON writes a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return []byte(`"` + d.String() + `"`), nil }
+
+// Load reads a YAML config file strictly (unknown fields are errors) and
+// applies defaults.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	var c Config
+	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		return nil, fmt.Errorf("parse config %s: %w", path, err)
+	}
+	c.resolve(dirOf(path))
+	c.Default()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// Default fills zero values with the documented defaults.
+func (c *Config) Default() {
+	if c.Mode == "" {
+		c.Mode = ModeLocal
+	}
+	if c.NodeName == "" {
+		c.NodeName, _ = os.Hostname()
+	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = "cluster.local"
+	}
+	if c.AdminAddress == "" {
+		c.AdminAddress = "127.0.0.1:9901"
+	}
+	if c.DebugSocket == "" {
+		c.DebugSocket = "/var/run/portcullis/debug.sock"
+	}
+	if c.ListenerPort == 0 {
+		c.ListenerPort = 15006
+	}
+	if c.PinDir == "" {
+		c.PinDir = "/sys/fs/bpf/portcullis/agent"
+	}
+	if c.ShutdownGrace.Duration == 0 {
+		c.ShutdownGrace.Duration = 20 * time.Second
+	}
+	if c.Audit.Path == "" {
+		c.Audit.Path = "-"
+	}
+	if c.Audit.AllowSampleRate == nil {
+		one := 1.0
+		c.Audit.AllowSampleRate = &one
+	}
+	if c.Audit.Buffer == 0 {
+		c.Audit.Buffer = 4096
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Kubernetes.PodName == "" {
+		c.Kubernetes.PodName = os.Getenv("POD_NAME")
+	}
+	if c.Kubernetes.PodNamespace == "" {
+		c.Kubernetes.PodNamespace = os.Getenv("POD_NAMESPACE")
+	}
+}
+
+// Validate reports every problem it finds, joined.
+func (c *Config) Validate() error {
+	var errs []error
+	switch c.Mode {
+	case ModeLocal:
+		if c.Local.Workloads == "" {
+			errs = append(errs, errors.New("local.workloads: required in local mode"))
+		}
+		if c.Local.Policies == "" {
+			errs = append(errs, errors.New("local.policies: required in local mode"))
+		}
+	case ModeKubernetes:
+		if c.NodeName == "" {
+			errs = append(errs, errors.New("nodeName: required in kubernetes mode (set NODE_NAME from the downward API)"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("mode: %q is not one of local, kubernetes", c.Mode))
+	}
+	if c.ListenerPort < 1 || c.ListenerPort > 65535 {
+		errs = append(errs, fmt.Errorf("listenerPort: %d is not a TCP port", c.ListenerPort))
+	}
+	if c.AdminAddress != "off" {
+		if _, _, err := net.SplitHostPort(c.AdminAddress); err != nil {
+			errs = append(errs, fmt.Errorf("adminAddress: %w", err))
+		}
+	}
+	if r := *c.Audit.AllowSampleRate; r < 0 || r > 1 {
+		errs = append(errs, fmt.Errorf("audit.allowSampleRate: %v is not within 0..1", r))
+	}
+	if c.Audit.Buffer < 0 {
+		errs = append(errs, fmt.Errorf("audit.buffer: %d is negative", c.Audit.Buffer))
+	}
+	for _, p := range c.Limits.PassthroughPorts {
+		if p < 1 || p > 65535 {
+			errs = append(errs, fmt.Errorf("limits.passthroughPorts: %d is not a TCP port", p))
+		}
+	}
+	switch c.Log.Format {
+	case "json", "text":
+	default:
+		errs = append(errs, fmt.Errorf("log.format: %q is not one of json, text", c.Log.Format))
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", c.Log.Level))
+	}
+	return errors.Join(errs...)
+}

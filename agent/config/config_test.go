@@ -1,0 +1,77 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeFile(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestLoadDefaultsAndPaths(t *testing.T) {
+	dir := t.TempDir()
+	p := writeFile(t, dir, "agent.yaml", `
+local:
+  workloads: workloads.yaml
+  policies: policies/
+limits:
+  headerTimeout: 3s
+`)
+	c, err := Load(p)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if got, want := c.Mode, ModeLocal; got != want {
+		t.Errorf("Mode: got %q, want %q", got, want)
+	}
+	if got, want := c.Local.Workloads, filepath.Join(dir, "workloads.yaml"); got != want {
+		t.Errorf("Workloads: got %q, want %q", got, want)
+	}
+	if got, want := c.Limits.HeaderTimeout.Duration, 3*time.Second; got != want {
+		t.Errorf("HeaderTimeout: got %v, want %v", got, want)
+	}
+	if got, want := c.ListenerPort, 15006; got != want {
+		t.Errorf("ListenerPort: got %d, want %d", got, want)
+	}
+	if got, want := *c.Audit.AllowSampleRate, 1.0; got != want {
+		t.Errorf("AllowSampleRate: got %v, want %v", got, want)
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		want       []string
+	}{
+		{"unknown field", "local: {workloads: w, policies: p}\nlistenPort: 1\n", []string{`unknown field "listenPort"`}},
+		{"local needs files", "mode: local\n", []string{"local.workloads: required", "local.policies: required"}},
+		{"bad mode", "mode: cluster\n", []string{`mode: "cluster" is not one of local, kubernetes`}},
+		{"bad port and rate", "local: {workloads: w, policies: p}\nlistenerPort: 70000\naudit: {allowSampleRate: 2}\n",
+			[]string{"listenerPort: 70000 is not a TCP port", "audit.allowSampleRate: 2 is not within 0..1"}},
+		{"bad duration", "local: {workloads: w, policies: p}\nshutdownGrace: 5\n", []string{"duration must be a string"}},
+		{"negative duration", "local: {workloads: w, policies: p}\nshutdownGrace: -5s\n", []string{`duration "-5s" is negative`}},
+		{"bad log", "local: {workloads: w, policies: p}\nlog: {format: xml, level: loud}\n", []string{`log.format: "xml"`, `log.level: "loud"`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := writeFile(t, t.TempDir(), "agent.yaml", tc.body)
+			_, err := Load(p)
+			if err == nil {
+				t.Fatalf("Load: got nil error, want one mentioning %q", tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Load error: got %q, want it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
