@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -108,34 +109,47 @@ func Load(name string, data []byte) (*Objects, error) {
 }
 
 // LoadFiles loads every named file, or every *.yaml / *.yml file of a named
-// directory (not recursively, in name order), into one Objects.
+// directory (not recursively, in name order, skipping dot files), into one
+// Objects.
 func LoadFiles(paths ...string) (*Objects, error) {
+	objs, _, err := loadFiles(paths)
+	return objs, err
+}
+
+// loadFiles is LoadFiles that also returns a digest of the names and
+// contents read, so a watcher can skip reloads that change nothing.
+func loadFiles(paths []string) (*Objects, [sha256.Size]byte, error) {
+	var sum [sha256.Size]byte
 	files, err := expandPaths(paths)
 	if err != nil {
-		return nil, err
+		return nil, sum, err
 	}
+	h := sha256.New()
 	all := &Objects{}
 	var problems []Problem
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
-			return nil, fmt.Errorf("read policy file: %w", err)
+			return nil, sum, fmt.Errorf("read policy file: %w", err)
 		}
+		fmt.Fprintf(h, "%d:%s%d:", len(f), f, len(data))
+		h.Write(data)
 		objs, err := Load(f, data)
 		var perr *Error
 		switch {
 		case errors.As(err, &perr):
 			problems = append(problems, perr.Problems...)
 		case err != nil:
-			return nil, err
+			return nil, sum, err
 		default:
 			all.Merge(objs)
 		}
 	}
+	h.Sum(sum[:0])
 	if len(problems) > 0 {
-		return nil, &Error{Problems: problems}
+		return nil, sum, &Error{Problems: problems}
 	}
-	return all, nil
+	return all, sum, nil
 }
 
 // expandPaths replaces directories by their YAML files.
