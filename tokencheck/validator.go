@@ -289,17 +289,45 @@ func (v *Validator) validate(ctx context.Context, raw string, now time.Time) (*C
 			if err == nil {
 				c := *t.claims
 				c.IssuerRef = rt.iss.n.ref
-				if v.cache != nil {
-					v.cache.put(strings.Clone(raw), &c, time.Unix(t.exp, 0).UnixNano(), k, rt.iss, now.UnixNano())
+				if exp := time.Unix(t.exp, 0).UnixNano(); v.cache != nil && exp > now.UnixNano() {
+					v.cache.put(strings.Clone(raw), &c, exp, k, rt.iss, now.UnixNano())
 				}
 				return &c, ReasonNone, nil
 			}
 		}
-		if firstErr == nil || (firstReason == ReasonVersionNotAccepted && r != ReasonVersionNotAccepted) {
+		// Several issuers may accept one iss (say, two namespaces trusting
+		// one tenant for different audiences): report the refusal of the
+		// one that got furthest, and the first of those.
+		if firstErr == nil || stage(r) > stage(firstReason) {
 			firstReason, firstErr = r, err
 		}
 	}
 	return nil, firstReason, firstErr
+}
+
+// stage orders refusals by how far checking got before them.
+func stage(r Reason) int {
+	switch r {
+	case ReasonVersionNotAccepted:
+		return 0
+	case ReasonAlgNotAllowed:
+		return 1
+	case ReasonJWKSUnavailable:
+		return 2
+	case ReasonUnknownKID:
+		return 3
+	case ReasonBadSignature:
+		return 4
+	case ReasonExpired, ReasonNotYetValid:
+		return 5
+	case ReasonWrongIssuer:
+		return 6
+	case ReasonWrongAudience:
+		return 7
+	case ReasonTenantNotAllowed:
+		return 8
+	}
+	return 0
 }
 
 // check verifies t against one route: key, signature, then claims.
@@ -355,7 +383,7 @@ func (v *Validator) check(ctx context.Context, rt route, t *token, now time.Time
 			r, err := refuse(ReasonWrongIssuer, "ver %q disagrees with iss %q (want %q)", clip(c.Version), c.Issuer, want)
 			return nil, r, err
 		}
-		if r, err := checkTenant(rt, c); err != nil {
+		if r, err := checkTenantConsistent(rt, c); err != nil {
 			return nil, r, err
 		}
 	}
@@ -363,11 +391,16 @@ func (v *Validator) check(ctx context.Context, rt route, t *token, now time.Time
 		r, err := refuse(ReasonWrongAudience, "aud %q is not an audience of issuer %s", clipList(c.Audience), is.n.ref)
 		return nil, r, err
 	}
+	if n := is.n; n.azure && n.tenant == "" && !n.anyTenant && !slices.Contains(n.allowed, c.TenantID) {
+		r, err := refuse(ReasonTenantNotAllowed, "tenant %s is not allowed by issuer %s", c.TenantID, n.ref)
+		return nil, r, err
+	}
 	return k, ReasonNone, nil
 }
 
-// checkTenant ties tid to iss and to the issuer's tenant or allow-list.
-func checkTenant(rt route, c *Claims) (Reason, error) {
+// checkTenantConsistent ties tid to iss: the issuer's own tenant, or the
+// tenant filled into a {tenantid} template.
+func checkTenantConsistent(rt route, c *Claims) (Reason, error) {
 	n := rt.iss.n
 	if n.tenant != "" {
 		if c.TenantID != n.tenant {
@@ -378,9 +411,6 @@ func checkTenant(rt route, c *Claims) (Reason, error) {
 	filled := c.Issuer[len(rt.prefix) : len(c.Issuer)-len(rt.suffix)]
 	if c.TenantID != filled {
 		return refuse(ReasonWrongIssuer, "tid %q disagrees with iss %q", clip(c.TenantID), c.Issuer)
-	}
-	if !n.anyTenant && !slices.Contains(n.allowed, c.TenantID) {
-		return refuse(ReasonTenantNotAllowed, "tenant %s is not allowed by issuer %s", c.TenantID, n.ref)
 	}
 	return ReasonNone, nil
 }
