@@ -1536,7 +1536,12 @@ type ExplainResponse struct {
 	// Every candidate rule in evaluation order.
 	Trace []*RuleTrace `protobuf:"bytes,9,rep,name=trace,proto3" json:"trace,omitempty"`
 	// Whether the workload is captured at all on this port.
-	Captured      bool `protobuf:"varint,10,opt,name=captured,proto3" json:"captured,omitempty"`
+	Captured bool `protobuf:"varint,10,opt,name=captured,proto3" json:"captured,omitempty"`
+	// Why there is no valid token when the reason is token_missing or
+	// token_invalid ("expired", …), or "group_overage".
+	TokenReason string `protobuf:"bytes,11,opt,name=token_reason,json=tokenReason,proto3" json:"token_reason,omitempty"`
+	// In audit mode, the status enforcement would have answered.
+	AuditStatus   uint32 `protobuf:"varint,12,opt,name=audit_status,json=auditStatus,proto3" json:"audit_status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1639,6 +1644,20 @@ func (x *ExplainResponse) GetCaptured() bool {
 		return x.Captured
 	}
 	return false
+}
+
+func (x *ExplainResponse) GetTokenReason() string {
+	if x != nil {
+		return x.TokenReason
+	}
+	return ""
+}
+
+func (x *ExplainResponse) GetAuditStatus() uint32 {
+	if x != nil {
+		return x.AuditStatus
+	}
+	return 0
 }
 
 type RuleTrace struct {
@@ -2413,7 +2432,7 @@ const file_portcullis_debug_v1_debug_proto_rawDesc = "" +
 	" \x03(\v20.portcullis.debug.v1.ExplainRequest.HeadersEntryR\aheaders\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc7\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8d\x03\n" +
 	"\x0fExplainResponse\x12\x1a\n" +
 	"\bdecision\x18\x01 \x01(\tR\bdecision\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x16\n" +
@@ -2426,7 +2445,9 @@ const file_portcullis_debug_v1_debug_proto_rawDesc = "" +
 	"\x05token\x18\b \x01(\v2!.portcullis.debug.v1.TokenVerdictR\x05token\x124\n" +
 	"\x05trace\x18\t \x03(\v2\x1e.portcullis.debug.v1.RuleTraceR\x05trace\x12\x1a\n" +
 	"\bcaptured\x18\n" +
-	" \x01(\bR\bcaptured\"\xb8\x01\n" +
+	" \x01(\bR\bcaptured\x12!\n" +
+	"\ftoken_reason\x18\v \x01(\tR\vtokenReason\x12!\n" +
+	"\faudit_status\x18\f \x01(\rR\vauditStatus\"\xb8\x01\n" +
 	"\tRuleTrace\x12\x16\n" +
 	"\x06policy\x18\x01 \x01(\tR\x06policy\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x12\n" +
