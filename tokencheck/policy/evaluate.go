@@ -452,7 +452,7 @@ func (s *Set) decide(in *Input, tr *tracer) Decision {
 	}
 	evalGroup(&ns.enforceAllow, in, false, false, &allow, tr)
 	enforced := allowDecision(&deny, &allow, in)
-	if ns.auditDeny.empty() && ns.auditAllow.empty() {
+	if enforced.Outcome == OutcomeDeny || (ns.auditDeny.empty() && ns.auditAllow.empty()) {
 		return enforced
 	}
 	var adeny, aallow groupResult
