@@ -144,7 +144,9 @@ func TestEvaluate(t *testing.T) {
 		{"deny with token condition, no token: does not match", []string{policy("deny-contractors", "  action: Deny\n  rules: [{when: {groups: {anyOf: [g-contractors]}}}]")}, req(noToken), noAllowPolicy},
 		{"deny with token condition, invalid token: 401", []string{policy("deny-contractors", "  action: Deny\n  rules: [{when: {groups: {anyOf: [g-contractors]}}}]")}, req(expiredToken), invalidToken},
 		{"deny with group overage fails closed", []string{policy("deny-contractors", "  action: Deny\n  rules: [{when: {groups: {anyOf: [g-contractors]}}}]")},
-			req(func(in *Input) { in.Claims = claims(func(c *tokencheck.Claims) { c.Groups, c.GroupOverage = nil, true }) }),
+			req(func(in *Input) {
+				in.Claims = claims(func(c *tokencheck.Claims) { c.Groups, c.GroupOverage = nil, true })
+			}),
 			Decision{Outcome: OutcomeDeny, Status: StatusForbidden, Reason: ReasonGroupOverage, TokenReason: tokencheck.ReasonGroupOverage, Policy: "shop/deny-contractors", Rule: 0, Captured: true}},
 
 		// Multiple policies on one workload.
@@ -193,7 +195,9 @@ func TestEvaluate(t *testing.T) {
 		{"roles all-of missing one", []string{policy("p", "  rules: [{when: {roles: {allOf: [Orders.Read, Orders.Write]}}}]")}, req(), noMatch},
 		{"groups any-of", []string{policy("p", "  rules: [{when: {groups: {anyOf: [g-staff]}}}]")}, req(), allowed("shop/p", 0)},
 		{"group overage reason", []string{policy("p", "  rules: [{when: {groups: {anyOf: [g-staff]}}}]")},
-			req(func(in *Input) { in.Claims = claims(func(c *tokencheck.Claims) { c.Groups, c.GroupOverage = nil, true }) }),
+			req(func(in *Input) {
+				in.Claims = claims(func(c *tokencheck.Claims) { c.Groups, c.GroupOverage = nil, true })
+			}),
 			Decision{Outcome: OutcomeDeny, Status: StatusForbidden, Reason: ReasonGroupOverage, TokenReason: tokencheck.ReasonGroupOverage, Policy: "shop/p", Rule: 0, Captured: true}},
 		{"group overage does not matter to a rule without groups", []string{policy("p", "  rules: [{when: {roles: {anyOf: [Orders.Read]}}}]")},
 			req(func(in *Input) { in.Claims = claims(func(c *tokencheck.Claims) { c.GroupOverage = true }) }), allowed("shop/p", 0)},
