@@ -1,0 +1,35 @@
+// Package verifier is the request path of Portcullis: it serves the
+// connections the datapath steers to the agent, authorizes every HTTP request
+// (HTTP/1.1, h2c, gRPC, upgrades) or, on passthrough ports, every
+// connection, and forwards what is allowed to the original destination.
+//
+// A Server serves one pod. It is given accepted connections by any
+// net.Listener whose accepted connections' local address is the original
+// destination (in production a listener opened inside the pod's network
+// namespace, which the eBPF program assigns captured packets to). It learns
+// who the caller is from a SourceResolver, asks an Authorizer for a
+// Decision, and dials the application through a Dialer. These interfaces are
+// the seams where the datapath, tokencheck and the policy engine plug in;
+// the package itself knows nothing of tokens or policy.
+//
+// The HTTP/1.1 path is hand-rolled on top of net/http's parser
+// (http.ReadRequest, http.ReadResponse): one goroutine per connection, pooled
+// upstream connections, no per-request goroutines for bodiless requests, and
+// a strict pre-parse of the raw header block that refuses request-smuggling
+// shapes net/http would otherwise normalise (Content-Length with
+// Transfer-Encoding, differing duplicate Content-Length, obs-fold, bare LF).
+// Bodies are re-framed, never passed through raw, so the application cannot
+// be desynchronised. HTTP/2 uses golang.org/x/net/http2 on both sides.
+//
+// Security properties:
+//   - Nothing the client sends establishes identity: X-Portcullis-* headers,
+//     the configured claim headers, Forwarded and X-Forwarded-* are removed
+//     and set again by the verifier.
+//   - Refusals never echo the token or any request header.
+//   - An upgraded connection (WebSocket) is spliced only after the upgrade
+//     request itself was authorized; an h2c upgrade is terminated here so
+//     that every later stream is authorized too.
+//   - TLS or non-HTTP bytes on a captured port are refused, unless the port
+//     is declared passthrough, where an L4 decision (the caller's identity
+//     only) applies.
+package verifier

@@ -1,0 +1,195 @@
+package verifier
+
+import (
+	"bytes"
+	"net/http"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// dropRequestHeader reports whether a client-sent header must not reach the
+// application: hop-by-hop headers, framing (the verifier re-frames), the
+// forwarding headers the verifier sets itself, X-Portcullis-* and the
+// configured claim headers. Names are compared with '_' as '-', because
+// some application stacks (CGI-style environments) fold the two.
+func dropRequestHeader(k string, strip map[string]bool, connTokens []string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Host",
+		"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded", "Http2-Settings":
+		return true
+	}
+	if hasPrefixFold(k, "x-portcullis-") {
+		return true
+	}
+	if strings.IndexByte(k, '_') >= 0 {
+		n := http.CanonicalHeaderKey(strings.ReplaceAll(k, "_", "-"))
+		if n != k && dropRequestHeader(n, strip, connTokens) {
+			return true
+		}
+	}
+	if strip[k] {
+		return true
+	}
+	return len(connTokens) > 0 && httpguts.HeaderValuesContainsToken(connTokens, k)
+}
+
+// dropResponseHeader reports whether an application response header is
+// hop-by-hop (or framing the verifier sets itself).
+func dropResponseHeader(k string, connTokens []string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Te", "Trailer", "Transfer-Encoding",
+		"Upgrade", "Content-Length":
+		return true
+	}
+	return len(connTokens) > 0 && httpguts.HeaderValuesContainsToken(connTokens, k)
+}
+
+// hasPrefixFold is strings.HasPrefix ignoring ASCII case and treating '_'
+// as '-'; prefix must be lower case.
+func hasPrefixFold(s, prefix string) bool {
+	if len(s) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := s[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		} else if c == '_' {
+			c = '-'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// validField reports whether an Authorizer-supplied header can be sent
+// as is: a token name and a value without CR, LF or NUL.
+func validField(f HeaderField) bool {
+	return httpguts.ValidHeaderFieldName(f.Name) && httpguts.ValidHeaderFieldValue(f.Value)
+}
+
+// bearerToken extracts the bearer token from the Authorization values. n is
+// the number of Authorization header fields; the caller refuses n > 1.
+func bearerToken(vals []string) (token string, n int) {
+	if len(vals) != 1 {
+		return "", len(vals)
+	}
+	v := vals[0]
+	const scheme = "bearer "
+	if len(v) < len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) {
+		return "", 1
+	}
+	return strings.TrimSpace(v[len(scheme):]), 1
+}
+
+// hasDotSegment reports whether a decoded path has "." or ".." segments,
+// which applications may resolve differently from path-based policy.
+func hasDotSegment(p string) bool {
+	for p != "" {
+		var seg string
+		seg, p, _ = strings.Cut(p, "/")
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
+}
+
+// isGRPC reports whether the content type is gRPC's.
+func isGRPC(h http.Header) bool {
+	ct := h["Content-Type"]
+	return len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc")
+}
+
+// upgradeOf returns the requested protocol upgrade, "" when none.
+func upgradeOf(r *http.Request) string {
+	if r.ProtoMajor != 1 || r.ProtoMinor < 1 {
+		return ""
+	}
+	up := r.Header["Upgrade"]
+	if len(up) == 0 || !httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade") {
+		return ""
+	}
+	return strings.Join(up, ", ")
+}
+
+// headProblem checks the raw header block (request line through the empty
+// line, CRLF line endings) for what net/http's parser would accept or
+// normalise but a proxy must refuse. It returns the refusal, or a zero
+// refusal when the block is acceptable.
+func headProblem(b []byte, maxCount int) refusal {
+	smuggling := refusal{http.StatusBadRequest, ReasonSmuggling}
+	var (
+		count, hosts  int
+		te, http10    bool
+		cl            []byte
+		clConflicting bool
+	)
+	first := true
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			return smuggling
+		}
+		if i == 0 || b[i-1] != '\r' {
+			// A bare LF ends lines for some parsers and not others.
+			return smuggling
+		}
+		line := b[:i-1]
+		b = b[i+1:]
+		if bytes.IndexByte(line, '\r') >= 0 {
+			return smuggling
+		}
+		if first {
+			first = false
+			http10 = bytes.HasSuffix(line, []byte(" HTTP/1.0"))
+			continue
+		}
+		if len(line) == 0 {
+			break
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			return smuggling // obs-fold
+		}
+		count++
+		if count > maxCount {
+			return refusal{http.StatusRequestHeaderFieldsTooLarge, ReasonHeadersTooLarge}
+		}
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			return refusal{http.StatusBadRequest, ReasonMalformedRequest}
+		}
+		switch len(name) {
+		case 4:
+			if bytes.EqualFold(name, []byte("host")) {
+				hosts++
+			}
+		case 14:
+			if bytes.EqualFold(name, []byte("content-length")) {
+				value = bytes.TrimSpace(value)
+				if cl != nil && !bytes.Equal(cl, value) {
+					clConflicting = true
+				}
+				cl = value
+			}
+		case 17:
+			if bytes.EqualFold(name, []byte("transfer-encoding")) {
+				if te || !bytes.EqualFold(bytes.TrimSpace(value), []byte("chunked")) {
+					return smuggling
+				}
+				te = true
+			}
+		}
+	}
+	if clConflicting || (te && (cl != nil || http10)) {
+		return smuggling
+	}
+	if hosts > 1 {
+		return refusal{http.StatusBadRequest, ReasonMalformedRequest}
+	}
+	return refusal{}
+}

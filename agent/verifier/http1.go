@@ -1,0 +1,608 @@
+package verifier
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/portcullis-mesh/portcullis/agent/audit"
+)
+
+// h1conn serves one HTTP/1.x client connection: requests are read, decided
+// and forwarded one at a time on the connection's goroutine.
+type h1conn struct {
+	s  *Server
+	sc *srvConn
+	c  net.Conn
+	br *bufio.Reader
+	bw *bufio.Writer
+	ci *connInfo
+	// req and rec are reused for every request of the connection.
+	req Request
+	rec audit.Record
+}
+
+var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (h *h1conn) serve() {
+	s := h.s
+	h.bw = bufio.NewWriterSize(h.c, 4096)
+	for first := true; ; first = false {
+		if !first {
+			if !s.setIdle(h.sc, true) {
+				return
+			}
+			h.c.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
+			_, err := h.br.Peek(1)
+			if !s.setIdle(h.sc, false) || err != nil {
+				return
+			}
+			h.c.SetReadDeadline(time.Now().Add(s.cfg.ReadHeaderTimeout))
+		}
+		if ref := h.readHead(); ref.status != 0 {
+			h.refuseProtocol(ref, nil)
+			return
+		} else if ref.reason != "" {
+			return // read error or timeout: nothing to answer
+		}
+		req, err := http.ReadRequest(h.br)
+		if err != nil {
+			h.refuseProtocol(refusal{http.StatusBadRequest, ReasonMalformedRequest}, nil)
+			return
+		}
+		h.c.SetReadDeadline(time.Time{})
+		if !h.handle(req) {
+			return
+		}
+	}
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+// readHead waits until the whole header block is buffered and checks it.
+// It returns a refusal with a status to answer, a refusal with only a
+// reason when the connection just ended, or a zero refusal.
+func (h *h1conn) readHead() refusal {
+	limit := h.s.cfg.MaxHeaderBytes
+	scanned := 0
+	for {
+		b, err := h.br.Peek(h.br.Buffered())
+		if err != nil {
+			return refusal{reason: ReasonMalformedRequest}
+		}
+		from := max(0, scanned-3)
+		if i := bytes.Index(b[from:], crlfcrlf); i >= 0 {
+			end := from + i + len(crlfcrlf)
+			if end > limit {
+				return refusal{http.StatusRequestHeaderFieldsTooLarge, ReasonHeadersTooLarge}
+			}
+			return headProblem(b[:end], h.s.cfg.MaxHeaderCount)
+		}
+		if bytes.Contains(b[from:], []byte("\n\n")) {
+			return refusal{http.StatusBadRequest, ReasonSmuggling}
+		}
+		scanned = len(b)
+		if scanned >= limit {
+			return refusal{http.StatusRequestHeaderFieldsTooLarge, ReasonHeadersTooLarge}
+		}
+		if scanned == h.br.Size() {
+			h.grow(limit)
+		}
+		if _, err := h.br.Peek(scanned + 1); err != nil {
+			return refusal{reason: ReasonMalformedRequest}
+		}
+	}
+}
+
+// grow replaces the read buffer with one of size bytes holding the same
+// unread bytes. Most requests fit the initial 4 KiB; big tokens do not.
+func (h *h1conn) grow(size int) {
+	b, _ := h.br.Peek(h.br.Buffered())
+	pre := bytes.Clone(b)
+	h.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pre), h.c), size)
+}
+
+// refuseProtocol answers a request the verifier refuses before any policy
+// (smuggling shapes, limits, malformed requests), records it, and leaves the
+// connection to be closed.
+func (h *h1conn) refuseProtocol(ref refusal, req *http.Request) {
+	dec := Decision{Status: ref.status, Reason: ref.reason}
+	var method, path string
+	if req != nil {
+		method, path = req.Method, req.URL.Path
+	}
+	h.s.fillRecord(&h.rec, time.Now(), h.ci, &dec, HTTP1, method, path)
+	h.rec.Status = ref.status
+	h.s.observe(&h.rec, &dec, 0)
+	h.c.SetWriteDeadline(time.Now().Add(h.s.cfg.ReadHeaderTimeout))
+	writeRefusal1(h.bw, ref.status, ref.reason, true)
+}
+
+// handle decides and answers one request. It returns whether the connection
+// may carry another request.
+func (h *h1conn) handle(req *http.Request) bool {
+	s := h.s
+	switch {
+	case req.Method == http.MethodConnect:
+		h.refuseProtocol(refusal{http.StatusMethodNotAllowed, ReasonMethodNotAllowed}, req)
+		return false
+	case req.Host == "" && req.ProtoAtLeast(1, 1), hasDotSegment(req.URL.Path):
+		h.refuseProtocol(refusal{http.StatusBadRequest, ReasonMalformedRequest}, req)
+		return false
+	}
+	upgrade := upgradeOf(req)
+	if upgrade != "" && httpguts.HeaderValuesContainsToken(req.Header["Upgrade"], "h2c") {
+		if settings, ok := h2cSettings(req); ok {
+			// Every stream of the upgraded connection is authorized on its own.
+			return h.upgradeH2C(req, settings)
+		}
+		// Never splice an h2c upgrade: later streams would go unchecked.
+		upgrade = ""
+	}
+	token, ntok := bearerToken(req.Header["Authorization"])
+	r := &h.req
+	*r = Request{
+		Workload: s.cfg.Workload, Source: h.ci.source, SourceAddr: h.ci.remote, Destination: h.ci.local,
+		Protocol: HTTP1, Method: req.Method, Host: req.Host, Path: req.URL.Path, Header: req.Header, Token: token,
+	}
+	start := time.Now()
+	var dec Decision
+	if ntok > 1 {
+		dec = Decision{Status: http.StatusBadRequest, Reason: ReasonMultipleTokens}
+	} else {
+		dec = s.cfg.Authorizer.Authorize(context.Background(), r)
+	}
+	elapsed := time.Since(start)
+	r.Header, r.Token = nil, ""
+	refuse := !dec.Allow && (dec.Mode == Enforce || ntok > 1)
+	s.fillRecord(&h.rec, start, h.ci, &dec, HTTP1, req.Method, req.URL.Path)
+	status := refusalStatus(&dec)
+	if refuse {
+		h.rec.Status = status
+	}
+	s.observe(&h.rec, &dec, elapsed)
+	if refuse {
+		keep := !req.Close && req.ContentLength == 0
+		if err := writeRefusal1(h.bw, status, dec.Reason, !keep); err != nil {
+			return false
+		}
+		return keep
+	}
+	return h.forward(req, &dec, upgrade)
+}
+
+func refusalStatus(d *Decision) int {
+	if d.Status != 0 {
+		return d.Status
+	}
+	return http.StatusForbidden
+}
+
+// forward sends req to the original destination and relays the response.
+func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool {
+	s := h.s
+	ctx := context.Background()
+	hasBody := req.ContentLength != 0
+	var (
+		uc   *upConn
+		resp *http.Response
+		err  error
+	)
+	upStart := time.Now()
+	for attempt := 0; ; attempt++ {
+		if attempt == 0 {
+			uc, err = s.pool.get(ctx, h.ci.local)
+		} else {
+			uc, err = s.pool.dial(ctx, h.ci.local)
+		}
+		if err != nil {
+			s.cfg.Logger.Debug("forward", "error", err)
+			return h.badGateway(req)
+		}
+		h.writeRequestHead(uc.bw, req, dec, upgrade)
+		if hasBody {
+			break
+		}
+		if err = uc.bw.Flush(); err == nil {
+			resp, err = h.readResponse(uc, req)
+		}
+		if err == nil {
+			break
+		}
+		uc.c.Close()
+		if !uc.reused || attempt > 0 || !staleConnErr(err) {
+			s.cfg.Logger.Debug("forward", "error", err)
+			return h.badGateway(req)
+		}
+	}
+
+	var bodyDone chan error
+	if hasBody {
+		bodyDone = make(chan error, 1)
+		go func() { bodyDone <- h.sendRequestBody(uc, req) }()
+		resp, err = h.readResponse(uc, req)
+		if err != nil {
+			uc.c.Close()
+			h.c.SetReadDeadline(time.Now()) // unblock the body copy
+			<-bodyDone
+			return h.badGateway(req)
+		}
+	}
+	s.cfg.Metrics.ObserveUpstream(time.Since(upStart))
+
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if upgrade == "" || bodyDone != nil {
+			uc.c.Close()
+			if bodyDone != nil {
+				h.c.SetReadDeadline(time.Now())
+				<-bodyDone
+			}
+			return h.badGateway(req)
+		}
+		h.writeResponseHead(resp, req, framing{upgrade: true})
+		if h.bw.Flush() != nil {
+			uc.c.Close()
+			return false
+		}
+		h.s.setKind(h.sc, kindSplice)
+		splice(h.c, drain(h.br), uc.c, drain(uc.br))
+		return false
+	}
+
+	fr := h.framingFor(resp, req)
+	h.writeResponseHead(resp, req, fr)
+	reusable := !resp.Close
+	werr, rerr := h.relayBody(resp, uc.br, fr)
+	if rerr != nil || werr != nil {
+		reusable = false
+	}
+	keep := !fr.closeConn && werr == nil && rerr == nil
+	if bodyDone != nil {
+		select {
+		case err := <-bodyDone:
+			if err != nil {
+				reusable, keep = false, false
+			}
+		default:
+			// The application answered before reading the whole body. The
+			// rest cannot be resynchronised: end both connections.
+			reusable, keep = false, false
+			uc.c.Close()
+			if cw, ok := h.c.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
+			h.c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			<-bodyDone
+		}
+	}
+	if reusable {
+		s.pool.put(uc)
+	} else {
+		uc.c.Close()
+	}
+	return keep
+}
+
+// drain returns (and consumes) the bytes buffered in br.
+func drain(br *bufio.Reader) []byte {
+	n := br.Buffered()
+	if n == 0 {
+		return nil
+	}
+	b, _ := br.Peek(n)
+	b = bytes.Clone(b)
+	br.Discard(n)
+	return b
+}
+
+// staleConnErr reports whether err looks like a pooled connection the
+// application had already closed, before any response byte arrived.
+func staleConnErr(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func (h *h1conn) badGateway(req *http.Request) bool {
+	keep := !req.Close && req.ContentLength == 0
+	writeRefusal1(h.bw, http.StatusBadGateway, "upstream_unavailable", !keep)
+	return keep
+}
+
+// readResponse reads the application's response head, relaying interim
+// (1xx) responses other than 101 to the client.
+func (h *h1conn) readResponse(uc *upConn, req *http.Request) (*http.Response, error) {
+	if t := h.s.cfg.ResponseHeaderTimeout; t > 0 {
+		uc.c.SetReadDeadline(time.Now().Add(t))
+		defer uc.c.SetReadDeadline(time.Time{})
+	}
+	for {
+		resp, err := http.ReadResponse(uc.br, req)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		if req.ProtoAtLeast(1, 1) {
+			h.writeResponseHead(resp, req, framing{interim: true})
+			if err := h.bw.Flush(); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// framing is how a response body is delimited towards the client.
+type framing struct {
+	noBody    bool // HEAD, 1xx, 204, 304
+	length    int64
+	chunked   bool
+	closeConn bool // close-delimited body, or the client asked to close
+	upgrade   bool // 101 Switching Protocols
+	interim   bool // 1xx other than 101
+}
+
+func (h *h1conn) framingFor(resp *http.Response, req *http.Request) framing {
+	fr := framing{length: resp.ContentLength, closeConn: req.Close}
+	switch {
+	case req.Method == http.MethodHead || resp.StatusCode == http.StatusNoContent ||
+		resp.StatusCode == http.StatusNotModified:
+		fr.noBody = true
+	case resp.ContentLength >= 0:
+	case req.ProtoAtLeast(1, 1):
+		fr.chunked = true
+	default:
+		fr.closeConn = true
+	}
+	return fr
+}
+
+func (h *h1conn) writeResponseHead(resp *http.Response, req *http.Request, fr framing) {
+	bw := h.bw
+	bw.WriteString("HTTP/1.1 ")
+	if resp.Status != "" {
+		bw.WriteString(resp.Status)
+	} else {
+		bw.WriteString(strconv.Itoa(resp.StatusCode))
+	}
+	bw.WriteString("\r\n")
+	conn := resp.Header["Connection"]
+	for k, vv := range resp.Header {
+		if dropResponseHeader(k, conn) {
+			continue
+		}
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+	switch {
+	case fr.interim:
+	case fr.upgrade:
+		bw.WriteString("Connection: Upgrade\r\n")
+		for _, v := range resp.Header["Upgrade"] {
+			writeField(bw, "Upgrade", v)
+		}
+	default:
+		switch {
+		case fr.noBody:
+			if req.Method == http.MethodHead && resp.ContentLength >= 0 {
+				writeLength(bw, resp.ContentLength)
+			}
+		case fr.chunked:
+			bw.WriteString("Transfer-Encoding: chunked\r\n")
+			if len(resp.Trailer) > 0 {
+				for k := range resp.Trailer {
+					writeField(bw, "Trailer", k)
+				}
+			}
+		case !fr.closeConn || fr.length >= 0:
+			writeLength(bw, fr.length)
+		}
+		if fr.closeConn {
+			bw.WriteString("Connection: close\r\n")
+		} else if !req.ProtoAtLeast(1, 1) {
+			bw.WriteString("Connection: keep-alive\r\n")
+		}
+	}
+	bw.WriteString("\r\n")
+}
+
+func writeField(bw *bufio.Writer, k, v string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(v)
+	bw.WriteString("\r\n")
+}
+
+func writeLength(bw *bufio.Writer, n int64) {
+	var b [20]byte
+	bw.WriteString("Content-Length: ")
+	bw.Write(strconv.AppendInt(b[:0], n, 10))
+	bw.WriteString("\r\n")
+}
+
+// writeRequestHead writes the forwarded request's head: the client's
+// headers minus the ones the verifier owns, then the verifier's own.
+func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Decision, upgrade string) {
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	uri := req.RequestURI
+	if uri == "" || (uri[0] != '/' && uri != "*") {
+		uri = req.URL.RequestURI() // absolute-form to origin-form
+	}
+	bw.WriteString(uri)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(req.Host)
+	bw.WriteString("\r\n")
+	strip := *h.s.strip.Load()
+	conn := req.Header["Connection"]
+	for k, vv := range req.Header {
+		if dropRequestHeader(k, strip, conn) || decisionSets(dec, k) {
+			continue
+		}
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+	for _, f := range dec.Headers {
+		if validField(f) {
+			writeField(bw, f.Name, f.Value)
+		}
+	}
+	writeField(bw, "X-Portcullis-Source", h.ci.sourceID)
+	writeField(bw, "X-Forwarded-For", h.ci.clientIP)
+	bw.WriteString("X-Forwarded-Proto: http\r\n")
+	if req.Host != "" {
+		writeField(bw, "X-Forwarded-Host", req.Host)
+	}
+	writeField(bw, "Forwarded", h.ci.forwarded)
+	if upgrade != "" {
+		bw.WriteString("Connection: Upgrade\r\n")
+		writeField(bw, "Upgrade", upgrade)
+	}
+	switch {
+	case req.ContentLength > 0:
+		writeLength(bw, req.ContentLength)
+	case req.ContentLength < 0:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		for k := range req.Trailer {
+			writeField(bw, "Trailer", k)
+		}
+	case req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch:
+		bw.WriteString("Content-Length: 0\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+// decisionSets reports whether the decision adds header k (the client's
+// copy is then dropped even if StripHeaders forgot it).
+func decisionSets(dec *Decision, k string) bool {
+	for i := range dec.Headers {
+		if http.CanonicalHeaderKey(dec.Headers[i].Name) == k {
+			return true
+		}
+	}
+	return false
+}
+
+// sendRequestBody streams the request body to the application, re-framed:
+// the same length, or chunked (with trailers) when the client chunked.
+func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request) error {
+	chunked := req.ContentLength < 0
+	_, rerr, werr := copyBody(uc.bw, req.Body, h.br, chunked)
+	if rerr == nil && werr == nil && chunked {
+		werr = writeLastChunk(uc.bw, req.Trailer)
+	}
+	if werr == nil {
+		werr = uc.bw.Flush()
+	}
+	if rerr != nil || werr != nil {
+		uc.c.Close() // abort: the application must not see a short body as complete
+		if rerr != nil {
+			return rerr
+		}
+		return werr
+	}
+	return nil
+}
+
+// relayBody streams the response body to the client.
+func (h *h1conn) relayBody(resp *http.Response, upBuf *bufio.Reader, fr framing) (werr, rerr error) {
+	if fr.noBody {
+		return h.bw.Flush(), nil
+	}
+	_, rerr, werr = copyBody(h.bw, resp.Body, upBuf, fr.chunked)
+	if rerr == nil && werr == nil && fr.chunked {
+		werr = writeLastChunk(h.bw, resp.Trailer)
+	}
+	if werr == nil {
+		werr = h.bw.Flush()
+	}
+	resp.Body.Close()
+	return werr, rerr
+}
+
+// copyBody copies src to dst, optionally as chunks, flushing whenever the
+// source has nothing more buffered (so streams stay live) — and only then,
+// so a small response goes out in one write with its head. src's underlying
+// buffer, when known, tells whether more bytes are already available.
+func copyBody(dst *bufio.Writer, src io.Reader, srcBuf *bufio.Reader, chunked bool) (n int64, rerr, werr error) {
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	buf := *bp
+	var hexbuf [16]byte
+	for {
+		m, err := src.Read(buf)
+		if m > 0 {
+			n += int64(m)
+			if chunked {
+				dst.Write(strconv.AppendInt(hexbuf[:0], int64(m), 16))
+				dst.WriteString("\r\n")
+				dst.Write(buf[:m])
+				_, werr = dst.WriteString("\r\n")
+			} else {
+				_, werr = dst.Write(buf[:m])
+			}
+			if werr == nil && (srcBuf == nil || srcBuf.Buffered() == 0) && err == nil {
+				werr = dst.Flush()
+			}
+			if werr != nil {
+				return n, nil, werr
+			}
+		}
+		if err == io.EOF {
+			return n, nil, nil
+		}
+		if err != nil {
+			return n, err, nil
+		}
+	}
+}
+
+func writeLastChunk(bw *bufio.Writer, trailer http.Header) error {
+	bw.WriteString("0\r\n")
+	for k, vv := range trailer {
+		if dropResponseHeader(k, nil) {
+			continue
+		}
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// fillRecord fills rec for one decision.
+func (s *Server) fillRecord(rec *audit.Record, at time.Time, ci *connInfo, dec *Decision, p Protocol, method, path string) {
+	*rec = audit.Record{
+		Time: at, Decision: audit.Deny, Reason: string(dec.Reason), Policy: dec.Policy, Rule: dec.Rule,
+		Mode: audit.Enforce, Source: ci.sourceID, SourceAddr: ci.remoteStr, Workload: s.cfg.Workload,
+		Port: ci.local.Port(), Protocol: string(p), Method: method, Path: path,
+		Issuer: dec.Token.Issuer, Tenant: dec.Token.Tenant, ObjectID: dec.Token.ObjectID,
+		Subject: dec.Token.Subject, ClientID: dec.Token.ClientID,
+	}
+	if dec.Allow {
+		rec.Decision = audit.Allow
+	}
+	if dec.Mode == AuditOnly {
+		rec.Mode = audit.AuditOnly
+	}
+}
+
+// observe sends rec to the audit log and counts the decision.
+func (s *Server) observe(rec *audit.Record, dec *Decision, elapsed time.Duration) {
+	if s.cfg.Audit != nil {
+		s.cfg.Audit.Log(rec)
+	}
+	s.cfg.Metrics.ObserveRequest(string(rec.Decision), string(dec.Reason), dec.Policy, string(rec.Mode), elapsed)
+}
