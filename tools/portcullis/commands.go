@@ -100,7 +100,10 @@ func (a *app) statusTable(w io.Writer, st *debugv1.GetStatusResponse) error {
 		fmt.Sprintf("%d/%d healthy", healthy, len(st.GetIssuers())),
 		fmt.Sprintf("%d/%d healthy", healthy, len(st.GetIssuers()))))
 	for _, is := range st.GetIssuers() {
-		line := fmt.Sprintf("%s: %d keys, key set %s old", is.GetName(), is.GetKeyCount(), durationCell(is.GetJwksAge()))
+		line := is.GetName() + ": no key set"
+		if is.GetJwksAge() != nil {
+			line = fmt.Sprintf("%s: %d keys, key set %s old", is.GetName(), is.GetKeyCount(), age(is.GetJwksAge().AsDuration()))
+		}
 		if is.GetLastError() != "" {
 			line += ", last error: " + oneLine(is.GetLastError())
 		}
@@ -200,7 +203,7 @@ func (a *app) issuersCmd() *cobra.Command {
 						lastErr = "(" + a.relative(is.GetLastErrorAt()) + ") " + lastErr
 					}
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-						is.GetName(), cell(is.GetKind()), a.paintBool(is.GetHealthy(), "yes", "no "),
+						is.GetName(), cell(is.GetKind()), a.paintBool(is.GetHealthy(), "yes", "no"),
 						list(is.GetKeyIds()), durationCell(is.GetJwksAge()), a.relative(is.GetNextRefresh()),
 						cell(is.GetIssuer()), lastErr)
 				}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 	"sigs.k8s.io/yaml"
 
+	"github.com/portcullis-mesh/portcullis/agent/debugapi"
 	"github.com/portcullis-mesh/portcullis/agent/debugapi/debugv1"
 )
 
@@ -38,6 +39,11 @@ func (a *app) decisionsCmd() *cobra.Command {
 				}
 				req.Decision = "deny"
 			}
+			// Check the filters here too, to answer a typo without a
+			// round trip to the agent.
+			if _, err := debugapi.NewFilter(&req); err != nil {
+				return &exitError{code: exitUsage, err: err}
+			}
 			return a.tailDecisions(cmd.Context(), &req)
 		},
 	}
@@ -57,15 +63,13 @@ func (a *app) tailDecisions(ctx context.Context, req *debugv1.TailDecisionsReque
 	if err != nil {
 		return err
 	}
+	// Only a bounded tail is bounded by --timeout; --follow runs until
+	// interrupted.
+	cancel := context.CancelFunc(func() {})
 	if !req.GetFollow() {
-		var cancel context.CancelFunc
 		ctx, cancel = a.callContext(ctx)
-		defer cancel()
-	} else {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
 	}
+	defer cancel()
 	stream, err := c.TailDecisions(ctx, req)
 	if err != nil {
 		return err

@@ -176,7 +176,17 @@ func (a *app) readInput(name string) (string, error) {
 
 func (a *app) explainTable(w io.Writer, r *debugv1.ExplainResponse) error {
 	dec := a.paintDecision(r.GetDecision())
-	fmt.Fprintf(w, "Decision:\t%s %d %s\n", dec, r.GetStatus(), cell(r.GetReason()))
+	if r.GetMode() == "audit" {
+		// The reason is the audited policy's, not that of what happens.
+		would := "ALLOW"
+		if r.GetWouldDeny() {
+			would = "DENY"
+		}
+		fmt.Fprintf(w, "Decision:\t%s %d (audit only: enforcing would %s %d, %s)\n", dec, r.GetStatus(),
+			a.paintDecision(would), r.GetAuditStatus(), cell(r.GetReason()))
+	} else {
+		fmt.Fprintf(w, "Decision:\t%s %d %s\n", dec, r.GetStatus(), cell(r.GetReason()))
+	}
 	if r.GetTokenReason() != "" {
 		fmt.Fprintf(w, "Token reason:\t%s\n", r.GetTokenReason())
 	}
@@ -188,11 +198,6 @@ func (a *app) explainTable(w io.Writer, r *debugv1.ExplainResponse) error {
 	mode := cell(r.GetMode())
 	if r.GetMode() == "audit" {
 		mode = a.paint(ansiYellow, mode)
-		if r.GetWouldDeny() {
-			mode += fmt.Sprintf(": enforcing would deny with %d", r.GetAuditStatus())
-		} else {
-			mode += ": enforcing would allow"
-		}
 	}
 	fmt.Fprintf(w, "Mode:\t%s\n", mode)
 	captured := "yes"
@@ -208,7 +213,7 @@ func (a *app) explainTable(w io.Writer, r *debugv1.ExplainResponse) error {
 	fmt.Fprintf(w, "\nCandidate rules, in evaluation order:\n")
 	fmt.Fprintln(w, "POLICY\tACTION\tMODE\tRULE\tRESULT\tFAILED FIELD\tDETAIL")
 	for _, t := range r.GetTrace() {
-		res := a.paintBool(t.GetMatched(), "match", "no   ")
+		res := a.paintBool(t.GetMatched(), "match", "no")
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", t.GetPolicy(), t.GetAction(), t.GetMode(), t.GetRule(),
 			res, cell(t.GetFailedField()), oneLine(t.GetDetail()))
 	}

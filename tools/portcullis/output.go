@@ -34,8 +34,9 @@ func (a *app) paint(colour, s string) string {
 }
 
 // paintDecision colours an allow green and a deny red.
+// Padding around d is kept and coloured with it.
 func (a *app) paintDecision(d string) string {
-	switch strings.ToLower(d) {
+	switch strings.ToLower(strings.TrimSpace(d)) {
 	case "allow":
 		return a.paint(ansiGreen, strings.ToUpper(d))
 	case "deny":

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -88,6 +89,9 @@ func (a *app) tokenTable(w io.Writer, r *debugv1.InspectTokenResponse) error {
 				return fmt.Errorf("encode claim %s: %w", k, err)
 			}
 			s = string(b)
+		}
+		if f, ok := v.(float64); ok && (k == "exp" || k == "nbf" || k == "iat") {
+			s += " (" + time.Unix(int64(f), 0).UTC().Format(time.RFC3339) + ")"
 		}
 		fmt.Fprintf(w, "  %s\t%s\n", k, oneLine(s))
 	}
