@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/base64"
-	"encoding/json"
 	"math"
 	"math/big"
 	"slices"
@@ -20,18 +19,31 @@ import (
 // Go's decoder skips CR and LF, so callers check the alphabet first.
 var b64 = base64.RawURLEncoding.Strict()
 
-// header is the JOSE header of a compact JWS. Members that must be absent
-// are kept raw so that their presence (even as null) is seen.
+// header is what we use of the JOSE header of a compact JWS.
 type header struct {
-	Alg   string          `json:"alg"`
-	Kid   string          `json:"kid"`
-	Crit  json.RawMessage `json:"crit"`
-	Nonce json.RawMessage `json:"nonce"`
-	JWK   json.RawMessage `json:"jwk"`
-	JKU   json.RawMessage `json:"jku"`
-	X5U   json.RawMessage `json:"x5u"`
-	X5C   json.RawMessage `json:"x5c"`
-	B64   json.RawMessage `json:"b64"`
+	Alg string
+	Kid string
+	// Present lists members whose mere presence refuses the token.
+	Present struct{ Crit, B64, Nonce, EmbeddedKey bool }
+}
+
+// parseHeader types the decoded header object.
+func parseHeader(m map[string]any, h *header) bool {
+	var ok bool
+	if h.Alg, ok = m["alg"].(string); !ok {
+		return false
+	}
+	if kid, present := m["kid"]; present {
+		if h.Kid, ok = kid.(string); !ok {
+			return false
+		}
+	}
+	has := func(k string) bool { _, ok := m[k]; return ok }
+	h.Present.Crit = has("crit")
+	h.Present.B64 = has("b64")
+	h.Present.Nonce = has("nonce")
+	h.Present.EmbeddedKey = has("jwk") || has("jku") || has("x5u") || has("x5c")
+	return true
 }
 
 // token is a parsed, not yet verified, compact JWS.
@@ -68,25 +80,33 @@ func parseToken(raw string) (*token, Reason, error) {
 		return nil, ReasonMalformed, &Error{ReasonMalformed, "character outside the base64url alphabet"}
 	}
 	t := &token{signingInput: raw[:d2]}
-	hb, err := b64.DecodeString(h64)
+	// One buffer for the three decoded parts; the JSON decoder slices
+	// strings out of it, so it is never written after decoding.
+	buf := make([]byte, b64.DecodedLen(len(h64))+b64.DecodedLen(len(p64))+b64.DecodedLen(len(s64)))
+	n, err := b64.Decode(buf, bytesOf(h64))
 	if err != nil {
 		return nil, ReasonMalformed, &Error{ReasonMalformed, "header: bad base64url"}
 	}
-	if err := json.Unmarshal(hb, &t.hdr); err != nil {
-		return nil, ReasonMalformed, &Error{ReasonMalformed, "header: not a JSON object"}
+	hm, err := parseJSONObject(stringOf(buf[:n]))
+	if err != nil || !parseHeader(hm, &t.hdr) {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "header: not a JSON object with a string alg"}
 	}
 	if r, err := checkHeader(&t.hdr); err != nil {
 		return nil, r, err
 	}
-	pb, err := b64.DecodeString(p64)
+	buf = buf[n:]
+	n, err = b64.Decode(buf, bytesOf(p64))
 	if err != nil {
 		return nil, ReasonMalformed, &Error{ReasonMalformed, "payload: bad base64url"}
 	}
-	if t.sig, err = b64.DecodeString(s64); err != nil {
+	payload := buf[:n:n]
+	buf = buf[n:]
+	if n, err = b64.Decode(buf, bytesOf(s64)); err != nil {
 		return nil, ReasonMalformed, &Error{ReasonMalformed, "signature: bad base64url"}
 	}
-	var m map[string]any
-	if err := json.Unmarshal(pb, &m); err != nil || m == nil {
+	t.sig = buf[:n:n]
+	m, err := parseJSONObject(stringOf(payload))
+	if err != nil {
 		return nil, ReasonMalformed, &Error{ReasonMalformed, "payload: not a JSON object"}
 	}
 	if r, err := t.fill(m); err != nil {
@@ -98,16 +118,16 @@ func parseToken(raw string) (*token, Reason, error) {
 // checkHeader refuses what no issuer may use, before any issuer is chosen.
 func checkHeader(h *header) (Reason, error) {
 	switch {
-	case h.JWK != nil || h.JKU != nil || h.X5U != nil || h.X5C != nil:
+	case h.Present.EmbeddedKey:
 		return refuse(ReasonEmbeddedKey, "header carries jwk, jku, x5u or x5c")
-	case h.Crit != nil || h.B64 != nil:
+	case h.Present.Crit || h.Present.B64:
 		return refuse(ReasonCritUnsupported, "header has crit or b64")
 	case !slices.Contains(supportedAlgs, h.Alg):
 		// none, HS*, EdDSA, and anything invented.
 		return refuse(ReasonAlgNotAllowed, "alg %q", clip(h.Alg))
 	case h.Kid == "":
 		return refuse(ReasonMalformed, "header has no kid")
-	case h.Nonce != nil:
+	case h.Present.Nonce:
 		return refuse(ReasonGraphToken, "header has a nonce: a token for Microsoft Graph, not for this API")
 	}
 	return ReasonNone, nil
@@ -308,6 +328,12 @@ func verifySignature(pub crypto.PublicKey, alg, input string, sig []byte) bool {
 		return ecdsa.Verify(k, digest, r, s)
 	}
 	return false
+}
+
+// stringOf views b as a string without copying; b must never be written
+// afterwards.
+func stringOf(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 // bytesOf views s as bytes without copying, for read-only use (hashing and
