@@ -43,7 +43,8 @@ type Config struct {
 // concurrent use.
 type Datapath struct {
 	cfg  Config
-	objs portcullisObjects
+	spec *ebpf.CollectionSpec // for per-pod capture programs
+	objs sharedObjects
 
 	mu      sync.Mutex
 	sockops link.Link
@@ -51,17 +52,25 @@ type Datapath struct {
 	closed  bool
 }
 
+// sharedObjects are loaded once per datapath; the capture program is
+// loaded once per pod (loadCapture).
+type sharedObjects struct {
+	portcullisMaps
+	PcSockops *ebpf.Program `ebpf:"pc_sockops"`
+}
+
+func (o *sharedObjects) Close() error {
+	return errors.Join(o.portcullisMaps.Close(), o.PcSockops.Close())
+}
+
 // Pin layout below Config.PinDir.
 const (
-	pinProgCapture = "prog_capture"
 	pinProgSockops = "prog_sockops"
 	pinLinkSockops = "link_sockops"
 	pinMapPrefix   = "map_"
-	pinPodsDir     = "pods"     // pods/<netns cookie>/tcx_<ifindex>
-	pinLinkPrefix  = "tcx_"     // one pinned TCX link per interface
-	pinPodDirMode  = 0o700      // directories on bpffs
-	mapPodsName    = "pc_pods"  // see lib/capture.h
-	mapConnsName   = "pc_conns" // see lib/sockops.h
+	pinPodsDir     = "pods" // pods/<netns cookie>/tcx_<ifindex>
+	pinLinkPrefix  = "tcx_" // one pinned TCX link per interface
+	pinPodDirMode  = 0o700  // directories on bpffs
 )
 
 // Open loads the datapath, re-adopting pinned objects from a previous run.
@@ -130,13 +139,10 @@ func (d *Datapath) load() error {
 		}
 		replacements[name] = m
 	}
+	d.spec = spec
 	err = spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: replacements})
 	if err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return fmt.Errorf("load datapath: %+v", verr)
-		}
-		return fmt.Errorf("load datapath: %w", err)
+		return fmt.Errorf("load datapath: %w", verifierDetail(err))
 	}
 	maps := map[string]*ebpf.Map{
 		portcullisMapPcCgroups:  d.objs.PcCgroups,
@@ -154,18 +160,52 @@ func (d *Datapath) load() error {
 			return fmt.Errorf("pin map %s: %w", name, err)
 		}
 	}
-	// Programs are pinned for operators (bpftool); links keep them alive.
-	for name, p := range map[string]*ebpf.Program{pinProgCapture: d.objs.PcCaptureIn, pinProgSockops: d.objs.PcSockops} {
-		if err := os.Remove(d.pin(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			d.objs.Close()
-			return fmt.Errorf("unpin old program %s: %w", name, err)
-		}
-		if err := p.Pin(d.pin(name)); err != nil {
-			d.objs.Close()
-			return fmt.Errorf("pin program %s: %w", name, err)
-		}
+	// Pinned for operators (bpftool); the link keeps it alive. Capture
+	// programs are reachable through their pinned links.
+	if err := os.Remove(d.pin(pinProgSockops)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		d.objs.Close()
+		return fmt.Errorf("unpin old sockops program: %w", err)
+	}
+	if err := d.objs.PcSockops.Pin(d.pin(pinProgSockops)); err != nil {
+		d.objs.Close()
+		return fmt.Errorf("pin sockops program: %w", err)
 	}
 	return nil
+}
+
+// verifierDetail expands a verifier error with its full log (%+v).
+func verifierDetail(err error) error {
+	var verr *ebpf.VerifierError
+	if errors.As(err, &verr) {
+		return fmt.Errorf("%w: %+v", err, verr)
+	}
+	return err
+}
+
+// loadCapture loads the capture program for the pod whose netns has the
+// given cookie, sharing the datapath's maps.
+func (d *Datapath) loadCapture(cookie uint64) (*ebpf.Program, error) {
+	spec := d.spec.Copy()
+	if err := spec.Variables[portcullisVarPcListenerPort].Set(d.cfg.ListenerPort); err != nil {
+		return nil, fmt.Errorf("set listener port: %w", err)
+	}
+	if err := spec.Variables[portcullisVarPcPodNetnsCookie].Set(cookie); err != nil {
+		return nil, fmt.Errorf("set netns cookie: %w", err)
+	}
+	var objs struct {
+		Prog *ebpf.Program `ebpf:"pc_capture_in"`
+	}
+	err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
+		portcullisMapPcPods:     d.objs.PcPods,
+		portcullisMapPcPorts:    d.objs.PcPorts,
+		portcullisMapPcCounters: d.objs.PcCounters,
+		portcullisMapPcCgroups:  d.objs.PcCgroups,
+		portcullisMapPcConns:    d.objs.PcConns,
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("load capture program: %w", verifierDetail(err))
+	}
+	return objs.Prog, nil
 }
 
 // adopt attaches sockops (or switches a pinned link to the new program) and
@@ -223,6 +263,11 @@ func (d *Datapath) adopt() error {
 			continue // not ours
 		}
 		p := byCookie[cookie]
+		if p != nil && p.prog == nil {
+			if p.prog, err = d.loadCapture(cookie); err != nil {
+				return err
+			}
+		}
 		if err := d.adoptPodLinks(cookie, p); err != nil {
 			return err
 		}
@@ -249,7 +294,7 @@ func (d *Datapath) adoptPodLinks(cookie uint64, p *podState) error {
 		if err != nil {
 			return fmt.Errorf("load pinned link %s: %w", path, err)
 		}
-		if p == nil || l.Update(d.objs.PcCaptureIn) != nil {
+		if p == nil || l.Update(p.prog) != nil {
 			// Orphan, or defunct because its interface was destroyed.
 			if err := unpinClose(l); err != nil {
 				return fmt.Errorf("remove stale link %s: %w", path, err)
@@ -289,6 +334,9 @@ func (d *Datapath) closeHandles() error {
 		for _, l := range p.links {
 			errs = append(errs, l.Close())
 		}
+		if p.prog != nil {
+			errs = append(errs, p.prog.Close())
+		}
 	}
 	if d.sockops != nil {
 		errs = append(errs, d.sockops.Close())
@@ -324,6 +372,9 @@ func (d *Datapath) Teardown() error {
 	var errs []error
 	for key, p := range d.pods {
 		errs = append(errs, d.detachPod(p))
+		if p.prog != nil {
+			errs = append(errs, p.prog.Close())
+		}
 		delete(d.pods, key)
 	}
 	if d.sockops != nil {

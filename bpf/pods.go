@@ -108,6 +108,7 @@ type PodInfo struct {
 type podState struct {
 	key    string
 	cookie uint64
+	prog   *ebpf.Program     // this pod's capture program instance
 	links  map[int]link.Link // by ifindex in the pod's netns
 }
 
@@ -180,6 +181,11 @@ func (d *Datapath) enroll(p Pod) error {
 	if err := d.writePorts(st, p.Ports); err != nil {
 		return err
 	}
+	if st.prog == nil {
+		if st.prog, err = d.loadCapture(cookie); err != nil {
+			return err
+		}
+	}
 	dir := d.pin(pinPodsDir, strconv.FormatUint(cookie, 10))
 	if err := os.MkdirAll(dir, pinPodDirMode); err != nil {
 		return fmt.Errorf("create pin directory: %w", err)
@@ -188,7 +194,7 @@ func (d *Datapath) enroll(p Pod) error {
 		if _, ok := st.links[ifindex]; ok {
 			continue
 		}
-		l, err := attachTCX(p.NetnsPath, ifindex, d.objs.PcCaptureIn)
+		l, err := attachTCX(p.NetnsPath, ifindex, st.prog)
 		if err != nil {
 			return err
 		}
@@ -369,6 +375,10 @@ func (d *Datapath) removeLocked(st *podState) error {
 	if err := d.objs.PcPods.Delete(st.cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete pod entry: %w", err)
 	}
+	if st.prog != nil {
+		st.prog.Close()
+		st.prog = nil
+	}
 	delete(d.pods, st.key)
 	return nil
 }
@@ -439,5 +449,56 @@ func (d *Datapath) Pods() ([]PodInfo, error) {
 		}
 		return 0
 	})
+	return out, nil
+}
+
+// MapEntries counts the entries of each map (for the debug CLI and leak
+// checks), keyed by map name (pc_pods, ...). The per-CPU counters array is
+// left out: its size is fixed.
+func (d *Datapath) MapEntries() (map[string]int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string]int)
+	for name, m := range map[string]*ebpf.Map{
+		portcullisMapPcPods:    d.objs.PcPods,
+		portcullisMapPcPorts:   d.objs.PcPorts,
+		portcullisMapPcCgroups: d.objs.PcCgroups,
+		portcullisMapPcConns:   d.objs.PcConns,
+	} {
+		n := 0
+		var k, v []byte
+		iter := m.Iterate()
+		for iter.Next(&k, &v) {
+			n++
+		}
+		if err := iter.Err(); err != nil {
+			return nil, fmt.Errorf("iterate %s: %w", name, err)
+		}
+		out[name] = n
+	}
+	return out, nil
+}
+
+// CaptureProgramIDs returns the kernel IDs of the pods' capture programs
+// (one instance per pod), by pod key, so that callers can find their links
+// (bpftool, leak checks).
+func (d *Datapath) CaptureProgramIDs() (map[string]ebpf.ProgramID, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make(map[string]ebpf.ProgramID, len(d.pods))
+	for key, st := range d.pods {
+		if st.prog == nil {
+			continue
+		}
+		info, err := st.prog.Info()
+		if err != nil {
+			return nil, fmt.Errorf("capture program info of %s: %w", key, err)
+		}
+		id, ok := info.ID()
+		if !ok {
+			return nil, fmt.Errorf("capture program info of %s: no id", key)
+		}
+		out[key] = id
+	}
 	return out, nil
 }

@@ -73,14 +73,15 @@ type portcullisPcPortKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	portcullisMapPcCgroups      = "pc_cgroups"
-	portcullisMapPcConns        = "pc_conns"
-	portcullisMapPcCounters     = "pc_counters"
-	portcullisMapPcPods         = "pc_pods"
-	portcullisMapPcPorts        = "pc_ports"
-	portcullisProgPcCaptureIn   = "pc_capture_in"
-	portcullisProgPcSockops     = "pc_sockops"
-	portcullisVarPcListenerPort = "pc_listener_port"
+	portcullisMapPcCgroups        = "pc_cgroups"
+	portcullisMapPcConns          = "pc_conns"
+	portcullisMapPcCounters       = "pc_counters"
+	portcullisMapPcPods           = "pc_pods"
+	portcullisMapPcPorts          = "pc_ports"
+	portcullisProgPcCaptureIn     = "pc_capture_in"
+	portcullisProgPcSockops       = "pc_sockops"
+	portcullisVarPcListenerPort   = "pc_listener_port"
+	portcullisVarPcPodNetnsCookie = "pc_pod_netns_cookie"
 )
 
 // loadPortcullis returns the embedded CollectionSpec for portcullis.
@@ -144,7 +145,8 @@ type portcullisMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portcullisVariableSpecs struct {
-	PcListenerPort *ebpf.VariableSpec `ebpf:"pc_listener_port"`
+	PcListenerPort   *ebpf.VariableSpec `ebpf:"pc_listener_port"`
+	PcPodNetnsCookie *ebpf.VariableSpec `ebpf:"pc_pod_netns_cookie"`
 }
 
 // portcullisObjects contains all objects after they have been loaded into the kernel.
@@ -188,7 +190,8 @@ func (m *portcullisMaps) Close() error {
 //
 // It can be passed to loadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portcullisVariables struct {
-	PcListenerPort *ebpf.Variable `ebpf:"pc_listener_port"`
+	PcListenerPort   *ebpf.Variable `ebpf:"pc_listener_port"`
+	PcPodNetnsCookie *ebpf.Variable `ebpf:"pc_pod_netns_cookie"`
 }
 
 // portcullisPrograms contains all programs after they have been loaded into the kernel.

@@ -19,6 +19,13 @@
  * (host byte order). It is never captured. Set by the loader before load. */
 const volatile __u16 pc_listener_port = 0;
 
+/* pc_pod_netns_cookie is the netns cookie of the pod this program instance
+ * serves: the loader loads one instance per pod. The program cannot learn
+ * its netns at ingress: bpf_get_netns_cookie(skb) names skb->sk's netns and
+ * init_net when the skb has no socket yet, which is every ingress packet
+ * (net/core/filter.c, __bpf_get_netns_cookie). */
+const volatile __u64 pc_pod_netns_cookie = 0;
+
 /* pc_pods: enrolled pods by netns cookie. Sized for a node with 250 pods
  * with room for pods that are being replaced. ~330 bytes per entry. */
 struct {
@@ -275,7 +282,7 @@ static __always_inline int pc_capture(struct __sk_buff *skb)
 		 * can never complete. */
 		return PC_TCX_NEXT;
 
-	cookie = bpf_get_netns_cookie(skb);
+	cookie = pc_pod_netns_cookie;
 	pod = bpf_map_lookup_elem(&pc_pods, &cookie);
 	if (!pod) {
 		pc_count(PC_CNT_CAPTURE_NOT_ENROLLED);

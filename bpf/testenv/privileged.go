@@ -1,7 +1,3 @@
-// Package testenv holds helpers for tests that need the real kernel: the
-// privileged-test gate and (in later files) the netns/cgroup "pod" harness.
-//
-// It is imported only from _test.go files and from test/.
 package testenv
 
 import (
