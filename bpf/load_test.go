@@ -17,8 +17,16 @@ func testPinDir(t *testing.T) string {
 
 func openTest(t *testing.T) *Datapath {
 	t.Helper()
+	return openTestWith(t, Config{})
+}
+
+// openTestWith opens a datapath with cfg and a pin directory unique to the
+// test, torn down when the test ends.
+func openTestWith(t *testing.T, cfg Config) *Datapath {
+	t.Helper()
 	testenv.RequirePrivileged(t)
-	d, err := Open(Config{PinDir: testPinDir(t)})
+	cfg.PinDir = testPinDir(t)
+	d, err := Open(cfg)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -2,7 +2,6 @@ package test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -190,4 +189,3 @@ func waitFor(t *testing.T, what string, cond func() (bool, error)) {
 	}
 }
 
-var errAppAnswered = errors.New("app answered")

@@ -1,0 +1,189 @@
+package bpf
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/google/go-cmp/cmp"
+)
+
+// Packet builders for BPF_PROG_TEST_RUN.
+
+func ethFrame(proto uint16, payload []byte) []byte {
+	b := make([]byte, 14, 14+len(payload))
+	copy(b[0:6], []byte{2, 0, 0, 0, 0, 1})
+	copy(b[6:12], []byte{2, 0, 0, 0, 0, 2})
+	binary.BigEndian.PutUint16(b[12:], proto)
+	return append(b, payload...)
+}
+
+func tcpHeader(sport, dport uint16) []byte {
+	b := make([]byte, 20)
+	binary.BigEndian.PutUint16(b[0:], sport)
+	binary.BigEndian.PutUint16(b[2:], dport)
+	b[12] = 5 << 4
+	b[13] = 0x02 // SYN
+	return b
+}
+
+// ipv4 builds an IPv4 packet; fragOff is the raw flags+offset field.
+func ipv4(proto uint8, fragOff uint16, payload []byte) []byte {
+	b := make([]byte, 20, 20+len(payload))
+	b[0] = 0x45
+	binary.BigEndian.PutUint16(b[2:], uint16(20+len(payload)))
+	binary.BigEndian.PutUint16(b[6:], fragOff)
+	b[8] = 64
+	b[9] = proto
+	copy(b[12:16], []byte{198, 18, 0, 1})
+	copy(b[16:20], []byte{198, 18, 0, 2})
+	return append(b, payload...)
+}
+
+// ipv6 builds an IPv6 packet whose payload starts with the given extension
+// headers (each 8 bytes, next header chained), then the transport header.
+func ipv6(exts []uint8, proto uint8, payload []byte) []byte {
+	b := make([]byte, 40)
+	b[0] = 0x60
+	b[7] = 64
+	copy(b[8:24], netip.MustParseAddr("fd00::1").AsSlice())
+	copy(b[24:40], netip.MustParseAddr("fd00::2").AsSlice())
+	next := proto
+	if len(exts) > 0 {
+		next = exts[0]
+	}
+	b[6] = next
+	for i := range exts {
+		h := make([]byte, 8)
+		h[0] = proto
+		if i+1 < len(exts) {
+			h[0] = exts[i+1]
+		}
+		b = append(b, h...)
+	}
+	b = append(b, payload...)
+	binary.BigEndian.PutUint16(b[4:], uint16(len(b)-40))
+	return b
+}
+
+func withIHL(ip []byte, ihl byte) []byte {
+	ip[0] = 0x40 | ihl
+	return ip
+}
+
+const (
+	ethIPv4   = 0x0800
+	ethIPv6   = 0x86dd
+	ethARP    = 0x0806
+	protoTCP  = 6
+	protoUDP  = 17
+	hopByHop  = 0
+	destOpts  = 60
+	fragment  = 44
+	tcxNext   = ^uint32(0) // -1
+	tcxPass   = 0
+	tcxDrop   = 2
+	testPort  = 8080
+	otherPort = 8081
+)
+
+// freePort returns a TCP port nothing listens on in the current netns
+// (where BPF_PROG_TEST_RUN looks sockets up).
+func freePort(t *testing.T) uint16 {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := uint16(ln.Addr().(*net.TCPAddr).Port)
+	ln.Close()
+	return port
+}
+
+// TestCaptureProgramVerdicts runs the capture program on crafted packets
+// with BPF_PROG_TEST_RUN. There is no agent listener in the test's netns, so
+// captured new connections must be dropped.
+func TestCaptureProgramVerdicts(t *testing.T) {
+	d := openTestWith(t, Config{ListenerPort: freePort(t)})
+	const cookie = 0x5eed
+	st := &podState{key: "test/verdicts", cookie: cookie}
+	if err := d.writePorts(st, PortSpec{Ports: []uint16{testPort}}); err != nil {
+		t.Fatal(err)
+	}
+	prog, err := d.loadCapture(cookie)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	notEnrolled, err := d.loadCapture(cookie + 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { notEnrolled.Close() })
+	listener := d.cfg.ListenerPort
+
+	tcp := func(dport uint16) []byte { return tcpHeader(40000, dport) }
+	tests := []struct {
+		name        string
+		notEnrolled bool
+		pkt         []byte
+		want        uint32
+		counted     []Counter // counters that must grow by one, no others
+	}{
+		{name: "arp", pkt: ethFrame(ethARP, make([]byte, 28)), want: tcxNext},
+		{name: "udp to captured port", pkt: ethFrame(ethIPv4, ipv4(protoUDP, 0, tcp(testPort))), want: tcxNext},
+		{name: "tcp to uncaptured port", pkt: ethFrame(ethIPv4, ipv4(protoTCP, 0, tcp(otherPort))), want: tcxNext, counted: []Counter{CaptureUncaptured}},
+		{name: "tcp to listener port", pkt: ethFrame(ethIPv4, ipv4(protoTCP, 0, tcp(listener))), want: tcxNext, counted: []Counter{CaptureUncaptured}},
+		{name: "tcp to captured port without listener", pkt: ethFrame(ethIPv4, ipv4(protoTCP, 0, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureNoListener}},
+		{name: "not enrolled", notEnrolled: true, pkt: ethFrame(ethIPv4, ipv4(protoTCP, 0, tcp(testPort))), want: tcxNext, counted: []Counter{CaptureNotEnrolled}},
+		{name: "ipv4 first fragment to captured port", pkt: ethFrame(ethIPv4, ipv4(protoTCP, 0x2000, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+		{name: "ipv4 later fragment", pkt: ethFrame(ethIPv4, ipv4(protoTCP, 0x0010, tcp(testPort))), want: tcxNext},
+		{name: "ipv4 header length beyond packet", pkt: ethFrame(ethIPv4, withIHL(ipv4(protoTCP, 0, tcp(testPort)), 15)), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+		{name: "ipv4 header length below minimum", pkt: ethFrame(ethIPv4, withIHL(ipv4(protoTCP, 0, tcp(testPort)), 4)), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+		{name: "ipv4 tcp header missing", pkt: ethFrame(ethIPv4, ipv4(protoTCP, 0, nil)), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+		{name: "ipv6 tcp to captured port", pkt: ethFrame(ethIPv6, ipv6(nil, protoTCP, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureNoListener}},
+		{name: "ipv6 tcp to uncaptured port", pkt: ethFrame(ethIPv6, ipv6(nil, protoTCP, tcp(otherPort))), want: tcxNext, counted: []Counter{CaptureUncaptured}},
+		{name: "ipv6 tcp behind extension headers", pkt: ethFrame(ethIPv6, ipv6([]uint8{hopByHop, destOpts}, protoTCP, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureNoListener}},
+		{name: "ipv6 too many extension headers", pkt: ethFrame(ethIPv6, ipv6([]uint8{destOpts, destOpts, destOpts, destOpts, destOpts, destOpts, destOpts}, protoTCP, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+		{name: "ipv6 udp behind extension header", pkt: ethFrame(ethIPv6, ipv6([]uint8{destOpts}, protoUDP, tcp(testPort))), want: tcxNext},
+		{name: "ipv6 first fragment to captured port", pkt: ethFrame(ethIPv6, ipv6([]uint8{fragment}, protoTCP, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before, err := d.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := prog
+			if tt.notEnrolled {
+				p = notEnrolled
+			}
+			got, err := p.Run(&ebpf.RunOptions{Data: tt.pkt})
+			if err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			if got != tt.want {
+				t.Errorf("verdict: got %d, want %d", int32(got), int32(tt.want))
+			}
+			after, err := d.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			diff := make(map[Counter]uint64)
+			for c, v := range after {
+				if v != before[c] {
+					diff[c] = v - before[c]
+				}
+			}
+			want := map[Counter]uint64{}
+			for _, c := range tt.counted {
+				want[c] = 1
+			}
+			if d := cmp.Diff(want, diff); d != "" {
+				t.Errorf("counter changes (-want +got):\n%s", d)
+			}
+		})
+	}
+}
