@@ -160,7 +160,7 @@ func headProblem(b []byte, maxCount int) refusal {
 			return refusal{http.StatusRequestHeaderFieldsTooLarge, ReasonHeadersTooLarge}
 		}
 		name, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok {
+		if !ok || !validName(name) {
 			return refusal{http.StatusBadRequest, ReasonMalformedRequest}
 		}
 		switch len(name) {
@@ -192,4 +192,19 @@ func headProblem(b []byte, maxCount int) refusal {
 		return refusal{http.StatusBadRequest, ReasonMalformedRequest}
 	}
 	return refusal{}
+}
+
+// validName reports whether a header name is a non-empty token; net/http
+// accepts (and would forward) names such as "Content-Length " that some
+// applications trim into something else.
+func validName(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		if !isTokenChar(c) {
+			return false
+		}
+	}
+	return true
 }
