@@ -188,4 +188,3 @@ func waitFor(t *testing.T, what string, cond func() (bool, error)) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
-
