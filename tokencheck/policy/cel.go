@@ -50,7 +50,11 @@ type compiledExpr struct {
 func compileExpr(env *cel.Env, src string) (*compiledExpr, error) {
 	ast, iss := env.Compile(src)
 	if iss != nil && iss.Err() != nil {
-		return nil, fmt.Errorf("compile: %s", strings.ReplaceAll(iss.Err().Error(), "\n", " "))
+		msgs := make([]string, 0, len(iss.Errors()))
+		for _, e := range iss.Errors() {
+			msgs = append(msgs, fmt.Sprintf("column %d: %s", e.Location.Column()+1, e.Message))
+		}
+		return nil, fmt.Errorf("invalid CEL: %s", strings.Join(msgs, "; "))
 	}
 	if !ast.OutputType().IsExactType(cel.BoolType) {
 		return nil, fmt.Errorf("expression returns %s, want bool", ast.OutputType())

@@ -132,6 +132,7 @@ func Compile(objs *Objects) (*Set, error) {
 	c := &compiler{objs: objs, env: env, set: &Set{namespaces: make(map[string]*nsIndex)}}
 	c.compile()
 	if len(c.problems) > 0 {
+		sortProblems(c.problems)
 		return nil, &Error{Problems: c.problems}
 	}
 	return c.set, nil

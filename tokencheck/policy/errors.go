@@ -1,7 +1,9 @@
 package policy
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strings"
 
 	v1 "github.com/portcullis-mesh/portcullis/tokencheck/policy/apis/v1alpha1"
@@ -75,6 +77,20 @@ func (e *Error) Error() string {
 		return "invalid policy: " + lines[0]
 	}
 	return fmt.Sprintf("invalid policy (%d problems):\n  %s", len(lines), strings.Join(lines, "\n  "))
+}
+
+// sortProblems orders problems read from files by file, line and column;
+// problems without a file keep their order, after the others.
+func sortProblems(ps []Problem) {
+	slices.SortStableFunc(ps, func(a, b Problem) int {
+		if (a.File == "") != (b.File == "") {
+			if a.File == "" {
+				return 1
+			}
+			return -1
+		}
+		return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Line, b.Line), cmp.Compare(a.Column, b.Column))
+	})
 }
 
 // objectMeta returns the ObjectMeta of one of the API kinds.

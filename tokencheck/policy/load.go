@@ -257,9 +257,13 @@ func (objs *Objects) loadDocument(file string, root *yaml.Node) []Problem {
 	return nil
 }
 
-// yamlProblem turns a go-yaml error ("yaml: line 3: ...") into a Problem.
+// yamlProblem turns a go-yaml error ("yaml: line 3: ..." or "yaml:
+// unmarshal errors:\n  line 3: ...") into a Problem.
 func yamlProblem(file string, err error) Problem {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	if rest, ok := strings.CutPrefix(msg, "unmarshal errors:\n"); ok {
+		msg = strings.TrimSpace(strings.ReplaceAll(rest, "\n ", ";"))
+	}
 	p := Problem{File: file}
 	if rest, ok := strings.CutPrefix(msg, "line "); ok {
 		if i := strings.IndexByte(rest, ':'); i > 0 {
