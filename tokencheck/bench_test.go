@@ -62,6 +62,41 @@ func BenchmarkValidateFirst(b *testing.B) {
 	}
 }
 
+// BenchmarkValidateFirstVsRSA interleaves a bare RSA verification and an
+// uncached Validate in every iteration and reports their ratio
+// (x_rsa, goal ≤ 1.2): on a shared, noisy machine separate benchmarks run
+// under different load, an interleaved ratio does not.
+func BenchmarkValidateFirstVsRSA(b *testing.B) {
+	v, _, tok := benchSetup(b, Config{})
+	k := testKey(b, 0)
+	i := strings.LastIndexByte(tok, '.')
+	sig, err := base64.RawURLEncoding.DecodeString(tok[i+1:])
+	if err != nil {
+		b.Fatal(err)
+	}
+	digest := sha256.Sum256([]byte(tok[:i]))
+	ctx := context.Background()
+	var rsaT, valT time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		t0 := time.Now()
+		if err := rsa.VerifyPKCS1v15(&k.PublicKey, crypto.SHA256, digest[:], sig); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, r, err := v.Validate(ctx, tok); err != nil {
+			b.Fatal(r, err)
+		}
+		t2 := time.Now()
+		v.cache.remove(tok)
+		rsaT += t1.Sub(t0)
+		valT += t2.Sub(t1)
+	}
+	b.ReportMetric(float64(valT)/float64(rsaT), "x_rsa")
+	b.ReportMetric(float64(rsaT.Nanoseconds())/float64(b.N), "rsa_ns/op")
+	b.ReportMetric(float64(valT.Nanoseconds())/float64(b.N), "validate_ns/op")
+}
+
 // BenchmarkValidateCached validates a token already verified.
 func BenchmarkValidateCached(b *testing.B) {
 	v, _, tok := benchSetup(b, Config{})

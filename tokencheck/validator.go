@@ -287,12 +287,12 @@ func (v *Validator) validate(ctx context.Context, raw string, now time.Time) (*C
 			var k *key
 			k, r, err = v.check(ctx, rt, t, now)
 			if err == nil {
-				c := *t.claims
+				c := t.claims
 				c.IssuerRef = rt.iss.n.ref
 				if exp := time.Unix(t.exp, 0).UnixNano(); v.cache != nil && exp > now.UnixNano() {
-					v.cache.put(strings.Clone(raw), &c, exp, k, rt.iss, now.UnixNano())
+					v.cache.put(strings.Clone(raw), c, exp, k, rt.iss, now.UnixNano())
 				}
-				return &c, ReasonNone, nil
+				return c, ReasonNone, nil
 			}
 		}
 		// Several issuers may accept one iss (say, two namespaces trusting
