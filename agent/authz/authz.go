@@ -1,0 +1,289 @@
+// Package authz joins token validation (tokencheck) and the policy engine
+// (tokencheck/policy) into the verifier's Authorizer: for one request it
+// validates the bearer token if one was sent, evaluates the policy set in
+// force for the destination workload, and turns the outcome into the
+// verifier's Decision, with the forwardClaims headers of the accepting
+// issuer.
+package authz
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/portcullis-mesh/portcullis/agent/verifier"
+	"github.com/portcullis-mesh/portcullis/tokencheck"
+	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
+	v1 "github.com/portcullis-mesh/portcullis/tokencheck/policy/apis/v1alpha1"
+)
+
+// TokenValidator validates bearer tokens; *tokencheck.Validator is one.
+type TokenValidator interface {
+	Validate(ctx context.Context, raw string) (*tokencheck.Claims, tokencheck.Reason, error)
+}
+
+// Engine decides requests for every workload of the node. It is safe for
+// concurrent use.
+type Engine struct {
+	tokens TokenValidator
+	store  *policy.Store
+	// view caches what Engine derives from the Set in force (forwardClaims
+	// by issuer), rebuilt when the Set pointer changes.
+	view atomic.Pointer[setView]
+	mu   sync.Mutex // serialises rebuilding view
+}
+
+type setView struct {
+	set     *policy.Set
+	forward map[string][]forwardClaim // issuer ref → claims to forward
+	headers []string                  // every forwardClaims header name, sorted
+}
+
+type forwardClaim struct{ claim, header string }
+
+// New returns an Engine over a token validator and a policy store.
+func New(tokens TokenValidator, store *policy.Store) *Engine {
+	return &Engine{tokens: tokens, store: store}
+}
+
+func (e *Engine) current() *setView {
+	set := e.store.Load()
+	if v := e.view.Load(); v != nil && v.set == set {
+		return v
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if v := e.view.Load(); v != nil && v.set == set {
+		return v
+	}
+	v := buildView(set)
+	e.view.Store(v)
+	return v
+}
+
+func buildView(set *policy.Set) *setView {
+	v := &setView{set: set, forward: map[string][]forwardClaim{}}
+	if set == nil {
+		return v
+	}
+	seen := map[string]bool{}
+	for _, is := range set.Issuers() {
+		claims := make([]string, 0, len(is.Spec.ForwardClaims))
+		for c := range is.Spec.ForwardClaims {
+			claims = append(claims, c)
+		}
+		sort.Strings(claims)
+		for _, c := range claims {
+			h := is.Spec.ForwardClaims[c]
+			v.forward[is.Ref] = append(v.forward[is.Ref], forwardClaim{claim: c, header: h})
+			if !seen[strings.ToLower(h)] {
+				seen[strings.ToLower(h)] = true
+				v.headers = append(v.headers, h)
+			}
+		}
+	}
+	sort.Strings(v.headers)
+	return v
+}
+
+// ForwardedHeaders returns every header name some issuer's forwardClaims
+// sets: the verifier strips client-sent copies of them.
+func (e *Engine) ForwardedHeaders() []string { return e.current().headers }
+
+// Workload is the destination as the Engine needs it: its key and what
+// policies select on. The agent keeps one per enrolled pod and replaces it
+// when labels change.
+type Workload struct {
+	Key    string
+	Policy policy.Workload
+}
+
+// For returns the verifier.Authorizer of one workload. w is read on every
+// request, so label changes apply to the next request.
+func (e *Engine) For(w *atomic.Pointer[Workload]) verifier.Authorizer {
+	return verifier.AuthorizerFunc(func(ctx context.Context, r *verifier.Request) verifier.Decision {
+		return e.Authorize(ctx, w.Load(), r)
+	})
+}
+
+// ForL4 returns the L4 authorizer of one workload's passthrough ports: only
+// the `from` part of policies can match, since there is no request or token.
+func (e *Engine) ForL4(w *atomic.Pointer[Workload]) verifier.L4Authorizer {
+	return verifier.L4AuthorizerFunc(func(ctx context.Context, c *verifier.ConnRequest) verifier.Decision {
+		return e.Authorize(ctx, w.Load(), &verifier.Request{
+			Workload:    c.Workload,
+			Source:      c.Source,
+			SourceAddr:  c.SourceAddr,
+			Destination: c.Destination,
+			Protocol:    verifier.TCP,
+		})
+	})
+}
+
+// Input builds the policy input of a request, validating its token. It is
+// what Authorize evaluates, exposed so that the debug API's Explain sees
+// exactly what the live path sees.
+func (e *Engine) Input(ctx context.Context, w *Workload, r *verifier.Request) (policy.Input, time.Duration) {
+	in := policy.Input{
+		Port:    r.Destination.Port(),
+		Method:  r.Method,
+		Path:    r.Path,
+		Host:    r.Host,
+		Headers: r.Header,
+		Source:  r.Source,
+	}
+	if w != nil {
+		in.Workload = w.Policy
+	}
+	if r.Token == "" {
+		in.TokenReason = tokencheck.ReasonMissingToken
+		return in, 0
+	}
+	start := time.Now()
+	claims, reason, _ := e.tokens.Validate(ctx, r.Token)
+	in.Claims, in.TokenReason = claims, reason
+	return in, time.Since(start)
+}
+
+// Authorize decides one request for workload w.
+func (e *Engine) Authorize(ctx context.Context, w *Workload, r *verifier.Request) verifier.Decision {
+	in, _ := e.Input(ctx, w, r)
+	_, d := e.Decide(in)
+	return d
+}
+
+// ReasonNoPolicySet is the reason of every refusal while no valid policy
+// set has ever been loaded: nothing can be allowed (fail closed).
+const ReasonNoPolicySet = "no_policy_set"
+
+// Decide evaluates an input against the set in force and returns both the
+// policy's decision (with its rule trace available through Explain) and the
+// verifier's.
+func (e *Engine) Decide(in policy.Input) (policy.Decision, verifier.Decision) {
+	v := e.current()
+	if v.set == nil {
+		d := policy.Decision{Outcome: policy.OutcomeDeny, Status: policy.StatusForbidden, Reason: ReasonNoPolicySet, Rule: -1}
+		return d, verifier.Decision{Status: int(d.Status), Reason: ReasonNoPolicySet}
+	}
+	d := policy.Evaluate(v.set, in)
+	return d, e.convert(v, in, d)
+}
+
+// Set returns the policy set in force (nil before the first valid one).
+func (e *Engine) Set() *policy.Set { return e.current().set }
+
+// Convert turns a policy decision into the verifier's.
+func (e *Engine) convert(v *setView, in policy.Input, d policy.Decision) verifier.Decision {
+	out := verifier.Decision{
+		Allow:  d.Allowed(),
+		Policy: d.Policy,
+		Reason: verifier.Reason(d.Reason),
+	}
+	if d.Rule >= 0 {
+		out.Rule = strconv.Itoa(d.Rule)
+	}
+	status := d.Status
+	if d.Mode == policy.ModeAudit {
+		out.Mode = verifier.AuditOnly
+		// The record shows the would-be decision; the verifier forwards
+		// anyway because Mode is AuditOnly.
+		out.Allow = d.AuditOutcome == policy.OutcomeAllow
+		status = d.AuditStatus
+	}
+	if !out.Allow {
+		out.Status = int(status)
+		if d.TokenReason != "" && d.TokenReason != tokencheck.ReasonNone {
+			// 401s say why the token was refused (expired, wrong_audience…),
+			// which is what a client developer needs to fix it.
+			out.Reason = verifier.Reason(d.TokenReason)
+		}
+	} else {
+		out.Reason = verifier.ReasonNone
+	}
+	if c := in.Claims; c != nil {
+		out.Token = verifier.TokenInfo{Issuer: c.Issuer, Tenant: c.TenantID, ObjectID: c.ObjectID, Subject: c.Subject, ClientID: c.ClientID}
+		if out.Allow {
+			for _, fc := range v.forward[c.IssuerRef] {
+				if val, ok := claimString(c, fc.claim); ok {
+					out.Headers = append(out.Headers, verifier.HeaderField{Name: fc.header, Value: val})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// claimString renders a claim for a header: strings as they are, lists
+// joined by commas, numbers and booleans in JSON form. Objects are not
+// forwarded.
+func claimString(c *tokencheck.Claims, name string) (string, bool) {
+	raw, ok := c.Raw[name]
+	if !ok {
+		return "", false
+	}
+	switch x := raw.(type) {
+	case string:
+		return x, true
+	case []any:
+		parts := make([]string, 0, len(x))
+		for _, e := range x {
+			if s, ok := e.(string); ok {
+				parts = append(parts, s)
+			}
+		}
+		return strings.Join(parts, ","), len(parts) > 0
+	case []string:
+		return strings.Join(x, ","), len(x) > 0
+	case float64:
+		return strconv.FormatFloat(x, 'f', -1, 64), true
+	case bool:
+		return strconv.FormatBool(x), true
+	case fmt.Stringer:
+		return x.String(), true
+	}
+	return "", false
+}
+
+// IssuerConfigs converts the issuers of a policy set into the validator's
+// configuration.
+func IssuerConfigs(set *policy.Set) []tokencheck.IssuerConfig {
+	if set == nil {
+		return nil
+	}
+	var out []tokencheck.IssuerConfig
+	for _, is := range set.Issuers() {
+		out = append(out, IssuerConfig(is.Ref, is.Spec))
+	}
+	return out
+}
+
+// IssuerConfig converts one Issuer/ClusterIssuer spec.
+func IssuerConfig(ref string, spec v1.IssuerSpec) tokencheck.IssuerConfig {
+	ic := tokencheck.IssuerConfig{Ref: ref}
+	if spec.ClockSkew != nil {
+		ic.ClockSkew = spec.ClockSkew.Duration
+	}
+	if a := spec.AzureAD; a != nil {
+		vers := make([]int, 0, len(a.AcceptedVersions))
+		for _, v := range a.AcceptedVersions {
+			vers = append(vers, int(v))
+		}
+		ic.AzureAD = &tokencheck.AzureADConfig{
+			TenantID:         a.TenantID,
+			Cloud:            tokencheck.Cloud(a.Cloud),
+			AuthorityHost:    a.AuthorityHost,
+			Audiences:        append([]string(nil), a.Audiences...),
+			AcceptedVersions: vers,
+			AllowedTenants:   append([]string(nil), a.AllowedTenants...),
+		}
+	}
+	if o := spec.OIDC; o != nil {
+		ic.OIDC = &tokencheck.OIDCConfig{Issuer: o.Issuer, JWKSURI: o.JWKSURI, Audiences: append([]string(nil), o.Audiences...)}
+	}
+	return ic
+}

@@ -1,0 +1,511 @@
+// Package enforcer keeps the node's datapath in step with its workloads and
+// the policy set: it registers every local workload's cgroup with its
+// identity, and for each workload a policy selects it opens the verifier's
+// listener inside the pod's network namespace and then attaches capture for
+// the selected ports. It consumes identity events and policy-set changes;
+// it is the only place where the datapath, identities and verifiers meet.
+package enforcer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/portcullis-mesh/portcullis/agent/audit"
+	"github.com/portcullis-mesh/portcullis/agent/authz"
+	"github.com/portcullis-mesh/portcullis/agent/metrics"
+	"github.com/portcullis-mesh/portcullis/agent/verifier"
+	"github.com/portcullis-mesh/portcullis/bpf"
+	"github.com/portcullis-mesh/portcullis/bpf/cgroupv2"
+	"github.com/portcullis-mesh/portcullis/bpf/podnet"
+	"github.com/portcullis-mesh/portcullis/identity"
+	"github.com/portcullis-mesh/portcullis/identity/idalloc"
+	"github.com/portcullis-mesh/portcullis/identity/ipcache"
+	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
+)
+
+// Config configures an Enforcer.
+type Config struct {
+	// Datapath is the opened datapath. Required.
+	Datapath *bpf.Datapath
+	// Engine decides requests. Required.
+	Engine *authz.Engine
+	// TrustDomain names identities. Empty means identity.DefaultTrustDomain.
+	TrustDomain string
+	// IPCache resolves callers the datapath does not know (other nodes).
+	// Nil means an empty cache owned by the Enforcer.
+	IPCache *ipcache.Cache
+	// Verifier is the template of every pod's verifier configuration;
+	// Workload, Authorizer, L4Authorizer, Sources, Dialer and StripHeaders
+	// are filled per pod.
+	Verifier verifier.Config
+	// ShutdownGrace bounds how long a pod's in-flight requests may finish
+	// when it is unenrolled. Zero means 10s.
+	ShutdownGrace time.Duration
+	// Audit receives decisions; Metrics counts them. Nil means none.
+	Audit   *audit.Logger
+	Metrics *metrics.Metrics
+	// Logger receives enrolment changes. Nil means discard.
+	Logger *slog.Logger
+}
+
+// Enforcer is safe for concurrent use: identity events and policy changes
+// may arrive from different goroutines.
+type Enforcer struct {
+	cfg Config
+	dp  *bpf.Datapath
+	log *slog.Logger
+	ids *idalloc.Allocator
+	ipc *ipcache.Cache
+
+	// sources maps identity IDs to the caller identity they stand for; read
+	// on every accepted connection.
+	sources sync.Map // identity.ID → identity.Source
+
+	mu        sync.Mutex
+	workloads map[string]*workload // by key
+	synced    bool
+	closed    bool
+}
+
+// workload is one local pod's state.
+type workload struct {
+	w         identity.Workload
+	excl      identity.Exclusion
+	nsEnforce bool
+	cgroupID  uint64
+	id        identity.ID
+	policyW   atomic.Pointer[authz.Workload]
+	// enrolled state (nil when not captured)
+	pod   *enrolled
+	ports bpf.PortSpec
+	err   error // last enrolment error, for the debug API
+}
+
+type enrolled struct {
+	srv      *verifier.Server
+	ln       net.Listener
+	dialer   *podnet.Dialer
+	since    time.Time
+	netnsKey string
+}
+
+// New returns an Enforcer. It adopts nothing yet: pods a previous agent left
+// enrolled stay captured (and closed) until a source reports them again or
+// Synced lets GC remove those that are gone.
+func New(cfg Config) (*Enforcer, error) {
+	if cfg.Datapath == nil || cfg.Engine == nil {
+		return nil, errors.New("enforcer: Datapath and Engine are required")
+	}
+	if cfg.TrustDomain == "" {
+		cfg.TrustDomain = identity.DefaultTrustDomain
+	}
+	if cfg.ShutdownGrace == 0 {
+		cfg.ShutdownGrace = 10 * time.Second
+	}
+	if cfg.IPCache == nil {
+		cfg.IPCache = &ipcache.Cache{}
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ids, err := idalloc.New(idalloc.Config{})
+	if err != nil {
+		return nil, fmt.Errorf("identity allocator: %w", err)
+	}
+	return &Enforcer{cfg: cfg, dp: cfg.Datapath, log: log, ids: ids, ipc: cfg.IPCache, workloads: map[string]*workload{}}, nil
+}
+
+// Resolve tells who opened a connection the verifier accepted: the
+// datapath's socket record for callers on this node, else the IP cache,
+// else anonymous.
+func (e *Enforcer) Resolve(local, remote netip.AddrPort) identity.Source {
+	if id, ok := e.dp.LookupConnection(local, remote); ok {
+		if s, ok := e.sources.Load(identity.ID(id)); ok {
+			return s.(identity.Source)
+		}
+	}
+	if s, ok := e.ipc.Lookup(remote.Addr().Unmap()); ok {
+		return s
+	}
+	return identity.AnonymousSource
+}
+
+// Handle consumes one identity event. It is an identity.Handler.
+func (e *Enforcer) Handle(ev identity.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return
+	}
+	switch ev.Type {
+	case identity.EventAdded, identity.EventUpdated:
+		e.upsertLocked(ev)
+	case identity.EventRemoved:
+		e.removeLocked(ev.Workload.Key())
+	case identity.EventSynced:
+		e.synced = true
+		e.gcLocked()
+	}
+}
+
+// PolicyChanged re-evaluates which workloads and ports are captured. Call it
+// after every swap of the policy set.
+func (e *Enforcer) PolicyChanged() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return
+	}
+	for _, w := range e.workloads {
+		e.reconcileLocked(w)
+	}
+}
+
+func (e *Enforcer) upsertLocked(ev identity.Event) {
+	key := ev.Workload.Key()
+	w := e.workloads[key]
+	if w == nil {
+		w = &workload{}
+		e.workloads[key] = w
+	}
+	old := w.w
+	w.w, w.excl, w.nsEnforce = ev.Workload, ev.Exclusion, ev.NamespaceEnforced
+	w.policyW.Store(&authz.Workload{Key: key, Policy: policy.Workload{Namespace: w.w.Namespace, Labels: w.w.Labels}})
+
+	src := w.w.Source(e.cfg.TrustDomain)
+	if len(w.w.IPs) > 0 {
+		e.ipc.Upsert(key, w.w.IPs, src)
+	} else {
+		e.ipc.Delete(key)
+	}
+	// Identity: (re)register the cgroup when it or the identity changed.
+	if w.w.CgroupPath != old.CgroupPath || src.ID != old.Source(e.cfg.TrustDomain).ID || w.id == 0 {
+		e.unregisterLocked(w, old)
+		if err := e.registerLocked(w, src); err != nil {
+			w.err = err
+			e.log.Warn("register workload identity", "workload", key, "error", err)
+		}
+	} else {
+		e.sources.Store(w.id, src) // client ID may have changed
+	}
+	// A new network namespace (sandbox restart) needs a new listener.
+	if w.pod != nil && w.pod.netnsKey != w.w.NetnsPath {
+		e.unenrollLocked(w)
+	}
+	e.reconcileLocked(w)
+}
+
+func (e *Enforcer) registerLocked(w *workload, src identity.Source) error {
+	id, err := e.ids.Acquire(src.ID)
+	if err != nil {
+		return fmt.Errorf("allocate identity for %s: %w", src.ID, err)
+	}
+	w.id = id
+	e.sources.Store(id, src)
+	if w.w.CgroupPath == "" {
+		return nil
+	}
+	cg, err := cgroupv2.ID(w.w.CgroupPath)
+	if err != nil {
+		return fmt.Errorf("cgroup of %s: %w", w.w.Key(), err)
+	}
+	if err := e.dp.RegisterIdentity(cg, uint32(id)); err != nil {
+		return fmt.Errorf("register cgroup %s: %w", w.w.CgroupPath, err)
+	}
+	w.cgroupID = cg
+	return nil
+}
+
+func (e *Enforcer) unregisterLocked(w *workload, old identity.Workload) {
+	if w.cgroupID != 0 {
+		if err := e.dp.UnregisterIdentity(w.cgroupID); err != nil {
+			e.log.Warn("unregister cgroup", "workload", old.Key(), "error", err)
+		}
+		w.cgroupID = 0
+	}
+	if w.id != 0 {
+		name := old.SPIFFEID(e.cfg.TrustDomain)
+		if e.ids.Release(name) {
+			e.sources.Delete(w.id)
+		}
+		w.id = 0
+	}
+}
+
+func (e *Enforcer) removeLocked(key string) {
+	w := e.workloads[key]
+	if w == nil {
+		return
+	}
+	e.unenrollLocked(w)
+	e.unregisterLocked(w, w.w)
+	e.ipc.Delete(key)
+	delete(e.workloads, key)
+	e.setEnrolledMetric()
+}
+
+// gcLocked removes datapath state of pods a previous agent enrolled that no
+// source reports any more.
+func (e *Enforcer) gcLocked() {
+	pods, err := e.dp.Pods()
+	if err != nil {
+		e.log.Warn("list enrolled pods", "error", err)
+		return
+	}
+	for _, p := range pods {
+		if w := e.workloads[p.Key]; w == nil || w.pod == nil {
+			if err := e.dp.Remove(p.Key); err != nil {
+				e.log.Warn("remove stale pod", "workload", p.Key, "error", err)
+				continue
+			}
+			e.log.Info("removed stale enrolment", "workload", p.Key)
+		}
+	}
+}
+
+// captureFor says which ports of w are captured under the policy set in force.
+func (e *Enforcer) captureFor(w *workload) (bool, bpf.PortSpec) {
+	if w.excl != identity.NotExcluded || w.w.NetnsPath == "" {
+		return false, bpf.PortSpec{}
+	}
+	listener := e.dp.ListenerPort()
+	all := bpf.PortSpec{Mode: bpf.CaptureAllExcept, Ports: []uint16{listener}}
+	set := e.cfg.Engine.Set()
+	var c policy.Capture
+	if set != nil {
+		c = set.Capture(policy.Workload{Namespace: w.w.Namespace, Labels: w.w.Labels})
+	}
+	switch {
+	case c.Selected && c.AllPorts, !c.Selected && w.nsEnforce:
+		return true, all
+	case c.Selected:
+		ports := slices.DeleteFunc(slices.Clone(c.Ports), func(p uint16) bool { return p == listener })
+		if len(ports) == 0 {
+			return false, bpf.PortSpec{}
+		}
+		return true, bpf.PortSpec{Mode: bpf.CaptureListed, Ports: ports}
+	}
+	return false, bpf.PortSpec{}
+}
+
+func (e *Enforcer) reconcileLocked(w *workload) {
+	want, ports := e.captureFor(w)
+	switch {
+	case !want && w.pod != nil:
+		e.unenrollLocked(w)
+	case want && w.pod == nil:
+		if err := e.enrollLocked(w, ports); err != nil {
+			w.err = err
+			e.log.Error("enrol workload", "workload", w.w.Key(), "error", err)
+		}
+	case want && !samePorts(w.ports, ports):
+		if err := e.dp.UpdatePorts(w.w.Key(), ports); err != nil {
+			w.err = err
+			e.log.Error("update captured ports", "workload", w.w.Key(), "error", err)
+			return
+		}
+		w.ports = ports
+		e.log.Info("captured ports changed", "workload", w.w.Key(), "ports", portsString(ports))
+	}
+	e.setEnrolledMetric()
+}
+
+// enrollLocked opens the listener first and attaches capture second: in the
+// other order new connections would be dropped for a moment (never let
+// through, since capture fails closed).
+func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
+	key := w.w.Key()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ln, err := podnet.ListenTCP(ctx, w.w.NetnsPath, fmt.Sprintf(":%d", e.dp.ListenerPort()))
+	if err != nil {
+		return fmt.Errorf("listen in netns %s: %w", w.w.NetnsPath, err)
+	}
+	dialer, err := podnet.NewDialer(w.w.NetnsPath)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("dialer in netns %s: %w", w.w.NetnsPath, err)
+	}
+	vc := e.cfg.Verifier
+	vc.Workload = key
+	vc.Authorizer = e.cfg.Engine.For(&w.policyW)
+	vc.L4Authorizer = e.cfg.Engine.ForL4(&w.policyW)
+	vc.Sources = verifier.SourceResolverFunc(e.Resolve)
+	vc.Dialer = dialer
+	vc.StripHeaders = e.cfg.Engine.ForwardedHeaders()
+	if e.cfg.Audit != nil {
+		vc.Audit = e.cfg.Audit
+	}
+	vc.Metrics = e.cfg.Metrics
+	vc.Logger = e.log.With("workload", key)
+	srv, err := verifier.New(vc)
+	if err != nil {
+		ln.Close()
+		dialer.Close()
+		return fmt.Errorf("verifier for %s: %w", key, err)
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, verifier.ErrServerClosed) {
+			e.log.Error("verifier stopped", "workload", key, "error", err)
+		}
+	}()
+	if err := e.dp.Enroll(bpf.Pod{Key: key, NetnsPath: w.w.NetnsPath, Ports: ports}); err != nil {
+		_ = srv.Close()
+		dialer.Close()
+		_ = e.dp.Remove(key)
+		return fmt.Errorf("attach capture: %w", err)
+	}
+	w.pod = &enrolled{srv: srv, ln: ln, dialer: dialer, since: time.Now(), netnsKey: w.w.NetnsPath}
+	w.ports = ports
+	w.err = nil
+	e.log.Info("enrolled workload", "workload", key, "identity", w.w.SPIFFEID(e.cfg.TrustDomain), "ports", portsString(ports))
+	return nil
+}
+
+// unenrollLocked detaches capture first, so new connections reach the app
+// directly, then lets the verifier's in-flight requests finish.
+func (e *Enforcer) unenrollLocked(w *workload) {
+	if w.pod == nil {
+		return
+	}
+	key := w.w.Key()
+	if err := e.dp.Remove(key); err != nil {
+		e.log.Error("detach capture", "workload", key, "error", err)
+	}
+	p := w.pod
+	w.pod, w.ports = nil, bpf.PortSpec{}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ShutdownGrace)
+		defer cancel()
+		if err := p.srv.Shutdown(ctx); err != nil {
+			_ = p.srv.Close()
+		}
+		p.dialer.Close()
+	}()
+	e.log.Info("unenrolled workload", "workload", key)
+}
+
+// StripHeadersChanged pushes the forwardClaims header names of a new policy
+// set to every verifier.
+func (e *Enforcer) StripHeadersChanged() {
+	h := e.cfg.Engine.ForwardedHeaders()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, w := range e.workloads {
+		if w.pod != nil {
+			w.pod.srv.SetStripHeaders(h)
+		}
+	}
+}
+
+func (e *Enforcer) setEnrolledMetric() {
+	if e.cfg.Metrics == nil {
+		return
+	}
+	n := 0
+	for _, w := range e.workloads {
+		if w.pod != nil {
+			n++
+		}
+	}
+	e.cfg.Metrics.SetEnrolledPods(n)
+}
+
+// Synced reports whether the workload source has reported every workload.
+func (e *Enforcer) Synced() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.synced
+}
+
+// WorkloadStatus is one workload as the debug API shows it.
+type WorkloadStatus struct {
+	Workload  identity.Workload
+	Identity  string
+	ID        identity.ID
+	CgroupID  uint64
+	Excluded  identity.Exclusion
+	Enrolled  bool
+	Since     time.Time
+	Ports     bpf.PortSpec
+	LastError string
+}
+
+// Workloads lists the node's workloads, sorted by key.
+func (e *Enforcer) Workloads() []WorkloadStatus {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	out := make([]WorkloadStatus, 0, len(e.workloads))
+	for _, w := range e.workloads {
+		s := WorkloadStatus{Workload: w.w, Identity: w.w.SPIFFEID(e.cfg.TrustDomain), ID: w.id, CgroupID: w.cgroupID, Excluded: w.excl, Ports: w.ports}
+		if w.pod != nil {
+			s.Enrolled, s.Since = true, w.pod.since
+		}
+		if w.err != nil {
+			s.LastError = w.err.Error()
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Workload.Key() < out[j].Workload.Key() })
+	return out
+}
+
+// Workload returns the policy view of one workload by key.
+func (e *Enforcer) Workload(key string) (*authz.Workload, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	w := e.workloads[key]
+	if w == nil {
+		return nil, false
+	}
+	return w.policyW.Load(), true
+}
+
+// Close stops every verifier (bounded by ctx) and releases listeners. The
+// datapath itself is left to the caller (Close keeps pins, Teardown not).
+func (e *Enforcer) Close(ctx context.Context) error {
+	e.mu.Lock()
+	e.closed = true
+	var pods []*enrolled
+	for _, w := range e.workloads {
+		if w.pod != nil {
+			pods = append(pods, w.pod)
+		}
+	}
+	e.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p.srv.Shutdown(ctx); err != nil {
+				_ = p.srv.Close()
+			}
+			p.dialer.Close()
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+func samePorts(a, b bpf.PortSpec) bool {
+	return a.Mode == b.Mode && slices.Equal(a.Ports, b.Ports)
+}
+
+func portsString(p bpf.PortSpec) string {
+	s := fmt.Sprint(p.Ports)
+	if p.Mode == bpf.CaptureAllExcept {
+		return "all except " + s
+	}
+	return s
+}
