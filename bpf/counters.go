@@ -18,6 +18,7 @@ const (
 	CaptureAssignError      = Counter(portcullisPcCounterPC_CNT_CAPTURE_ASSIGN_ERROR)
 	CaptureMalformed        = Counter(portcullisPcCounterPC_CNT_CAPTURE_MALFORMED)
 	CaptureNotEnrolled      = Counter(portcullisPcCounterPC_CNT_CAPTURE_NOT_ENROLLED)
+	CaptureTimeWaitSYN      = Counter(portcullisPcCounterPC_CNT_CAPTURE_TIMEWAIT_SYN)
 	SockopsRecorded         = Counter(portcullisPcCounterPC_CNT_SOCKOPS_RECORDED)
 	SockopsForgotten        = Counter(portcullisPcCounterPC_CNT_SOCKOPS_FORGOTTEN)
 	SockopsUpdateError      = Counter(portcullisPcCounterPC_CNT_SOCKOPS_UPDATE_ERROR)
@@ -52,6 +53,7 @@ var counterNames = [...]string{
 	CaptureAssignError:      "capture_assign_error",
 	CaptureMalformed:        "capture_malformed",
 	CaptureNotEnrolled:      "capture_not_enrolled",
+	CaptureTimeWaitSYN:      "capture_timewait_syn",
 	SockopsRecorded:         "sockops_recorded",
 	SockopsForgotten:        "sockops_forgotten",
 	SockopsUpdateError:      "sockops_update_error",

@@ -46,11 +46,12 @@ const (
 	portcullisPcCounterPC_CNT_CAPTURE_ASSIGN_ERROR   portcullisPcCounter = 4
 	portcullisPcCounterPC_CNT_CAPTURE_MALFORMED      portcullisPcCounter = 5
 	portcullisPcCounterPC_CNT_CAPTURE_NOT_ENROLLED   portcullisPcCounter = 6
-	portcullisPcCounterPC_CNT_SOCKOPS_RECORDED       portcullisPcCounter = 7
-	portcullisPcCounterPC_CNT_SOCKOPS_FORGOTTEN      portcullisPcCounter = 8
-	portcullisPcCounterPC_CNT_SOCKOPS_UPDATE_ERROR   portcullisPcCounter = 9
-	portcullisPcCounterPC_CNT_SOCKOPS_CB_FLAGS_ERROR portcullisPcCounter = 10
-	portcullisPcCounterPC_CNT_MAX                    portcullisPcCounter = 11
+	portcullisPcCounterPC_CNT_CAPTURE_TIMEWAIT_SYN   portcullisPcCounter = 7
+	portcullisPcCounterPC_CNT_SOCKOPS_RECORDED       portcullisPcCounter = 8
+	portcullisPcCounterPC_CNT_SOCKOPS_FORGOTTEN      portcullisPcCounter = 9
+	portcullisPcCounterPC_CNT_SOCKOPS_UPDATE_ERROR   portcullisPcCounter = 10
+	portcullisPcCounterPC_CNT_SOCKOPS_CB_FLAGS_ERROR portcullisPcCounter = 11
+	portcullisPcCounterPC_CNT_MAX                    portcullisPcCounter = 12
 )
 
 type portcullisPcPod struct {

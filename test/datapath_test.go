@@ -2,6 +2,7 @@ package test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -475,4 +476,51 @@ func countLinks(t *testing.T, progs map[ebpf.ProgramID]bool) int {
 		t.Fatalf("iterate links: %v", err)
 	}
 	return n
+}
+
+// TestDatapathSYNOnTimeWaitNeverReachesApp: a new connection that reuses
+// the 4-tuple of a pod-side TIME_WAIT socket of a captured port must not
+// reach the app (the stack alone would hand it to the app's listener); the
+// datapath drops it and counts it.
+func TestDatapathSYNOnTimeWaitNeverReachesApp(t *testing.T) {
+	for _, fam := range families {
+		t.Run(fam.name, func(t *testing.T) {
+			d := openDatapath(t)
+			n := testenv.NewNetwork(t)
+			server := n.NewPod(t, testenv.PodOptions{AppPorts: []uint16{appPort}})
+			agent := listenAgent(t, d, server)
+			if err := d.Enroll(bpf.Pod{Key: "default/server", NetnsPath: server.NetnsPath, Ports: bpf.PortSpec{Ports: []uint16{appPort}}}); err != nil {
+				t.Fatal(err)
+			}
+			dst := netip.AddrPortFrom(fam.addr(server), appPort)
+
+			// The agent closes first, so its socket ends in TIME_WAIT.
+			got, local, err := hostGet(t, dst)
+			if err != nil || got != agentReply {
+				t.Fatalf("first connection: got %q, %v, want %q", got, err, agentReply)
+			}
+			agent.next(t)
+			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+			defer cancel()
+			out, err := server.Exec(ctx, "ss", "-Htan", "state", "time-wait", "dport", "=", fmt.Sprint(local.Port()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(string(out), fmt.Sprintf(":%d", local.Port())) {
+				t.Fatalf("no TIME_WAIT socket for %s in the pod, the test would prove nothing:\n%s", local, out)
+			}
+
+			dl := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local), Timeout: 1500 * time.Millisecond}
+			if c, err := dl.DialContext(ctx, "tcp", dst.String()); err == nil {
+				c.Close()
+				t.Errorf("second connection from %s: connected, want it dropped", local)
+			}
+			if n := mustAccepted(t, server, appPort); n != 0 {
+				t.Errorf("app accepted %d connections, want 0", n)
+			}
+			if c := counters(t, d); c[bpf.CaptureTimeWaitSYN] == 0 {
+				t.Errorf("capture_timewait_syn = 0, want > 0")
+			}
+		})
+	}
 }

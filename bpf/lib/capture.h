@@ -64,7 +64,28 @@ struct pc_pkt {
 	bool fragment;
 	/* later_fragment: a non-first fragment; carries no TCP header. */
 	bool later_fragment;
+	/* syn: a SYN without ACK, the first segment of a new connection. */
+	bool syn;
 };
+
+#define PC_TCP_FLAG_SYN 0x02
+#define PC_TCP_FLAG_ACK 0x10
+
+/* pc_tcp_head is the part of the TCP header capture reads. */
+struct pc_tcp_head {
+	__be16 sport;
+	__be16 dport;
+	__be32 seq;
+	__be32 ack_seq;
+	__u8 doff_res;
+	__u8 flags;
+};
+
+static __always_inline void pc_set_tcp(struct pc_pkt *pkt, const struct pc_tcp_head *th)
+{
+	pkt->dport = bpf_ntohs(th->dport);
+	pkt->syn = (th->flags & (PC_TCP_FLAG_SYN | PC_TCP_FLAG_ACK)) == PC_TCP_FLAG_SYN;
+}
 
 enum pc_parse {
 	PC_PARSE_OK = 0,
@@ -79,7 +100,7 @@ static __always_inline enum pc_parse pc_parse_ipv4(struct __sk_buff *skb, struct
 {
 	__u32 off = sizeof(struct ethhdr);
 	struct iphdr ip;
-	__be16 ports[2];
+	struct pc_tcp_head th;
 	__u32 ihl;
 
 	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
@@ -97,13 +118,13 @@ static __always_inline enum pc_parse pc_parse_ipv4(struct __sk_buff *skb, struct
 	ihl = ip.ihl * 4;
 	if (ihl < sizeof(ip))
 		return PC_PARSE_MALFORMED;
-	if (bpf_skb_load_bytes(skb, off + ihl, ports, sizeof(ports)) < 0)
+	if (bpf_skb_load_bytes(skb, off + ihl, &th, sizeof(th)) < 0)
 		return PC_PARSE_MALFORMED;
 	pkt->tuple.ipv4.saddr = ip.saddr;
 	pkt->tuple.ipv4.daddr = ip.daddr;
-	pkt->tuple.ipv4.sport = ports[0];
-	pkt->tuple.ipv4.dport = ports[1];
-	pkt->dport = bpf_ntohs(ports[1]);
+	pkt->tuple.ipv4.sport = th.sport;
+	pkt->tuple.ipv4.dport = th.dport;
+	pc_set_tcp(pkt, &th);
 	return PC_PARSE_OK;
 }
 
@@ -117,8 +138,8 @@ static __always_inline enum pc_parse pc_parse_ipv6(struct __sk_buff *skb, struct
 {
 	__u32 off = sizeof(struct ethhdr);
 	struct ipv6hdr ip6;
+	struct pc_tcp_head th;
 	__u8 nexthdr;
-	__be16 ports[2];
 	int i;
 
 	pkt->ipv6 = true;
@@ -158,13 +179,13 @@ static __always_inline enum pc_parse pc_parse_ipv6(struct __sk_buff *skb, struct
 	if (nexthdr != IPPROTO_TCP)
 		return PC_PARSE_OK;
 	pkt->tcp = true;
-	if (bpf_skb_load_bytes(skb, off, ports, sizeof(ports)) < 0)
+	if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)) < 0)
 		return PC_PARSE_MALFORMED;
 	__builtin_memcpy(pkt->tuple.ipv6.saddr, &ip6.saddr, 16);
 	__builtin_memcpy(pkt->tuple.ipv6.daddr, &ip6.daddr, 16);
-	pkt->tuple.ipv6.sport = ports[0];
-	pkt->tuple.ipv6.dport = ports[1];
-	pkt->dport = bpf_ntohs(ports[1]);
+	pkt->tuple.ipv6.sport = th.sport;
+	pkt->tuple.ipv6.dport = th.dport;
+	pc_set_tcp(pkt, &th);
 	return PC_PARSE_OK;
 }
 
@@ -198,23 +219,45 @@ static __always_inline bool pc_port_captured(__u64 cookie, const struct pc_pod *
 	return listed;
 }
 
-/* pc_lookup_existing reports whether the packet belongs to a socket other
- * than a listener: an established, request (SYN_RECV) or timewait socket,
- * including connections the agent already accepted. Those go to the stack. */
-static __always_inline bool pc_lookup_existing(struct __sk_buff *skb, struct pc_pkt *pkt)
+enum pc_existing {
+	/* No socket but possibly a listener: a new connection. */
+	PC_EXISTING_NONE = 0,
+	/* An established or request (SYN_RECV) socket, including connections
+	 * the agent already accepted, or a timewait socket for a non-SYN
+	 * segment: the stack handles it. */
+	PC_EXISTING_SOCKET,
+	/* A SYN that hits a TIME_WAIT socket. */
+	PC_EXISTING_TIMEWAIT_SYN,
+};
+
+/* pc_lookup_existing looks up the socket the packet belongs to.
+ *
+ * A SYN that hits a TIME_WAIT socket is a new connection that the stack
+ * would accept as such (tcp_timewait_state_process -> TCP_TW_SYN) and hand
+ * to the listener it looks up for the destination port, the app's: that
+ * would bypass capture. It cannot go to the agent either: the new request
+ * socket collides with the timewait socket in the established hash
+ * (inet_ehash_insert found_dup_sk) and the SYN is dropped there. So it is
+ * dropped here, counted; the client retries, and succeeds once the timewait
+ * socket expires (net.ipv4.tcp_fin_timeout). The agent avoids creating
+ * such sockets by letting clients close first. */
+static __always_inline enum pc_existing pc_lookup_existing(struct __sk_buff *skb, struct pc_pkt *pkt)
 {
 	struct bpf_sock *sk;
-	bool existing;
+	enum pc_existing res = PC_EXISTING_SOCKET;
 
 	if (pkt->ipv6)
 		sk = bpf_skc_lookup_tcp(skb, &pkt->tuple, sizeof(pkt->tuple.ipv6), BPF_F_CURRENT_NETNS, 0);
 	else
 		sk = bpf_skc_lookup_tcp(skb, &pkt->tuple, sizeof(pkt->tuple.ipv4), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
-		return false;
-	existing = sk->state != BPF_TCP_LISTEN;
+		return PC_EXISTING_NONE;
+	if (sk->state == BPF_TCP_LISTEN)
+		res = PC_EXISTING_NONE;
+	else if (pkt->syn && sk->state == BPF_TCP_TIME_WAIT)
+		res = PC_EXISTING_TIMEWAIT_SYN;
 	bpf_sk_release(sk);
-	return existing;
+	return res;
 }
 
 /* pc_assign_listener hands the packet to the agent's listener on
@@ -297,9 +340,15 @@ static __always_inline int pc_capture(struct __sk_buff *skb)
 		pc_count(PC_CNT_CAPTURE_MALFORMED);
 		return PC_TCX_DROP;
 	}
-	if (pc_lookup_existing(skb, &pkt)) {
+	switch (pc_lookup_existing(skb, &pkt)) {
+	case PC_EXISTING_SOCKET:
 		pc_count(PC_CNT_CAPTURE_ESTABLISHED);
 		return PC_TCX_NEXT;
+	case PC_EXISTING_TIMEWAIT_SYN:
+		pc_count(PC_CNT_CAPTURE_TIMEWAIT_SYN);
+		return PC_TCX_DROP;
+	case PC_EXISTING_NONE:
+		break;
 	}
 	return pc_assign_listener(skb, &pkt);
 }

@@ -40,6 +40,9 @@ enum pc_counter {
 	/* capture: packet on an attached interface of a netns with no pod entry
 	 * (pod being removed): passed. */
 	PC_CNT_CAPTURE_NOT_ENROLLED,
+	/* capture: dropped, a SYN to a captured port reusing the 4-tuple of a
+	 * TIME_WAIT socket (see pc_lookup_existing). */
+	PC_CNT_CAPTURE_TIMEWAIT_SYN,
 	/* sockops: connection recorded with the caller's identity. */
 	PC_CNT_SOCKOPS_RECORDED,
 	/* sockops: connection record removed on close. */
