@@ -1,0 +1,73 @@
+// Command portcullis-agent is the Portcullis node agent. It captures the
+// inbound connections of the node's protected pods with eBPF, checks each
+// request's Azure AD token and caller identity against the policies, and
+// forwards or refuses it.
+//
+//	portcullis-agent --config /etc/portcullis/agent.yaml
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/portcullis-mesh/portcullis/agent/config"
+	"github.com/portcullis-mesh/portcullis/agent/daemon"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	fs := flag.NewFlagSet("portcullis-agent", flag.ContinueOnError)
+	cfgPath := fs.String("config", "/etc/portcullis/agent.yaml", "agent configuration file (YAML)")
+	logFormat := fs.String("log-format", "", "override log.format: json or text")
+	logLevel := fs.String("log-level", "", "override log.level: debug, info, warn, error")
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return 2
+	}
+	if *version {
+		fmt.Println(daemon.Version)
+		return 0
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "portcullis-agent:", err)
+		return 2
+	}
+	if *logFormat != "" {
+		cfg.Log.Format = *logFormat
+	}
+	if *logLevel != "" {
+		cfg.Log.Level = *logLevel
+	}
+	if err := cfg.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "portcullis-agent:", err)
+		return 2
+	}
+	log := newLogger(cfg.Log)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := daemon.Run(ctx, cfg, log); err != nil {
+		log.Error("agent failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(c config.LogConfig) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
