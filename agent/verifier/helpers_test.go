@@ -82,7 +82,13 @@ type harness struct {
 // Audit, Metrics and Sources default to the test ones.
 func start(t *testing.T, appAddr string, cfg Config) *harness {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return startOn(t, "127.0.0.1:0", appAddr, cfg)
+}
+
+// startOn is start with the verifier listening on listenAddr.
+func startOn(t *testing.T, listenAddr, appAddr string, cfg Config) *harness {
+	t.Helper()
+	ln, err := net.Listen("tcp", listenAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
