@@ -161,7 +161,7 @@ func (s *Scanner) scan(only string) (map[string]*Pod, error) {
 				p.Driver, p.QoS = v1.Driver, v1.QoS
 			}
 		}
-		start, err := startTime(filepath.Join(s.proc, e.Name(), "stat"))
+		start, err := readStartTime(filepath.Join(s.proc, e.Name(), "stat"))
 		if err != nil {
 			continue // exited between reads
 		}
@@ -284,10 +284,10 @@ func findDir(root, name string, maxDepth int) string {
 	return ""
 }
 
-// startTime reads field 22 (starttime) of /proc/<pid>/stat. The command
+// readStartTime reads field 22 (starttime) of /proc/<pid>/stat. The command
 // name (field 2) may contain spaces and parentheses, so fields are counted
 // after its last ')'.
-func startTime(path string) (uint64, error) {
+func readStartTime(path string) (uint64, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
@@ -354,4 +354,11 @@ func unescapeMount(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// Alive reports whether the process pid still runs and is the one that
+// started at startTime (not a later process that reused the PID).
+func (s *Scanner) Alive(pid int, startTime uint64) bool {
+	st, err := readStartTime(filepath.Join(s.proc, strconv.Itoa(pid), "stat"))
+	return err == nil && st == startTime
 }
