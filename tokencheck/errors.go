@@ -49,4 +49,5 @@ var (
 	ErrVersionNotAccepted = &Error{Reason: ReasonVersionNotAccepted}
 	ErrGraphToken         = &Error{Reason: ReasonGraphToken}
 	ErrJWKSUnavailable    = &Error{Reason: ReasonJWKSUnavailable}
+	ErrNotAccessToken     = &Error{Reason: ReasonNotAccessToken}
 )

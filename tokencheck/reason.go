@@ -44,4 +44,7 @@ const (
 	ReasonJWKSUnavailable Reason = "jwks_unavailable"
 	// ReasonGroupOverage: a policy needs groups and the token has the overage form.
 	ReasonGroupOverage Reason = "group_overage"
+	// ReasonNotAccessToken: a genuine Azure AD token that is not an access
+	// token (an ID token: no azp/appid), whose aud may still name our client ID.
+	ReasonNotAccessToken Reason = "not_access_token"
 )

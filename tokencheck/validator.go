@@ -54,7 +54,7 @@ type issuerSet struct {
 }
 
 // New returns a Validator trusting issuers and starts fetching their keys.
-// Close stops it.
+// Close stops it. Unlike SetIssuers, New fails if any issuer is invalid.
 func New(cfg Config, issuers []IssuerConfig) (*Validator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("tokencheck config: %w", err)
@@ -63,6 +63,7 @@ func New(cfg Config, issuers []IssuerConfig) (*Validator, error) {
 	v.cache = newTokenCache(v.cfg.CacheEntries, v.cfg.CacheBytes)
 	v.state.Store(&issuerSet{exact: map[string][]route{}})
 	if err := v.SetIssuers(issuers); err != nil {
+		v.Close()
 		return nil, err
 	}
 	return v, nil
@@ -70,22 +71,32 @@ func New(cfg Config, issuers []IssuerConfig) (*Validator, error) {
 
 // SetIssuers replaces the trusted issuers. Issuers whose configuration is
 // unchanged keep their keys and cached tokens; sources (discovery documents)
-// still named by some issuer keep their keys. If any configuration is
-// invalid, or two share a Ref, nothing changes and the error says which.
+// still named by some issuer keep their keys.
+//
+// An invalid configuration, or a second one with the same Ref, is left out
+// (its tokens are refused) while the others take effect: one broken Issuer
+// object must not freeze every other. The returned error lists what was
+// left out.
 func (v *Validator) SetIssuers(cfgs []IssuerConfig) error {
-	norm := make([]*normalized, len(cfgs))
+	var errs []error
+	var valid []IssuerConfig
+	var norm []*normalized
 	seen := map[string]bool{}
-	for i, ic := range cfgs {
+	for _, ic := range cfgs {
 		n, err := ic.normalize()
 		if err != nil {
-			return err
+			errs = append(errs, err)
+			continue
 		}
 		if seen[ic.Ref] {
-			return fmt.Errorf("issuer %s: duplicate ref", ic.Ref)
+			errs = append(errs, fmt.Errorf("issuer %s: duplicate ref", ic.Ref))
+			continue
 		}
 		seen[ic.Ref] = true
-		norm[i] = n
+		valid = append(valid, ic)
+		norm = append(norm, n)
 	}
+	cfgs = valid
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -146,7 +157,7 @@ func (v *Validator) SetIssuers(cfgs []IssuerConfig) error {
 	if stopped || len(old.issuers) > len(kept) {
 		v.purge()
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (s *issuerSet) add(r route, iss string) {
@@ -320,12 +331,14 @@ func stage(r Reason) int {
 		return 4
 	case ReasonExpired, ReasonNotYetValid:
 		return 5
-	case ReasonWrongIssuer:
+	case ReasonNotAccessToken:
 		return 6
-	case ReasonWrongAudience:
+	case ReasonWrongIssuer:
 		return 7
-	case ReasonTenantNotAllowed:
+	case ReasonWrongAudience:
 		return 8
+	case ReasonTenantNotAllowed:
+		return 9
 	}
 	return 0
 }
@@ -379,6 +392,13 @@ func (v *Validator) check(ctx context.Context, rt route, t *token, now time.Time
 		return nil, r, err
 	}
 	if is.n.azure {
+		if c.ClientID == "" {
+			// Entra access tokens always name the calling application;
+			// ID tokens do not, and their aud is the client ID an API may
+			// list among its audiences.
+			r, err := refuse(ReasonNotAccessToken, "no azp or appid claim: not an access token")
+			return nil, r, err
+		}
 		if want := [...]string{"", "1.0", "2.0"}[rt.version]; c.Version != want {
 			r, err := refuse(ReasonWrongIssuer, "ver %q disagrees with iss %q (want %q)", clip(c.Version), c.Issuer, want)
 			return nil, r, err

@@ -157,6 +157,7 @@ func TestValidateRefusals(t *testing.T) {
 		{"no iss", claims(map[string]any{"iss": nil}), ReasonWrongIssuer},
 		{"tid disagrees with iss", claims(map[string]any{"tid": tenantB}), ReasonWrongIssuer},
 		{"ver disagrees with iss", claims(map[string]any{"ver": "1.0"}), ReasonWrongIssuer},
+		{"ID token", claims(map[string]any{"azp": nil, "aud": audID, "nonce": "n", "scp": nil}), ReasonNotAccessToken},
 		{"wrong audience", ti.mint(t, idp.TokenRequest{Audience: "api://payments"}), ReasonWrongAudience},
 		{"no audience", claims(map[string]any{"aud": nil}), ReasonWrongAudience},
 		{"audience list without ours", claims(map[string]any{"aud": []string{"api://a", "api://b"}}), ReasonWrongAudience},
@@ -167,6 +168,7 @@ func TestValidateRefusals(t *testing.T) {
 		ReasonGraphToken: ErrGraphToken, ReasonUnknownKID: ErrUnknownKID, ReasonBadSignature: ErrBadSignature,
 		ReasonExpired: ErrExpired, ReasonNotYetValid: ErrNotYetValid, ReasonWrongIssuer: ErrWrongIssuer,
 		ReasonWrongAudience: ErrWrongAudience, ReasonVersionNotAccepted: ErrVersionNotAccepted,
+		ReasonNotAccessToken: ErrNotAccessToken,
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -482,12 +484,16 @@ func TestSetIssuers(t *testing.T) {
 		t.Errorf("fetches after adding one issuer: got %d, want 4 (two discovery documents, two key sets)", got)
 	}
 
-	// An invalid update changes nothing.
-	if err := v.SetIssuers([]IssuerConfig{{Ref: "broken"}}); err == nil {
-		t.Error("SetIssuers with an invalid issuer: got nil error")
+	// An invalid issuer is left out; the others stay in force.
+	err = v.SetIssuers([]IssuerConfig{{Ref: "broken"}, ti.azure("a", tenantA), ti.azure("a", tenantB)})
+	if err == nil || !strings.Contains(err.Error(), "issuer broken:") || !strings.Contains(err.Error(), "issuer a: duplicate ref") {
+		t.Errorf("SetIssuers with an invalid and a duplicate issuer: got %v, want both named", err)
 	}
-	if _, _, err := v.Validate(ctxT(t), tok); err != nil {
-		t.Errorf("after a refused update: %v", err)
+	if again, _, err := v.Validate(ctxT(t), tok); err != nil || again != first {
+		t.Errorf("after a partly refused update: got %p (%v), want the cached claims %p", again, err, first)
+	}
+	if refs := len(v.Issuers()); refs != 1 {
+		t.Errorf("issuers after a partly refused update: %d, want 1", refs)
 	}
 
 	// A changed audience list takes effect for cached tokens too.
