@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
+	"sync"
 
 	"github.com/google/cel-go/cel"
 	"github.com/google/cel-go/common/types"
@@ -21,8 +22,10 @@ const (
 	celMaxNodes = 2_000
 )
 
-// newCELEnv returns the environment every AccessPolicy expression is
-// compiled in.
+// celEnv returns the environment every AccessPolicy expression is compiled
+// in. It is built once: an Env is immutable and safe for concurrent use.
+var celEnv = sync.OnceValues(newCELEnv)
+
 func newCELEnv() (*cel.Env, error) {
 	env, err := cel.NewEnv(
 		ext.NativeTypes(reflect.TypeFor[celvars.Request](), reflect.TypeFor[celvars.Source](), ext.ParseStructTags(true)),

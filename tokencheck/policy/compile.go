@@ -125,7 +125,7 @@ type claimMatch struct {
 // found is returned at once as an *Error; a configuration with any
 // problem yields no Set.
 func Compile(objs *Objects) (*Set, error) {
-	env, err := newCELEnv()
+	env, err := celEnv()
 	if err != nil {
 		return nil, err
 	}
