@@ -145,9 +145,9 @@ func (s *source) refresh() time.Duration {
 	cancel()
 	now := s.cfg.Now()
 
-	var dropped bool
+	var added, dropped []string
 	if err == nil {
-		dropped = s.install(keys, now)
+		added, dropped = s.install(keys, now)
 	}
 
 	s.mu.Lock()
@@ -169,11 +169,15 @@ func (s *source) refresh() time.Duration {
 			maxAge = defaultRefresh
 		}
 		wait = min(max(maxAge, s.cfg.MinRefresh), s.cfg.MaxRefresh)
+		if len(added)+len(dropped) > 0 {
+			s.cfg.Logger.Info("issuer keys changed", "issuer", s.spec.issuer, "jwks_uri", jwksURI,
+				"added_kids", added, "removed_kids", dropped, "next_refresh_in", wait)
+		}
 	}
 	s.nextRefresh = now.Add(wait)
 	s.inflight = nil
 	close(done)
-	if dropped {
+	if len(dropped) > 0 {
 		s.purge()
 	}
 	return wait
@@ -181,24 +185,30 @@ func (s *source) refresh() time.Duration {
 
 // install publishes keys, keeping the identity of keys that did not change
 // so that tokens they verified stay cached, and marks the others dropped.
-// It reports whether any key was dropped.
-func (s *source) install(keys map[string]*key, now time.Time) bool {
+// It returns the kids added and dropped (a kid whose key changed is both).
+func (s *source) install(keys map[string]*key, now time.Time) (added, dropped []string) {
 	old := s.set.Load()
-	dropped := false
+	kept := map[string]bool{}
 	if old != nil {
 		for kid, ok := range old.keys {
 			nk, still := keys[kid]
 			if still && nk.alg == ok.alg && samePublicKey(nk.pub, ok.pub) {
 				keys[kid] = ok
+				kept[kid] = true
 				continue
 			}
 			ok.dropped.Store(true)
-			dropped = true
+			dropped = append(dropped, kid)
+		}
+	}
+	for kid := range keys {
+		if !kept[kid] {
+			added = append(added, kid)
 		}
 	}
 	s.set.Store(&keySet{keys: keys, fetchedAt: now})
 	s.lastGood.Store(now.UnixNano())
-	return dropped
+	return added, dropped
 }
 
 func samePublicKey(a, b crypto.PublicKey) bool {
