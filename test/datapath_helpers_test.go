@@ -23,14 +23,14 @@ const waitTimeout = 10 * time.Second
 // agentReply is what the test agent listener sends on every connection.
 const agentReply = "agent\n"
 
-func datapathPinDir(t *testing.T) string {
+func datapathPinDir(t testing.TB) string {
 	return filepath.Join(bpf.BPFFSRoot, "portcullis",
 		fmt.Sprintf("e2e-%d-%s", os.Getpid(), strings.NewReplacer("/", "_").Replace(t.Name())))
 }
 
 // openDatapath opens a datapath with a pin directory unique to the test and
 // tears it down when the test ends.
-func openDatapath(t *testing.T) *bpf.Datapath {
+func openDatapath(t testing.TB) *bpf.Datapath {
 	t.Helper()
 	testenv.RequirePrivileged(t)
 	d, err := bpf.Open(bpf.Config{PinDir: datapathPinDir(t)})

@@ -171,7 +171,7 @@ func (n *Network) NewPod(t testing.TB, opts PodOptions) *Pod {
 		IPv6:     addrAt(n.Subnet6.Addr(), host),
 		AppPorts: opts.AppPorts,
 	}
-	p.NetnsPath = filepath.Join("/run/netns", p.Name)
+	p.NetnsPath = filepath.Join(netnsRunDir, p.Name)
 
 	ns, err := newNamedNetns(p.Name)
 	if err != nil {
@@ -179,7 +179,7 @@ func (n *Network) NewPod(t testing.TB, opts PodOptions) *Pod {
 	}
 	t.Cleanup(func() {
 		ns.Close()
-		if err := netns.DeleteNamed(p.Name); err != nil {
+		if err := deleteNamedNetns(p.NetnsPath); err != nil {
 			t.Errorf("delete netns %s: %v", p.Name, err)
 		}
 	})
@@ -234,10 +234,47 @@ func addrAt(base netip.Addr, host int) netip.Addr {
 	return a
 }
 
+// netnsRunDir is where named network namespaces are bind-mounted.
+const netnsRunDir = "/run/netns"
+
+var netnsDirOnce struct {
+	sync.Once
+	err error
+}
+
+// prepareNetnsDir makes /run/netns a shared mount point, as iproute2's
+// "ip netns add" does (ip/ipnetns.c, netns_add). Without it, an "ip netns
+// add" run later by anyone bind-mounts /run/netns over itself and hides our
+// namespace mounts, which then can no longer be unmounted or removed.
+func prepareNetnsDir() error {
+	netnsDirOnce.Do(func() {
+		if err := os.MkdirAll(netnsRunDir, 0o755); err != nil {
+			netnsDirOnce.err = err
+			return
+		}
+		err := unix.Mount("", netnsRunDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		if errors.Is(err, unix.EINVAL) {
+			// Not a mount point yet: make it one, then shared.
+			if err := unix.Mount(netnsRunDir, netnsRunDir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+				netnsDirOnce.err = fmt.Errorf("bind %s: %w", netnsRunDir, err)
+				return
+			}
+			err = unix.Mount("", netnsRunDir, "none", unix.MS_SHARED|unix.MS_REC, "")
+		}
+		if err != nil {
+			netnsDirOnce.err = fmt.Errorf("make %s shared: %w", netnsRunDir, err)
+		}
+	})
+	return netnsDirOnce.err
+}
+
 // newNamedNetns creates /run/netns/<name> without moving the caller:
 // netns.NewNamed switches the calling thread, so it runs on a locked thread
 // that is switched back (or, if that fails, left locked to die).
 func newNamedNetns(name string) (netns.NsHandle, error) {
+	if err := prepareNetnsDir(); err != nil {
+		return 0, err
+	}
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
@@ -306,6 +343,28 @@ func (p *Pod) wire(n *Network, ns netns.NsHandle) error {
 		}
 	}
 	return nil
+}
+
+// deleteNamedNetns unmounts and removes /run/netns/<name>. The removal is
+// retried (bounded) on EBUSY: the lazy unmount can still be propagating to
+// peer mounts when unlink runs.
+func deleteNamedNetns(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := os.Remove(path)
+		if err == nil || errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		// Another mount may sit on top (propagation); detach it too.
+		_ = unix.Unmount(path, unix.MNT_DETACH)
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // removeCgroup removes a cgroup directory, waiting (bounded) for the
