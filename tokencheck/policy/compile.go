@@ -261,7 +261,11 @@ func (c *compiler) checkMeta(o any, kind string, m *metav1.ObjectMeta, namespace
 var (
 	tenantRE = regexp.MustCompile(`^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|common|organizations)$`)
 	guidRE   = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
-	hostRE   = regexp.MustCompile(`^https://[^/?#]+/?$`)
+	// hostRE accepts an https authority, or http on loopback (a local
+	// test issuer such as tools/devidp), like tokencheck does.
+	hostRE = regexp.MustCompile(`^(https://[^/?#]+|http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?)/?$`)
+	// urlRE is the same rule for issuer and JWKS URLs with a path.
+	urlRE    = regexp.MustCompile(`^(https://|http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?(/|$))`)
 	headerRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 )
 
@@ -284,7 +288,7 @@ func (c *compiler) checkIssuerSpec(o any, kind string, s *v1.IssuerSpec) {
 			c.report(o, kind, "spec.azureAD.cloud", "unsupported value %q: want AzurePublic, AzureUSGovernment or AzureChina", a.Cloud)
 		}
 		if a.AuthorityHost != "" && !hostRE.MatchString(a.AuthorityHost) {
-			c.report(o, kind, "spec.azureAD.authorityHost", "invalid authority host %q: want https://host[:port]", a.AuthorityHost)
+			c.report(o, kind, "spec.azureAD.authorityHost", "invalid authority host %q: want https://host[:port] (or http on loopback)", a.AuthorityHost)
 		}
 		c.checkAudiences(o, kind, "spec.azureAD.audiences", a.Audiences)
 		for i, v := range a.AcceptedVersions {
@@ -302,11 +306,11 @@ func (c *compiler) checkIssuerSpec(o any, kind string, s *v1.IssuerSpec) {
 		}
 	}
 	if oi := s.OIDC; oi != nil {
-		if !strings.HasPrefix(oi.Issuer, "https://") {
-			c.report(o, kind, "spec.oidc.issuer", "invalid issuer %q: want an https URL", oi.Issuer)
+		if !urlRE.MatchString(oi.Issuer) {
+			c.report(o, kind, "spec.oidc.issuer", "invalid issuer %q: want an https URL (or http on loopback)", oi.Issuer)
 		}
-		if oi.JWKSURI != "" && !strings.HasPrefix(oi.JWKSURI, "https://") {
-			c.report(o, kind, "spec.oidc.jwksURI", "invalid JWKS URI %q: want an https URL", oi.JWKSURI)
+		if oi.JWKSURI != "" && !urlRE.MatchString(oi.JWKSURI) {
+			c.report(o, kind, "spec.oidc.jwksURI", "invalid JWKS URI %q: want an https URL (or http on loopback)", oi.JWKSURI)
 		}
 		c.checkAudiences(o, kind, "spec.oidc.audiences", oi.Audiences)
 	}

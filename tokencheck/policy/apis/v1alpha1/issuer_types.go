@@ -77,10 +77,11 @@ type AzureADIssuer struct {
 	// +kubebuilder:default=AzurePublic
 	Cloud AzureCloud `json:"cloud,omitempty"`
 	// AuthorityHost overrides where discovery and keys are fetched from
-	// (an https URL, e.g. a local test issuer); it does not change the
-	// accepted `iss`. Empty means the cloud's host.
+	// (an https URL, or http on a loopback address for a local test issuer
+	// such as tools/devidp); it does not change the accepted `iss`. Empty
+	// means the cloud's host.
 	// +optional
-	// +kubebuilder:validation:Pattern=`^https://[^/?#]+/?$`
+	// +kubebuilder:validation:Pattern=`^(https://[^/?#]+|http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?)/?$`
 	AuthorityHost string `json:"authorityHost,omitempty"`
 	// Audiences are the accepted `aud` values: the API's application ID
 	// URI and/or client ID. At least one.
@@ -111,12 +112,12 @@ type AccessTokenVersion int32
 type OIDCIssuer struct {
 	// Issuer is the exact `iss`; discovery is read from
 	// <issuer>/.well-known/openid-configuration unless JWKSURI is set.
-	// +kubebuilder:validation:Pattern=`^https://`
+	// +kubebuilder:validation:Pattern=`^(https://|http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?(/|$))`
 	Issuer string `json:"issuer"`
 	// JWKSURI is where the signing keys are fetched from. Empty means the
 	// jwks_uri of the discovery document.
 	// +optional
-	// +kubebuilder:validation:Pattern=`^https://`
+	// +kubebuilder:validation:Pattern=`^(https://|http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?(/|$))`
 	JWKSURI string `json:"jwksURI,omitempty"`
 	// Audiences are the accepted `aud` values. At least one.
 	// +kubebuilder:validation:MinItems=1
