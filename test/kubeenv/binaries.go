@@ -30,9 +30,9 @@ const BinEnv = "PORTCULLIS_KUBE_BIN"
 // DefaultBinDir is where build.sh puts the binaries unless BinEnv is set.
 const DefaultBinDir = "/var/cache/portcullis/kube-" + KubeVersion + "/bin"
 
-// requireEnv mirrors bpf/testenv.RequirePrivilegedEnv: when it is "1", a test
+// RequireEnv mirrors bpf/testenv.RequirePrivilegedEnv: when it is "1", a test
 // that would skip for want of its environment fails instead.
-const requireEnv = "PORTCULLIS_REQUIRE_PRIVILEGED"
+const RequireEnv = "PORTCULLIS_REQUIRE_PRIVILEGED"
 
 // The control-plane binaries every Env needs.
 var required = []string{"etcd", "kube-apiserver", "kubectl"}
@@ -75,8 +75,8 @@ func RequireBinaries(tb testing.TB) map[string]string {
 	if err == nil {
 		return paths
 	}
-	if os.Getenv(requireEnv) == "1" {
-		tb.Fatalf("%v; %s=1 forbids skipping", err, requireEnv)
+	if os.Getenv(RequireEnv) == "1" {
+		tb.Fatalf("%v; %s=1 forbids skipping", err, RequireEnv)
 	}
 	tb.Skip(err.Error())
 	return nil
