@@ -8,14 +8,22 @@ BIN := bin
 PKGS := ./...
 FUZZTIME ?= 10s
 
-.PHONY: help build generate verify-generated test test-unit fuzz bench lint clean
+.PHONY: help build demo demo-down generate verify-generated test test-unit fuzz bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-build: ## build every binary into bin/
+CMDS := ./agent/cmd/portcullis-agent ./tools/portcullis ./tools/devidp ./tools/demoapp
+
+build: ## build the agent, the CLI, devidp and the demo app into bin/
 	@mkdir -p $(BIN)
-	$(GO) build -o $(BIN)/ ./agent/cmd/... ./tools/... 2>/dev/null || $(GO) build ./...
+	$(GO) build -o $(BIN)/ $(CMDS)
+
+demo: build ## run the demo (root): netns pods, devidp, the agent, scripted requests; leaves nothing behind
+	BIN=$(CURDIR)/$(BIN) tools/demo/demo.sh
+
+demo-down: ## remove whatever an interrupted demo left behind
+	tools/demo/demo.sh down
 
 generate: ## regenerate committed code (bpf2go objects, CRDs, deepcopy, protobuf)
 	$(GO) generate ./...
