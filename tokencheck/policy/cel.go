@@ -34,6 +34,7 @@ func newCELEnv() (*cel.Env, error) {
 		cel.Variable("source", cel.ObjectType("celvars.Source")),
 		cel.ParserExpressionSizeLimit(4096),
 		cel.ParserRecursionLimit(64),
+		cel.ExpressionNodeLimit(celMaxNodes),
 		ext.Strings(),
 	)
 	if err != nil {
