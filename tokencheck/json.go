@@ -36,8 +36,8 @@ func parseJSONObject(s string) (map[string]any, error) {
 	if p.i >= len(p.s) || p.s[p.i] != '{' {
 		return nil, errJSON
 	}
-	// Access tokens have 20 to 30 claims: size the top-level map once.
-	v, err := p.object(32)
+	// Access tokens have about 20 claims: size the top-level map for that.
+	v, err := p.object(24)
 	if err != nil {
 		return nil, err
 	}
@@ -111,9 +111,6 @@ func (p *jsonParser) object(size int) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		if _, dup := m[k]; dup {
-			return nil, errJSON
-		}
 		p.ws()
 		if p.i >= len(p.s) || p.s[p.i] != ':' {
 			return nil, errJSON
@@ -124,7 +121,10 @@ func (p *jsonParser) object(size int) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		m[k] = v
+		n := len(m)
+		if m[k] = v; len(m) == n {
+			return nil, errJSON // duplicate key
+		}
 		p.ws()
 		if p.i >= len(p.s) {
 			return nil, errJSON
@@ -340,4 +340,105 @@ func (p *jsonParser) digits() int {
 		n++
 	}
 	return n
+}
+
+// parseHeaderJSON decodes a JOSE header object into h without building a
+// map: headers are small and their members mostly known. The same
+// strictness applies (duplicate members are an error).
+func parseHeaderJSON(s string, h *header) error {
+	p := jsonParser{s: s}
+	p.ws()
+	if p.i >= len(p.s) || p.s[p.i] != '{' {
+		return errJSON
+	}
+	p.i++
+	p.depth = 1
+	var seen [12]string
+	nseen := 0
+	var hasAlg bool
+	p.ws()
+	if p.i < len(p.s) && p.s[p.i] == '}' {
+		p.i++
+	} else {
+		for {
+			p.ws()
+			if p.i >= len(p.s) || p.s[p.i] != '"' {
+				return errJSON
+			}
+			k, err := p.str()
+			if err != nil {
+				return err
+			}
+			for _, sk := range seen[:nseen] {
+				if sk == k {
+					return errJSON
+				}
+			}
+			if nseen == len(seen) {
+				return errJSON // no legitimate header has this many members
+			}
+			seen[nseen] = k
+			nseen++
+			p.ws()
+			if p.i >= len(p.s) || p.s[p.i] != ':' {
+				return errJSON
+			}
+			p.i++
+			p.ws()
+			if p.i >= len(p.s) {
+				return errJSON
+			}
+			switch k {
+			case "alg", "kid":
+				if p.s[p.i] != '"' {
+					return errJSON
+				}
+				v, err := p.str()
+				if err != nil {
+					return err
+				}
+				if k == "alg" {
+					h.Alg, hasAlg = v, true
+				} else {
+					h.Kid = v
+				}
+			default:
+				switch k {
+				case "crit":
+					h.Present.Crit = true
+				case "b64":
+					h.Present.B64 = true
+				case "nonce":
+					h.Present.Nonce = true
+				case "jwk", "jku", "x5u", "x5c":
+					h.Present.EmbeddedKey = true
+				}
+				if p.s[p.i] == '"' {
+					_, err = p.str() // typ, x5t, cty…: no allocation
+				} else {
+					_, err = p.value()
+				}
+				if err != nil {
+					return err
+				}
+			}
+			p.ws()
+			if p.i >= len(p.s) {
+				return errJSON
+			}
+			if p.s[p.i] == '}' {
+				p.i++
+				break
+			}
+			if p.s[p.i] != ',' {
+				return errJSON
+			}
+			p.i++
+		}
+	}
+	p.ws()
+	if p.i != len(p.s) || !hasAlg {
+		return errJSON
+	}
+	return nil
 }

@@ -27,25 +27,6 @@ type header struct {
 	Present struct{ Crit, B64, Nonce, EmbeddedKey bool }
 }
 
-// parseHeader types the decoded header object.
-func parseHeader(m map[string]any, h *header) bool {
-	var ok bool
-	if h.Alg, ok = m["alg"].(string); !ok {
-		return false
-	}
-	if kid, present := m["kid"]; present {
-		if h.Kid, ok = kid.(string); !ok {
-			return false
-		}
-	}
-	has := func(k string) bool { _, ok := m[k]; return ok }
-	h.Present.Crit = has("crit")
-	h.Present.B64 = has("b64")
-	h.Present.Nonce = has("nonce")
-	h.Present.EmbeddedKey = has("jwk") || has("jku") || has("x5u") || has("x5c")
-	return true
-}
-
 // token is a parsed, not yet verified, compact JWS.
 type token struct {
 	hdr          header
@@ -76,8 +57,10 @@ func parseToken(raw string) (*token, Reason, error) {
 	if h64 == "" || p64 == "" || s64 == "" {
 		return nil, ReasonMalformed, &Error{ReasonMalformed, "empty JWS part"}
 	}
-	if !isB64URL(raw) {
-		return nil, ReasonMalformed, &Error{ReasonMalformed, "character outside the base64url alphabet"}
+	// The strict decoder refuses every character outside the base64url
+	// alphabet (padding and +/ included) except CR and LF, which it skips.
+	if strings.IndexByte(raw, '\n') >= 0 || strings.IndexByte(raw, '\r') >= 0 {
+		return nil, ReasonMalformed, &Error{ReasonMalformed, "line break in token"}
 	}
 	t := &token{signingInput: raw[:d2]}
 	// One buffer for the three decoded parts; the JSON decoder slices
@@ -87,8 +70,7 @@ func parseToken(raw string) (*token, Reason, error) {
 	if err != nil {
 		return nil, ReasonMalformed, &Error{ReasonMalformed, "header: bad base64url"}
 	}
-	hm, err := parseJSONObject(stringOf(buf[:n]))
-	if err != nil || !parseHeader(hm, &t.hdr) {
+	if err := parseHeaderJSON(stringOf(buf[:n]), &t.hdr); err != nil {
 		return nil, ReasonMalformed, &Error{ReasonMalformed, "header: not a JSON object with a string alg"}
 	}
 	if r, err := checkHeader(&t.hdr); err != nil {
@@ -132,23 +114,6 @@ func checkHeader(h *header) (Reason, error) {
 	}
 	return ReasonNone, nil
 }
-
-// isB64URL reports whether s has only base64url characters and dots.
-func isB64URL(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if !b64url[s[i]] {
-			return false
-		}
-	}
-	return true
-}
-
-var b64url = func() (t [256]bool) {
-	for _, c := range "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_." {
-		t[c] = true
-	}
-	return t
-}()
 
 // clip bounds attacker-chosen strings placed in error details.
 func clip(s string) string {

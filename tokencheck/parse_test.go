@@ -98,6 +98,36 @@ func TestMaxAge(t *testing.T) {
 	}
 }
 
+func TestParseHeaderJSON(t *testing.T) {
+	tests := []struct {
+		in   string
+		want header
+		ok   bool
+	}{
+		{`{"typ":"JWT","alg":"RS256","kid":"k1","x5t":"k1"}`, header{Alg: "RS256", Kid: "k1"}, true},
+		{` { "alg" : "RS256" } `, header{Alg: "RS256"}, true},
+		{`{"alg":"RS256","kid":"k","crit":["exp"],"nonce":"n","jku":"u","b64":false}`,
+			header{Alg: "RS256", Kid: "k", Present: struct{ Crit, B64, Nonce, EmbeddedKey bool }{true, true, true, true}}, true},
+		{`{"alg":"RS256","alg":"none"}`, header{}, false},
+		{`{"alg":1}`, header{}, false},
+		{`{"kid":"k"}`, header{}, false},
+		{`{"alg":"RS256","kid":null}`, header{}, false},
+		{`{"alg":"RS256",}`, header{}, false},
+		{`{"alg":"RS256"}x`, header{}, false},
+	}
+	for _, tt := range tests {
+		var got header
+		err := parseHeaderJSON(tt.in, &got)
+		if (err == nil) != tt.ok {
+			t.Errorf("parseHeaderJSON(%q): error %v, want ok %v", tt.in, err, tt.ok)
+			continue
+		}
+		if tt.ok && got != tt.want {
+			t.Errorf("parseHeaderJSON(%q) = %+v, want %+v", tt.in, got, tt.want)
+		}
+	}
+}
+
 func TestParseJSONObject(t *testing.T) {
 	tests := []struct {
 		in   string
@@ -157,7 +187,19 @@ func FuzzParseToken(f *testing.F) {
 		} else if r == ReasonNone {
 			t.Fatalf("refused %q without a reason: %v", s, err)
 		}
-		// Differential check of the JSON decoder on the raw input.
+		// Differential checks of the JSON decoders on the raw input.
+		var h header
+		if err := parseHeaderJSON(s, &h); err == nil {
+			var want map[string]any
+			if err := json.Unmarshal([]byte(s), &want); err != nil {
+				t.Fatalf("parseHeaderJSON accepts %q, encoding/json does not: %v", s, err)
+			}
+			_, crit := want["crit"]
+			kid, _ := want["kid"].(string)
+			if want["alg"] != h.Alg || kid != h.Kid || crit != h.Present.Crit {
+				t.Fatalf("parseHeaderJSON(%q) = %+v, encoding/json %v", s, h, want)
+			}
+		}
 		if m, err := parseJSONObject(s); err == nil {
 			var want map[string]any
 			if err := json.Unmarshal([]byte(s), &want); err != nil {

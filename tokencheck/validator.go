@@ -261,6 +261,8 @@ func (v *Validator) WaitReady(ctx context.Context) error {
 // (rate-limited per issuer by UnknownKIDInterval).
 //
 // The returned Claims are shared between callers and must not be modified.
+// An accepted raw is kept in the cache until exp: pass the header value
+// itself, not a slice of a larger buffer that should not stay in memory.
 func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, Reason, error) {
 	if raw == "" {
 		return nil, ReasonMissingToken, ErrMissingToken
@@ -301,7 +303,7 @@ func (v *Validator) validate(ctx context.Context, raw string, now time.Time) (*C
 				c := t.claims
 				c.IssuerRef = rt.iss.n.ref
 				if exp := time.Unix(t.exp, 0).UnixNano(); v.cache != nil && exp > now.UnixNano() {
-					v.cache.put(strings.Clone(raw), c, exp, k, rt.iss, now.UnixNano())
+					v.cache.put(raw, c, exp, k, rt.iss, now.UnixNano())
 				}
 				return c, ReasonNone, nil
 			}
