@@ -272,6 +272,7 @@ var (
 // checkIssuerSpec mirrors the CRD schema (the API server checks it too;
 // local mode has only this).
 func (c *compiler) checkIssuerSpec(o any, kind string, s *v1.IssuerSpec) {
+	before := len(c.problems)
 	switch {
 	case s.AzureAD == nil && s.OIDC == nil:
 		c.report(o, kind, "spec", "exactly one of azureAD or oidc must be set")
@@ -296,12 +297,16 @@ func (c *compiler) checkIssuerSpec(o any, kind string, s *v1.IssuerSpec) {
 				c.report(o, kind, fmt.Sprintf("spec.azureAD.acceptedVersions[%d]", i), "unsupported version %d: want 1 or 2", v)
 			}
 		}
-		if len(a.AllowedTenants) > 0 && a.TenantID != "common" && a.TenantID != "organizations" {
-			c.report(o, kind, "spec.azureAD.allowedTenants", "allowedTenants requires tenantID common or organizations")
+		multi := a.TenantID == "common" || a.TenantID == "organizations"
+		switch {
+		case len(a.AllowedTenants) > 0 && !multi:
+			c.report(o, kind, "spec.azureAD.allowedTenants", "allowedTenants is only valid with tenantID common or organizations")
+		case len(a.AllowedTenants) == 0 && multi:
+			c.report(o, kind, "spec.azureAD.tenantID", "tenantID %s requires allowedTenants (\"*\" accepts every tenant)", a.TenantID)
 		}
 		for i, t := range a.AllowedTenants {
-			if !guidRE.MatchString(t) {
-				c.report(o, kind, fmt.Sprintf("spec.azureAD.allowedTenants[%d]", i), "invalid tenant ID %q: want a GUID", t)
+			if t != "*" && !guidRE.MatchString(t) {
+				c.report(o, kind, fmt.Sprintf("spec.azureAD.allowedTenants[%d]", i), "invalid tenant ID %q: want a GUID or \"*\"", t)
 			}
 		}
 	}
@@ -317,13 +322,29 @@ func (c *compiler) checkIssuerSpec(o any, kind string, s *v1.IssuerSpec) {
 	if s.ClockSkew != nil && (s.ClockSkew.Duration < 0 || s.ClockSkew.Duration > 10*time.Minute) {
 		c.report(o, kind, "spec.clockSkew", "clock skew %s out of range: want 0 to 10m", s.ClockSkew.Duration)
 	}
+	for i, alg := range s.Algorithms {
+		if !slices.Contains(supportedAlgorithms, alg) {
+			c.report(o, kind, fmt.Sprintf("spec.algorithms[%d]", i), "unsupported algorithm %q: want one of %s", alg, strings.Join(supportedAlgorithms, ", "))
+		}
+	}
 	for _, claim := range slices.Sorted(mapKeys(s.ForwardClaims)) {
 		h := s.ForwardClaims[claim]
 		if !headerRE.MatchString(h) {
 			c.report(o, kind, "spec.forwardClaims["+claim+"]", "invalid header name %q", h)
 		}
 	}
+	if len(c.problems) > before {
+		return
+	}
+	// The token checker has the last word on what it can run; its
+	// message names the field as this API spells it.
+	if err := issuerConfig("check", s).Validate(); err != nil {
+		c.report(o, kind, "spec", "%s", strings.TrimPrefix(err.Error(), "issuer check: "))
+	}
 }
+
+// supportedAlgorithms mirrors the CRD enum of IssuerSpec.Algorithms.
+var supportedAlgorithms = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
 
 func mapKeys(m map[string]string) func(func(string) bool) {
 	return func(yield func(string) bool) {

@@ -4,8 +4,10 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/portcullis-mesh/portcullis/identity"
 	"github.com/portcullis-mesh/portcullis/tokencheck"
 )
@@ -358,5 +360,58 @@ func TestPathMatcher(t *testing.T) {
 		if got := m.match(path); got != want {
 			t.Errorf("match(%q) = %v, want %v", path, got, want)
 		}
+	}
+}
+
+func TestIssuerConfigs(t *testing.T) {
+	set := mustCompile(t, `
+apiVersion: portcullis.dev/v1alpha1
+kind: Issuer
+metadata: {name: entra, namespace: shop}
+spec:
+  azureAD:
+    tenantID: organizations
+    cloud: AzureUSGovernment
+    authorityHost: http://127.0.0.1:8400
+    audiences: [api://orders]
+    acceptedVersions: [2]
+    allowedTenants: ["*"]
+  algorithms: [RS256, PS256]
+  clockSkew: 30s
+  forwardClaims: {oid: X-Caller-Oid}
+`, clusterIssuerYAML)
+	want := []tokencheck.IssuerConfig{
+		{Ref: "corp", OIDC: &tokencheck.OIDCConfig{Issuer: "https://idp.example.com", Audiences: []string{"orders"}}},
+		{Ref: "shop/entra", ClockSkew: 30 * time.Second, Algorithms: []string{"RS256", "PS256"}, AzureAD: &tokencheck.AzureADConfig{
+			TenantID: "organizations", Cloud: tokencheck.AzureUSGovernment, AuthorityHost: "http://127.0.0.1:8400",
+			Audiences: []string{"api://orders"}, AcceptedVersions: []int{2}, AllowedTenants: []string{"*"},
+		}},
+	}
+	got := set.IssuerConfigs()
+	if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
+		t.Errorf("IssuerConfigs() mismatch (-want +got):\n%s", diff)
+	}
+	for _, ic := range got {
+		if err := ic.Validate(); err != nil {
+			t.Errorf("IssuerConfig %s: Validate() = %v, want nil", ic.Ref, err)
+		}
+	}
+}
+
+func TestCELCostLimit(t *testing.T) {
+	// Quadratic over a 2,000-element list: far past the cost limit.
+	set := mustCompile(t, policy("p", `  rules: [{when: {expression: "claims.big.all(x, claims.big.all(y, x != y || x == y))"}}]`))
+	big := make([]any, 2000)
+	for i := range big {
+		big[i] = float64(i)
+	}
+	in := req(func(in *Input) { in.Claims = claims(func(c *tokencheck.Claims) { c.Raw = map[string]any{"big": big} }) })
+	start := time.Now()
+	d := Evaluate(set, in)
+	if d.Reason != ReasonExpressionError || d.Allowed() {
+		t.Errorf("Evaluate() = %+v, want denied with %s", d, ReasonExpressionError)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("evaluation took %v: the cost limit did not stop it early", took)
 	}
 }

@@ -53,6 +53,13 @@ type IssuerSpec struct {
 	// means the token checker's default of one minute.
 	// +optional
 	ClockSkew *metav1.Duration `json:"clockSkew,omitempty"`
+	// Algorithms is the JWS signature algorithm allow-list. Empty means
+	// [RS256], what Entra ID signs with; "none" and HMAC are never accepted.
+	// +optional
+	// +kubebuilder:validation:MaxItems=9
+	// +kubebuilder:validation:items:Enum=RS256;RS384;RS512;PS256;PS384;PS512;ES256;ES384;ES512
+	// +listType=set
+	Algorithms []string `json:"algorithms,omitempty"`
 	// ForwardClaims maps a claim name to the request header that carries
 	// its value to the application once the request is allowed (for
 	// example oid: X-Caller-Oid). Client-sent headers of the same names are
@@ -65,7 +72,7 @@ type IssuerSpec struct {
 // AzureADIssuer describes an Entra ID tenant. The accepted `iss` is the
 // one of the tenant's discovery document ({tenantid} filled from the
 // token's `tid` for multi-tenant configurations).
-// +kubebuilder:validation:XValidation:rule="!has(self.allowedTenants) || self.tenantID in ['common', 'organizations']",message="allowedTenants requires tenantID common or organizations"
+// +kubebuilder:validation:XValidation:rule="(self.tenantID in ['common', 'organizations']) == (has(self.allowedTenants) && size(self.allowedTenants) > 0)",message="allowedTenants is required with tenantID common or organizations (\"*\" accepts every tenant) and only valid with them"
 type AzureADIssuer struct {
 	// TenantID is the directory (tenant) ID, or `common` / `organizations`
 	// for multi-tenant applications (then allowedTenants lists the tenants
@@ -90,16 +97,18 @@ type AzureADIssuer struct {
 	// +listType=set
 	Audiences []string `json:"audiences"`
 	// AcceptedVersions are the accepted access-token versions (`ver` 1.0
-	// and/or 2.0). Empty means [2].
+	// and/or 2.0). Empty means both: which one a client receives is decided
+	// by the API's app registration (accessTokenAcceptedVersion).
 	// +optional
-	// +kubebuilder:default={2}
 	// +kubebuilder:validation:MaxItems=2
 	// +listType=set
 	AcceptedVersions []AccessTokenVersion `json:"acceptedVersions,omitempty"`
 	// AllowedTenants lists the tenant IDs accepted when TenantID is
-	// multi-tenant. Empty means only TenantID itself.
+	// common or organizations, where it is required; "*" accepts every
+	// tenant. Must be empty for a single tenant.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:Pattern=`^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|\*)$`
 	// +listType=set
 	AllowedTenants []string `json:"allowedTenants,omitempty"`
 }

@@ -402,6 +402,11 @@ func (in *IssuerSpec) DeepCopyInto(out *IssuerSpec) {
 		*out = new(v1.Duration)
 		**out = **in
 	}
+	if in.Algorithms != nil {
+		in, out := &in.Algorithms, &out.Algorithms
+		*out = make([]string, len(*in))
+		copy(*out, *in)
+	}
 	if in.ForwardClaims != nil {
 		in, out := &in.ForwardClaims, &out.ForwardClaims
 		*out = make(map[string]string, len(*in))
