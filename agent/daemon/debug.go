@@ -1,8 +1,352 @@
 package daemon
 
-import "context"
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
 
-// startDebug serves the gRPC debug API on its Unix socket.
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/portcullis-mesh/portcullis/agent/audit"
+	"github.com/portcullis-mesh/portcullis/agent/debugapi"
+	debugv1 "github.com/portcullis-mesh/portcullis/agent/debugapi/debugv1"
+	"github.com/portcullis-mesh/portcullis/bpf"
+	"github.com/portcullis-mesh/portcullis/identity"
+	"github.com/portcullis-mesh/portcullis/tokencheck"
+	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
+)
+
+// startDebug serves the gRPC debug API on its Unix socket, and feeds it the
+// same decision records the audit log writes.
 func (a *Agent) startDebug(ctx context.Context) error {
+	if a.cfg.DebugSocket == "off" {
+		return nil
+	}
+	b := &backend{a: a, Broadcaster: debugapi.NewBroadcaster(debugapi.DefaultKeep)}
+	sub, err := a.audit.Subscribe()
+	if err != nil {
+		return fmt.Errorf("subscribe to decisions: %w", err)
+	}
+	go func() {
+		defer sub.Close()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case r, ok := <-sub.C():
+				if !ok {
+					return
+				}
+				b.Publish(decisionRecord(&r))
+			}
+		}
+	}()
+	if err := os.MkdirAll(filepath.Dir(a.cfg.DebugSocket), 0o755); err != nil {
+		return fmt.Errorf("debug socket directory: %w", err)
+	}
+	ln, err := debugapi.Listen(a.cfg.DebugSocket)
+	if err != nil {
+		return fmt.Errorf("debug socket: %w", err)
+	}
+	go func() {
+		if err := debugapi.ServeListener(ctx, ln, b); err != nil {
+			a.log.Error("debug API stopped", "error", err)
+		}
+	}()
 	return nil
+}
+
+func decisionRecord(r *audit.Record) *debugv1.DecisionRecord {
+	rule := int32(-1)
+	if n, err := strconv.Atoi(r.Rule); err == nil {
+		rule = int32(n)
+	}
+	src := r.SourceAddr
+	if i := strings.LastIndexByte(src, ':'); i > 0 {
+		src = strings.TrimPrefix(strings.Trim(src[:i], "[]"), "::ffff:")
+	}
+	return &debugv1.DecisionRecord{
+		Time: timestamppb.New(r.Time), Decision: string(r.Decision), Reason: r.Reason,
+		Policy: r.Policy, Rule: rule, Mode: string(r.Mode), Source: r.Source, SourceIp: src,
+		Destination: r.Workload, Port: uint32(r.Port), Method: r.Method, Path: r.Path,
+		Issuer: r.Issuer, Tenant: r.Tenant, Oid: r.ObjectID, Sub: r.Subject, Azp: r.ClientID,
+		Status: uint32(r.Status),
+	}
+}
+
+// backend implements debugapi.Backend over a running agent. Every method
+// only reads.
+type backend struct {
+	a *Agent
+	*debugapi.Broadcaster
+}
+
+func (b *backend) Status(ctx context.Context) (*debugv1.GetStatusResponse, error) {
+	a := b.a
+	ws := a.enforcer.Workloads()
+	var attached uint32
+	for _, w := range ws {
+		if w.Enrolled {
+			attached++
+		}
+	}
+	dp := &debugv1.DatapathStatus{State: "attached", PinPath: a.dp.PinDir(), EnrolledWorkloads: uint32(len(ws)), AttachedWorkloads: attached}
+	if err := a.Ready(); err != nil {
+		dp.Message = err.Error()
+	}
+	st := a.store.Stats()
+	ps := &debugv1.PolicySetStatus{Generation: st.Generation, Policies: uint32(st.Policies), Rules: uint32(st.Rules)}
+	if !st.LastChange.IsZero() {
+		ps.UpdatedAt, ps.Age = timestamppb.New(st.LastChange), durationpb.New(time.Since(st.LastChange))
+	}
+	if st.LastError != nil {
+		ps.LastError = st.LastError.Error()
+	}
+	resp := &debugv1.GetStatusResponse{
+		Version: Version, NodeName: a.cfg.NodeName, Mode: string(a.cfg.Mode),
+		StartTime: timestamppb.New(a.started), Uptime: durationpb.New(time.Since(a.started)),
+		Datapath: dp, PolicySet: ps,
+	}
+	for _, is := range a.tokens.Issuers() {
+		h := &debugv1.IssuerHealth{Name: is.Ref, Healthy: true}
+		for _, s := range is.Sources {
+			h.KeyCount += uint32(len(s.KeyIDs))
+			if !s.HasKeys || s.Stale {
+				h.Healthy = false
+			}
+			if s.LastError != "" {
+				h.LastError = s.LastError
+			}
+			if s.HasKeys && (h.JwksAge == nil || s.KeySetAge > h.JwksAge.AsDuration()) {
+				h.JwksAge = durationpb.New(s.KeySetAge)
+			}
+		}
+		resp.Issuers = append(resp.Issuers, h)
+	}
+	return resp, nil
+}
+
+func (b *backend) Workloads(ctx context.Context) ([]*debugv1.Workload, error) {
+	var out []*debugv1.Workload
+	for _, s := range b.a.enforcer.Workloads() {
+		w := s.Workload
+		pw := &debugv1.Workload{
+			Namespace: w.Namespace, Name: w.Name, Uid: w.UID, ServiceAccount: w.SA(),
+			Identity: s.Identity, IdentityId: uint32(s.ID), ClientId: w.ClientID,
+			NetnsPath: w.NetnsPath, CgroupPath: w.CgroupPath, Labels: w.Labels,
+			AttachError: s.LastError,
+		}
+		for _, ip := range w.IPs {
+			pw.Ips = append(pw.Ips, ip.String())
+		}
+		switch {
+		case s.Excluded != identity.NotExcluded:
+			pw.AttachState = "excluded: " + s.Excluded.String()
+		case s.Enrolled && s.Ports.Mode == bpf.CaptureAllExcept:
+			pw.AttachState = "attached (all ports except listed)"
+		case s.Enrolled:
+			pw.AttachState = "attached"
+		case s.LastError != "":
+			pw.AttachState = "error"
+		case w.NetnsPath == "":
+			pw.AttachState = "remote"
+		default:
+			pw.AttachState = "not selected"
+		}
+		for _, p := range s.Ports.Ports {
+			pw.CapturedPorts = append(pw.CapturedPorts, uint32(p))
+		}
+		out = append(out, pw)
+	}
+	return out, nil
+}
+
+func (b *backend) Policies(ctx context.Context) (*debugv1.ListPoliciesResponse, error) {
+	set := b.a.engine.Set()
+	resp := &debugv1.ListPoliciesResponse{Generation: b.a.store.Stats().Generation}
+	if set == nil {
+		return resp, nil
+	}
+	ws := b.a.enforcer.Workloads()
+	for _, p := range set.Summaries() {
+		ns, name, _ := strings.Cut(p.Key, "/")
+		pp := &debugv1.Policy{Namespace: ns, Name: name, Action: "Allow", Mode: "Enforce", Selector: p.Selector, Rules: uint32(p.Rules), Source: string(b.a.cfg.Mode)}
+		if p.Deny {
+			pp.Action = "Deny"
+		}
+		if p.Audit {
+			pp.Mode = "Audit"
+		}
+		for _, w := range ws {
+			if w.Workload.Namespace == ns && set.Selects(p.Key, policy.Workload{Namespace: ns, Labels: w.Workload.Labels}) {
+				pp.SelectedWorkloads = append(pp.SelectedWorkloads, w.Workload.Key())
+			}
+		}
+		resp.Policies = append(resp.Policies, pp)
+	}
+	return resp, nil
+}
+
+func (b *backend) Issuers(ctx context.Context) ([]*debugv1.Issuer, error) {
+	set := b.a.engine.Set()
+	specs := map[string]policy.Issuer{}
+	if set != nil {
+		for _, is := range set.Issuers() {
+			specs[is.Ref] = is
+		}
+	}
+	var out []*debugv1.Issuer
+	for _, is := range b.a.tokens.Issuers() {
+		for _, s := range is.Sources {
+			pi := &debugv1.Issuer{Name: is.Ref, Kind: "ClusterIssuer", Issuer: s.Issuer, JwksUri: s.JWKSURI, KeyIds: s.KeyIDs, LastError: s.LastError, Healthy: s.HasKeys && !s.Stale}
+			if sp, ok := specs[is.Ref]; ok {
+				if sp.Namespace != "" {
+					pi.Kind = "Issuer"
+				}
+				if sp.Spec.AzureAD != nil {
+					pi.Audiences = sp.Spec.AzureAD.Audiences
+				} else if sp.Spec.OIDC != nil {
+					pi.Audiences = sp.Spec.OIDC.Audiences
+				}
+			}
+			if s.HasKeys {
+				pi.JwksFetchedAt, pi.JwksAge = timestamppb.New(s.FetchedAt), durationpb.New(s.KeySetAge)
+			}
+			if !s.NextRefresh.IsZero() {
+				pi.NextRefresh = timestamppb.New(s.NextRefresh)
+			}
+			if s.LastError != "" && !s.LastAttempt.IsZero() {
+				pi.LastErrorAt = timestamppb.New(s.LastAttempt)
+			}
+			out = append(out, pi)
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+func (b *backend) Explain(ctx context.Context, req *debugv1.ExplainRequest) (*debugv1.ExplainResponse, error) {
+	a := b.a
+	set := a.engine.Set()
+	if set == nil {
+		return nil, status.Error(codes.FailedPrecondition, "no policy set in force")
+	}
+	env := debugapi.ExplainEnv{TrustDomain: a.cfg.TrustDomain}
+	if w, ok := a.enforcer.Workload(req.GetWorkload()); ok {
+		env.Labels = w.Policy.Labels
+	} else {
+		return nil, status.Errorf(codes.NotFound, "workload %s is not on this node", req.GetWorkload())
+	}
+	// The caller's client ID, as the live path would learn it: from the
+	// workload with that identity.
+	if ns, sa, ok := strings.Cut(req.GetSource(), "/"); ok {
+		for _, w := range a.enforcer.Workloads() {
+			if w.Workload.Namespace == ns && w.Workload.SA() == sa && w.Workload.ClientID != "" {
+				env.SourceClientID = w.Workload.ClientID
+				break
+			}
+		}
+	}
+	switch {
+	case req.GetToken() != "":
+		claims, reason, err := a.tokens.Validate(ctx, req.GetToken())
+		env.Claims, env.TokenReason = claims, reason
+		env.Token = verdict(claims, reason, err)
+	case req.GetClaims() != nil:
+		claims, err := debugapi.ClaimsFromStruct(req.GetClaims(), "")
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "claims: %v", err)
+		}
+		env.Claims = claims
+		env.Token = &debugv1.TokenVerdict{Valid: true, Detail: "claims given, not a token: no signature checked"}
+	}
+	return debugapi.Explain(set, req, env), nil
+}
+
+func verdict(c *tokencheck.Claims, reason tokencheck.Reason, err error) *debugv1.TokenVerdict {
+	if c == nil {
+		v := &debugv1.TokenVerdict{Reason: string(reason)}
+		if err != nil {
+			v.Detail = err.Error()
+		}
+		return v
+	}
+	return &debugv1.TokenVerdict{Valid: true, IssuerRef: c.IssuerRef, ExpiresAt: timestamppb.New(c.ExpiresAt)}
+}
+
+func (b *backend) BPFMaps(ctx context.Context) (*debugv1.DumpBPFMapsResponse, error) {
+	dp := b.a.dp
+	resp := &debugv1.DumpBPFMapsResponse{}
+	pods, err := dp.Pods()
+	if err != nil {
+		return nil, fmt.Errorf("enrolled pods: %w", err)
+	}
+	for _, p := range pods {
+		ep := &debugv1.EnrolledPod{Workload: p.Key, NetnsCookie: p.NetnsCookie, ListenerPort: uint32(dp.ListenerPort())}
+		for _, port := range p.Ports.Ports {
+			ep.Ports = append(ep.Ports, uint32(port))
+		}
+		resp.Enrolled = append(resp.Enrolled, ep)
+	}
+	ids := map[identity.ID]string{}
+	for _, w := range b.a.enforcer.Workloads() {
+		ids[w.ID] = w.Identity
+	}
+	conns, err := dp.Connections()
+	if err != nil {
+		return nil, fmt.Errorf("connections: %w", err)
+	}
+	for _, c := range conns {
+		resp.Sockets = append(resp.Sockets, &debugv1.SocketRecord{
+			Local: c.Caller.String(), Remote: c.Callee.String(), CgroupId: c.CgroupID,
+			IdentityId: c.Identity, Identity: ids[identity.ID(c.Identity)],
+		})
+	}
+	cs, err := dp.Counters()
+	if err != nil {
+		return nil, fmt.Errorf("counters: %w", err)
+	}
+	for _, c := range bpf.Counters() {
+		resp.Counters = append(resp.Counters, &debugv1.Counter{Name: c.String(), Value: cs[c]})
+	}
+	return resp, nil
+}
+
+func (b *backend) InspectToken(ctx context.Context, token string) (*debugv1.InspectTokenResponse, error) {
+	resp := &debugv1.InspectTokenResponse{}
+	// Decode for display only; the verdict comes from the validator.
+	parts := strings.Split(token, ".")
+	if len(parts) == 3 {
+		var hdr struct{ Alg, Kid, Typ string }
+		if raw, err := base64.RawURLEncoding.DecodeString(parts[0]); err == nil {
+			_ = json.Unmarshal(raw, &hdr)
+			resp.Alg, resp.Kid, resp.Typ = hdr.Alg, hdr.Kid, hdr.Typ
+		}
+		if raw, err := base64.RawURLEncoding.DecodeString(parts[1]); err == nil {
+			var m map[string]any
+			if json.Unmarshal(raw, &m) == nil {
+				if s, err := structpb.NewStruct(m); err == nil {
+					resp.Claims = s
+				}
+			}
+		}
+	}
+	claims, reason, err := b.a.tokens.Validate(ctx, token)
+	if errors.Is(err, context.Canceled) {
+		return nil, err
+	}
+	resp.Verdict = verdict(claims, reason, err)
+	return resp, nil
 }

@@ -67,7 +67,7 @@ down() {
 
 if [ "${1:-}" = down ]; then down; exit 0; fi
 [ "$(id -u)" = 0 ] || { echo "demo: run as root (sudo make demo)" >&2; exit 1; }
-for b in portcullis-agent devidp demoapp; do
+for b in portcullis-agent portcullis devidp demoapp; do
 	[ -x "$BIN/$b" ] || { echo "demo: $BIN/$b missing; run 'make build'" >&2; exit 1; }
 done
 
@@ -202,6 +202,11 @@ cut -c1-230 "$WORK/audit.log"
 
 say "Metrics (http://$ADMIN/metrics), excerpt"
 curl -s "http://$ADMIN/metrics" | grep -E '^portcullis_(verifier_requests_total|agent_enrolled_pods|datapath_events_total\{event="capture_assigned"|tokencheck_verified_cache_total)' | head -20
+
+say "Debugging the node with the CLI (bin/portcullis --socket $SOCKET ...)"
+pc() { echo "\$ portcullis $*"; "$BIN/portcullis" --socket "$SOCKET" --color never "$@" || true; echo; }
+pc workloads
+pc explain --workload shop/orders-api --port 8080 --method POST --path /orders --source shop/attacker --token "$TOK_FRONTEND"
 
 echo
 if [ $fails = 0 ]; then
