@@ -311,9 +311,16 @@ func (d *Datapath) adoptPodLinks(cookie uint64, p *podState) error {
 	return nil
 }
 
+// unpinClose detaches l at once (BPF_LINK_DETACH), then drops the pin and
+// the agent's file descriptor. Without the explicit detach the link would
+// only go when its last reference does, which for a pin is deferred to a
+// kernel work queue.
 func unpinClose(l link.Link) error {
-	err := l.Unpin()
-	return errors.Join(err, l.Close())
+	err := l.Detach()
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		err = nil
+	}
+	return errors.Join(err, l.Unpin(), l.Close())
 }
 
 func cString(b []int8) string {

@@ -40,7 +40,7 @@ func Main(m *testing.M) {
 // stdin until stdin closes:
 //
 //	accepted <port>  -> "ok <connections accepted on port>"
-//	get <ip:port>    -> "ok <local addr> <base64 response>" or "err <base64 error>"
+//	get <ip:port> [timeout ms] -> "ok <local addr> <base64 response>" or "err <base64 error>"
 func runChild(name, portList string) int {
 	accepted := make(map[uint16]*atomic.Int64)
 	for _, f := range strings.Split(portList, ",") {
@@ -94,7 +94,12 @@ func runChild(name, portList string) int {
 			}
 			reply("ok %d", v)
 		case "get":
-			local, body, err := childGet(arg)
+			addr, ms, _ := strings.Cut(arg, " ")
+			timeout := childTimeout
+			if v, err := strconv.Atoi(ms); err == nil && v > 0 {
+				timeout = time.Duration(v) * time.Millisecond
+			}
+			local, body, err := childGet(addr, timeout)
 			if err != nil {
 				reply("err %s", base64.StdEncoding.EncodeToString([]byte(err.Error())))
 				continue
@@ -108,9 +113,9 @@ func runChild(name, portList string) int {
 }
 
 // childGet opens a TCP connection to addr, sends an HTTP/1.0 GET and reads
-// the whole answer.
-func childGet(addr string) (string, []byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), childTimeout)
+// the whole answer, all within timeout.
+func childGet(addr string, timeout time.Duration) (string, []byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", addr)
@@ -118,7 +123,7 @@ func childGet(addr string) (string, []byte, error) {
 		return "", nil, err
 	}
 	defer c.Close()
-	if err := c.SetDeadline(time.Now().Add(childTimeout)); err != nil {
+	if err := c.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return "", nil, err
 	}
 	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\nHost: portcullis\r\n\r\n"); err != nil {

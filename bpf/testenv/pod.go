@@ -420,12 +420,21 @@ type GetResult struct {
 
 // Get makes the pod's process (inside the pod's netns and cgroup) connect
 // to addr, send "GET / HTTP/1.0" and read the answer until the server
-// closes. Each step is bounded by a few seconds.
+// closes, within 5 seconds.
 func (p *Pod) Get(addr netip.AddrPort) (GetResult, error) {
+	return p.GetWithin(addr, 0)
+}
+
+// GetWithin is Get with its own time limit (at most 10 seconds; 0 means 5
+// seconds), for connections expected to fail.
+func (p *Pod) GetWithin(addr netip.AddrPort, timeout time.Duration) (GetResult, error) {
 	if p.proc == nil {
 		return GetResult{}, errors.New("pod has no process")
 	}
-	reply, err := p.proc.command("get " + addr.String())
+	if timeout > 10*time.Second {
+		timeout = 10 * time.Second
+	}
+	reply, err := p.proc.command(fmt.Sprintf("get %s %d", addr, timeout.Milliseconds()))
 	if err != nil {
 		return GetResult{}, err
 	}
