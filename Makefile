@@ -8,7 +8,7 @@ BIN := bin
 PKGS := ./...
 FUZZTIME ?= 10s
 
-.PHONY: help build demo demo-down generate verify-generated test test-unit fuzz bench lint clean
+.PHONY: help build demo demo-down kube-tools generate verify-generated test test-unit fuzz bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -45,7 +45,10 @@ fuzz: ## run every fuzz target for FUZZTIME each
 		for f in $$(grep -h '^func Fuzz' $$spec/*_test.go | sed -E 's/func (Fuzz[A-Za-z0-9_]*).*/\1/'); do \
 			echo "fuzz $$spec $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$spec; done; done
 
-test: lint verify-generated test-unit fuzz ## everything CI runs: lint, generated-code check, all tests (as root), fuzzing
+kube-tools: ## build kube-apiserver, etcd, kubectl, helm for the Kubernetes tests (cached; a no-op when present)
+	test/kubeenv/build.sh
+
+test: lint verify-generated kube-tools test-unit fuzz ## everything CI runs: lint, generated-code check, all tests (as root), fuzzing
 
 bench: ## benchmarks (datapath, token validation, policy evaluation)
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 $(PKGS)
