@@ -211,9 +211,16 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 		}
 		h.writeRequestHead(uc.bw, req, dec, upgrade)
 		if hasBody {
-			break
-		}
-		if err = uc.bw.Flush(); err == nil {
+			// Send the head now unless body bytes are already here to go
+			// with it: a client waiting for 100 Continue sends none until
+			// the application has seen the head.
+			if h.br.Buffered() == 0 {
+				err = uc.bw.Flush()
+			}
+			if err == nil {
+				break
+			}
+		} else if err = uc.bw.Flush(); err == nil {
 			resp, err = h.readResponse(uc, req)
 		}
 		if err == nil {
@@ -325,6 +332,12 @@ func (h *h1conn) readResponse(uc *upConn, req *http.Request) (*http.Response, er
 		defer uc.c.SetReadDeadline(time.Time{})
 	}
 	for {
+		// Wait for the first byte here: EOF now (not io.ErrUnexpectedEOF
+		// from ReadResponse) means no byte of a response came, so a stale
+		// pooled connection can be told from a truncated response.
+		if _, err := uc.br.Peek(1); err != nil {
+			return nil, err
+		}
 		resp, err := http.ReadResponse(uc.br, req)
 		if err != nil {
 			return nil, err

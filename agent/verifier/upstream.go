@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -30,6 +31,7 @@ type pool struct {
 	dialTimeout time.Duration
 	maxIdle     int
 	idleTimeout time.Duration
+	probeAfter  time.Duration
 
 	mu     sync.Mutex
 	idle   map[netip.AddrPort][]*upConn
@@ -38,7 +40,7 @@ type pool struct {
 
 func newPool(d Dialer, dialTimeout time.Duration, maxIdle int, idleTimeout time.Duration) *pool {
 	return &pool{dialer: d, dialTimeout: dialTimeout, maxIdle: maxIdle, idleTimeout: idleTimeout,
-		idle: map[netip.AddrPort][]*upConn{}}
+		probeAfter: probeAfter, idle: map[netip.AddrPort][]*upConn{}}
 }
 
 // get returns a pooled connection to dst or dials a new one.
@@ -50,7 +52,8 @@ func (p *pool) get(ctx context.Context, dst netip.AddrPort) (*upConn, error) {
 		uc := list[len(list)-1]
 		list[len(list)-1] = nil
 		list = list[:len(list)-1]
-		if now.Sub(uc.idleSince) > p.idleTimeout {
+		idle := now.Sub(uc.idleSince)
+		if idle > p.idleTimeout || (idle > p.probeAfter && !peerOpen(uc.c)) {
 			uc.c.Close()
 			continue
 		}
@@ -72,6 +75,34 @@ func (p *pool) dial(ctx context.Context, dst netip.AddrPort) (*upConn, error) {
 		return nil, fmt.Errorf("dial application %s: %w", dst, err)
 	}
 	return &upConn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096), dst: dst}, nil
+}
+
+// probeAfter is the idle time after which a pooled connection is checked
+// before use. Applications close idle keep-alive connections (Node.js after
+// 5s by default); a request with a body sent on such a connection could not
+// be retried.
+const probeAfter = time.Second
+
+// peerOpen reports whether the application has neither closed c nor sent
+// unsolicited bytes on it, with one non-blocking MSG_PEEK. Connections that
+// are not plain sockets are assumed open.
+func peerOpen(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	open := true
+	var b [1]byte
+	rc.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		open = n < 0 && (err == syscall.EAGAIN || err == syscall.EWOULDBLOCK)
+		return true
+	})
+	return open
 }
 
 // put returns a connection whose last exchange completed cleanly.
