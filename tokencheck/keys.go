@@ -159,13 +159,15 @@ func (s *source) refresh() time.Duration {
 		s.failures++
 		s.refreshFailed++
 		wait = min(time.Second<<min(s.failures-1, 16), s.cfg.MinRefresh)
-		s.cfg.Logger.Warn("refresh issuer keys", "issuer", s.spec.issuer, "error", err, "retry_in", wait)
+		if s.ctx.Err() == nil { // not stopping
+			s.cfg.Logger.Warn("refresh issuer keys", "issuer", s.spec.issuer, "error", err, "retry_in", wait)
+		}
 	} else {
 		s.lastErr = nil
 		s.failures = 0
 		s.refreshOK++
 		s.jwksURI = jwksURI
-		if maxAge <= 0 {
+		if maxAge < 0 {
 			maxAge = defaultRefresh
 		}
 		wait = min(max(maxAge, s.cfg.MinRefresh), s.cfg.MaxRefresh)
@@ -245,6 +247,7 @@ func (s *source) awaitRefresh(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
+	case <-s.ctx.Done(): // the source was removed while the request ran
 	case <-t.C:
 	}
 }
@@ -383,23 +386,31 @@ func parseKeySet(body []byte, src *source) (map[string]*key, error) {
 	return keys, nil
 }
 
-// maxAge returns the max-age directive of a Cache-Control header, or 0.
+// maxAge returns the max-age directive of a Cache-Control header, or -1
+// when there is none (or it is not a number). no-cache and no-store count
+// as max-age=0: refresh as often as MinRefresh allows.
 func maxAge(cc string) time.Duration {
+	for _, d := range strings.Split(cc, ",") {
+		name, _, _ := strings.Cut(strings.TrimSpace(d), "=")
+		if strings.EqualFold(name, "no-cache") || strings.EqualFold(name, "no-store") {
+			return 0
+		}
+	}
 	for _, d := range strings.Split(cc, ",") {
 		name, val, ok := strings.Cut(strings.TrimSpace(d), "=")
 		if !ok || !strings.EqualFold(name, "max-age") {
 			continue
 		}
 		n, err := strconv.ParseInt(strings.Trim(val, `"`), 10, 64)
-		if err != nil || n <= 0 {
-			return 0
+		if err != nil || n < 0 {
+			return -1
 		}
 		if n > int64(365*24*time.Hour/time.Second) {
 			n = int64(365 * 24 * time.Hour / time.Second)
 		}
 		return time.Duration(n) * time.Second
 	}
-	return 0
+	return -1
 }
 
 // status is the debug view of a source.

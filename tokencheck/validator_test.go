@@ -621,3 +621,39 @@ func TestCloseRefusesEverything(t *testing.T) {
 		t.Error("SetIssuers after Close: got nil error")
 	}
 }
+
+func TestRefreshInterval(t *testing.T) {
+	ti := newTestIDP(t, tenantA) // JWKS Cache-Control: max-age=300
+	for _, tt := range []struct {
+		name     string
+		min, max time.Duration
+		want     time.Duration
+	}{
+		{"max-age within bounds", time.Minute, time.Hour, 300 * time.Second},
+		{"clamped to MaxRefresh", time.Minute, 2 * time.Minute, 2 * time.Minute},
+		{"clamped to MinRefresh", 10 * time.Minute, time.Hour, 10 * time.Minute},
+	} {
+		cfg := testConfig(&clock{})
+		cfg.MinRefresh, cfg.MaxRefresh = tt.min, tt.max
+		v := newValidator(t, cfg, ti.azure("a", tenantA))
+		for _, st := range v.Issuers()[0].Sources {
+			if got := st.NextRefresh.Sub(st.LastAttempt); got != tt.want {
+				t.Errorf("%s: next refresh in %v, want %v", tt.name, got, tt.want)
+			}
+		}
+		v.Close()
+	}
+
+	// Refreshes happen in the background, without requests.
+	cfg := testConfig(&clock{})
+	cfg.MinRefresh, cfg.MaxRefresh = 20*time.Millisecond, 20*time.Millisecond
+	newValidator(t, cfg, ti.azure("a", tenantA))
+	start := ti.jwksHits.Load()
+	deadline := time.Now().Add(5 * time.Second)
+	for ti.jwksHits.Load() < start+4 {
+		if time.Now().After(deadline) {
+			t.Fatalf("background refreshes in 5s: %d, want at least 4", ti.jwksHits.Load()-start)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
