@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/portcullis-mesh/portcullis/bpf"
 	"github.com/portcullis-mesh/portcullis/bpf/podnet"
@@ -531,5 +532,60 @@ func TestDatapathSYNOnTimeWaitNeverReachesApp(t *testing.T) {
 				t.Errorf("capture_timewait_syn = 0, want > 0")
 			}
 		})
+	}
+}
+
+// TestDatapathUpdatePortsSwitchesCapture: UpdatePorts changes which ports
+// are captured, across both modes, and Pods reports the spec in force.
+func TestDatapathUpdatePortsSwitchesCapture(t *testing.T) {
+	t.Parallel()
+	d := openDatapath(t)
+	n := testenv.NewNetwork(t)
+	server := n.NewPod(t, testenv.PodOptions{AppPorts: []uint16{appPort, otherAppPort}})
+	agent := listenAgent(t, d, server)
+	const key = "default/server"
+	if err := d.Enroll(bpf.Pod{Key: key, NetnsPath: server.NetnsPath, Ports: bpf.PortSpec{Ports: []uint16{appPort}}}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name         string
+		spec         bpf.PortSpec
+		wantCaptured map[uint16]bool
+	}{
+		{"listed other port", bpf.PortSpec{Ports: []uint16{otherAppPort}}, map[uint16]bool{appPort: false, otherAppPort: true}},
+		{"all except app port", bpf.PortSpec{Mode: bpf.CaptureAllExcept, Ports: []uint16{appPort}}, map[uint16]bool{appPort: false, otherAppPort: true}},
+		{"all", bpf.PortSpec{Mode: bpf.CaptureAllExcept}, map[uint16]bool{appPort: true, otherAppPort: true}},
+		{"nothing", bpf.PortSpec{}, map[uint16]bool{appPort: false, otherAppPort: false}},
+	}
+	for _, tt := range tests {
+		if err := d.UpdatePorts(key, tt.spec); err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		pods, err := d.Pods()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pods) != 1 || !cmp.Equal(pods[0].Ports, tt.spec, cmpopts.EquateEmpty()) {
+			t.Errorf("%s: Pods() = %+v, want ports %+v", tt.name, pods, tt.spec)
+		}
+		for port, captured := range tt.wantCaptured {
+			got, _, err := hostGet(t, netip.AddrPortFrom(server.IPv4, port))
+			if err != nil {
+				t.Fatalf("%s: port %d: %v", tt.name, port, err)
+			}
+			if gotCaptured := got == agentReply; gotCaptured != captured {
+				t.Errorf("%s: port %d captured = %v, want %v (answer %q)", tt.name, port, gotCaptured, captured, got)
+			}
+			if got == agentReply {
+				agent.next(t)
+			}
+		}
+	}
+	entries, err := d.MapEntries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if entries["pc_ports"] != 0 {
+		t.Errorf("pc_ports holds %d entries after the last update to no ports, want 0 (old generations left)", entries["pc_ports"])
 	}
 }
