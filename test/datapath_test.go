@@ -589,3 +589,38 @@ func TestDatapathUpdatePortsSwitchesCapture(t *testing.T) {
 		t.Errorf("pc_ports holds %d entries after the last update to no ports, want 0 (old generations left)", entries["pc_ports"])
 	}
 }
+
+// TestDatapathAttributesNestedCgroups: a process in a container cgroup
+// below the pod's cgroup is attributed to the pod; when both are
+// registered, the deepest registration wins.
+func TestDatapathAttributesNestedCgroups(t *testing.T) {
+	t.Parallel()
+	const podIdentity, containerIdentity = 100, 101
+	d := openDatapath(t)
+	n := testenv.NewNetwork(t)
+	a := n.NewPod(t, testenv.PodOptions{ContainerCgroup: "app"})
+	b := n.NewPod(t, testenv.PodOptions{})
+	agent := listenAgent(t, d, b)
+	if err := d.Enroll(bpf.Pod{Key: "default/b", NetnsPath: b.NetnsPath, Ports: bpf.PortSpec{Ports: []uint16{appPort}}}); err != nil {
+		t.Fatal(err)
+	}
+	dst := netip.AddrPortFrom(b.IPv4, appPort)
+	if err := d.RegisterIdentity(a.CgroupID, podIdentity); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Get(dst); err != nil {
+		t.Fatal(err)
+	}
+	if rec := agent.next(t); rec.Identity != podIdentity || !rec.Known {
+		t.Errorf("pod cgroup registered: got identity %d (known %v), want %d", rec.Identity, rec.Known, podIdentity)
+	}
+	if err := d.RegisterIdentity(a.ProcessCgroupID, containerIdentity); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Get(dst); err != nil {
+		t.Fatal(err)
+	}
+	if rec := agent.next(t); rec.Identity != containerIdentity {
+		t.Errorf("both registered: got identity %d, want the deepest, %d", rec.Identity, containerIdentity)
+	}
+}

@@ -132,6 +132,10 @@ type PodOptions struct {
 	// NoProcess skips the process: the pod is netns, veth, addresses and
 	// cgroup only (cheap, for scale tests).
 	NoProcess bool
+	// ContainerCgroup, when set, puts the process in a child cgroup of that
+	// name below the pod's cgroup, as Kubernetes puts containers below the
+	// pod's cgroup. Empty means the pod's cgroup itself.
+	ContainerCgroup string
 }
 
 // Pod is a network namespace with a veth to the Network, addresses, a
@@ -148,6 +152,10 @@ type Pod struct {
 	// CgroupPath is the pod's cgroup v2 directory, CgroupID its ID.
 	CgroupPath string
 	CgroupID   uint64
+	// ProcessCgroupPath is the cgroup the process runs in: CgroupPath, or
+	// its PodOptions.ContainerCgroup child. ProcessCgroupID is its ID.
+	ProcessCgroupPath string
+	ProcessCgroupID   uint64
 	// AppPorts are the ports the pod's process serves.
 	AppPorts []uint16
 
@@ -211,6 +219,21 @@ func (n *Network) NewPod(t testing.TB, opts PodOptions) *Pod {
 	})
 	if p.CgroupID, err = cgroupv2.ID(p.CgroupPath); err != nil {
 		t.Fatalf("cgroup id: %v", err)
+	}
+	p.ProcessCgroupPath, p.ProcessCgroupID = p.CgroupPath, p.CgroupID
+	if opts.ContainerCgroup != "" {
+		p.ProcessCgroupPath = filepath.Join(p.CgroupPath, opts.ContainerCgroup)
+		if err := os.Mkdir(p.ProcessCgroupPath, 0o755); err != nil {
+			t.Fatalf("create container cgroup: %v", err)
+		}
+		t.Cleanup(func() {
+			if err := removeCgroup(p.ProcessCgroupPath); err != nil {
+				t.Errorf("remove container cgroup: %v", err)
+			}
+		})
+		if p.ProcessCgroupID, err = cgroupv2.ID(p.ProcessCgroupPath); err != nil {
+			t.Fatalf("cgroup id: %v", err)
+		}
 	}
 	if opts.NoProcess {
 		return p
@@ -466,7 +489,7 @@ func startPodProcess(p *Pod) (*podProcess, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find test binary: %w", err)
 	}
-	cg, err := os.Open(p.CgroupPath)
+	cg, err := os.Open(p.ProcessCgroupPath)
 	if err != nil {
 		return nil, fmt.Errorf("open cgroup: %w", err)
 	}
