@@ -21,6 +21,22 @@
 // capture stays in force (fail closed) while no agent runs; Teardown
 // removes everything.
 //
+// The capture program is loaded once per pod, with the pod's netns cookie as
+// a load-time constant: at TCX ingress a program cannot learn its netns
+// (bpf_get_netns_cookie names the skb's socket's netns, init_net before
+// socket lookup). Every instance shares the same maps.
+//
+// Pin layout below Config.PinDir (default /sys/fs/bpf/portcullis/agent):
+//
+//	map_pc_pods, map_pc_ports, map_pc_cgroups, map_pc_conns, map_pc_counters
+//	prog_sockops, link_sockops
+//	pods/<netns cookie>/tcx_<ifindex>   one TCX link per captured interface
+//
+// Map sizes (lib/*.h has the reasoning): pc_pods 1024 pods, pc_ports 32768
+// (64 ports per pod for 256 pods, twice during an update), pc_cgroups 4096,
+// pc_conns 131072 connections (LRU, for 100k concurrent), pc_counters one
+// per-CPU slot per Counter.
+//
 // Identity IDs are plain uint32 here; 0 means "none". The package imports
 // nothing else of Portcullis.
 package bpf
