@@ -442,3 +442,5 @@ func TestFilter(t *testing.T) {
 		}
 	}
 }
+
+func cmpProto() cmp.Option { return protocmp.Transform() }

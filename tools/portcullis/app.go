@@ -160,8 +160,6 @@ func (a *app) classify(err error) *exitError {
 		return &exitError{code: exitUnreachable, err: errors.New(a.unreachableHint(st))}
 	case codes.InvalidArgument:
 		return &exitError{code: exitUsage, err: errors.New(st.Message())}
-	case codes.Unimplemented:
-		return &exitError{code: exitRefused, err: fmt.Errorf("the agent does not support this: %s", st.Message())}
 	case codes.Canceled:
 		return &exitError{code: exitRefused, err: errors.New("canceled")}
 	}

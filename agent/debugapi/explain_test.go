@@ -1,0 +1,171 @@
+package debugapi
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/portcullis-mesh/portcullis/agent/debugapi/debugv1"
+	"github.com/portcullis-mesh/portcullis/tokencheck"
+	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
+)
+
+const testPolicies = `apiVersion: portcullis.dev/v1alpha1
+kind: Issuer
+metadata: {name: entra, namespace: shop}
+spec:
+  azureAD:
+    tenantID: 11111111-2222-3333-4444-555555555555
+    audiences: [api://orders]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: orders-api, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: orders}
+  rules:
+  - from: {workloads: [web/frontend]}
+    to: {ports: [8080], methods: [GET, POST], paths: ["/orders/*"]}
+    when:
+      issuers: [{name: entra}]
+      roles: {anyOf: [Orders.Read]}
+      tokenBoundToSource: true
+  - to: {paths: [/healthz]}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: no-deletes, namespace: shop}
+spec:
+  action: Deny
+  rules:
+  - to: {methods: [DELETE]}
+`
+
+func compileTestSet(t *testing.T) *policy.Set {
+	t.Helper()
+	objs, err := policy.Load("policies.yaml", []byte(testPolicies))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := policy.Compile(objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set
+}
+
+// TestExplainAgreesWithEvaluate is the property the debug CLI relies on:
+// for every request, Explain's decision is the one the request path
+// (policy.Evaluate on the same input) makes.
+func TestExplainAgreesWithEvaluate(t *testing.T) {
+	set := compileTestSet(t)
+	good := &tokencheck.Claims{IssuerRef: "shop/entra", ClientID: "c-frontend", Roles: []string{"Orders.Read"}}
+	noRole := &tokencheck.Claims{IssuerRef: "shop/entra", ClientID: "c-frontend"}
+	n := 0
+	for _, path := range []string{"/orders/1", "/healthz", "/admin"} {
+		for _, method := range []string{"GET", "POST", "DELETE"} {
+			for _, port := range []uint32{8080, 9090} {
+				for _, src := range []string{"", "web/frontend", "web/attacker"} {
+					for _, labels := range []map[string]string{{"app": "orders"}, {"app": "cart"}} {
+						for _, tok := range []struct {
+							claims *tokencheck.Claims
+							reason tokencheck.Reason
+						}{{good, ""}, {noRole, ""}, {nil, ""}, {nil, tokencheck.ReasonExpired}} {
+							req := &debugv1.ExplainRequest{Workload: "shop/orders-api", Port: port, Method: method, Path: path, Source: src}
+							env := ExplainEnv{Labels: labels, SourceClientID: "c-frontend", Claims: tok.claims, TokenReason: tok.reason}
+							if err := ValidateExplain(req); err != nil {
+								t.Fatal(err)
+							}
+							got := Explain(set, req, env)
+							want := policy.Evaluate(set, Input(req, env))
+							name := fmt.Sprintf("%s %s :%d from %q labels %v claims %v reason %q", method, path, port, src, labels, tok.claims != nil, tok.reason)
+							if got.GetDecision() != want.Outcome.String() || got.GetStatus() != uint32(want.Status) ||
+								got.GetReason() != string(want.Reason) || got.GetPolicy() != want.Policy || got.GetRule() != int32(want.Rule) {
+								t.Errorf("%s: explain says %s %d %s %s#%d, evaluate says %s %d %s %s#%d", name,
+									got.GetDecision(), got.GetStatus(), got.GetReason(), got.GetPolicy(), got.GetRule(),
+									want.Outcome, want.Status, want.Reason, want.Policy, want.Rule)
+							}
+							for _, rt := range got.GetTrace() {
+								if rt.GetDetail() == "" {
+									t.Errorf("%s: rule %s#%d has no detail", name, rt.GetPolicy(), rt.GetRule())
+								}
+							}
+							n++
+						}
+					}
+				}
+			}
+		}
+	}
+	if n < 400 {
+		t.Fatalf("only %d requests generated", n)
+	}
+}
+
+func TestExplainTrace(t *testing.T) {
+	set := compileTestSet(t)
+	req := &debugv1.ExplainRequest{Workload: "shop/orders-api", Port: 8080, Method: "GET", Path: "/orders/1", Source: "web/frontend", SourceClientId: "c-batch"}
+	env := ExplainEnv{
+		Labels: map[string]string{"app": "orders"},
+		Claims: &tokencheck.Claims{IssuerRef: "shop/entra", ClientID: "c-frontend", Roles: []string{"Orders.Read"}},
+		Token:  &debugv1.TokenVerdict{Valid: true, IssuerRef: "shop/entra"},
+	}
+	got := Explain(set, req, env)
+	want := &debugv1.ExplainResponse{
+		Decision: "deny", Reason: "token_not_bound_to_source", Status: 403, Policy: "shop/orders-api", Rule: 0,
+		Mode: "enforce", Captured: true, Token: env.Token,
+		Trace: []*debugv1.RuleTrace{
+			{Policy: "shop/no-deletes", Action: "Deny", Mode: "enforce", Rule: 0, FailedField: "to.methods", Detail: "method GET is not among the rule's methods"},
+			{Policy: "shop/orders-api", Action: "Allow", Mode: "enforce", Rule: 0, FailedField: "when.tokenBoundToSource", Detail: "token client c-frontend is not the caller's workload client ID c-batch"},
+			{Policy: "shop/orders-api", Action: "Allow", Mode: "enforce", Rule: 1, FailedField: "to.paths", Detail: "path /orders/1 matches none of the rule's paths"},
+		},
+	}
+	if diff := cmp.Diff(want, got, cmpProto()); diff != "" {
+		t.Errorf("Explain (-want +got):\n%s", diff)
+	}
+}
+
+func TestClaimsFromMap(t *testing.T) {
+	s, err := structpb.NewStruct(map[string]any{
+		"iss": "https://login.microsoftonline.com/t/v2.0", "sub": "s", "oid": "o", "tid": "t", "ver": "2.0",
+		"appid": "c-v1", "aud": "api://orders", "roles": []any{"A", "B"}, "groups": []any{"g"}, "scp": "read  write",
+		"exp": float64(1795352400), "hasgroups": true, "idtyp": "app",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ClaimsFromStruct(s, "shop/entra")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &tokencheck.Claims{
+		Issuer: "https://login.microsoftonline.com/t/v2.0", IssuerRef: "shop/entra", Version: "2.0",
+		Subject: "s", ObjectID: "o", TenantID: "t", ClientID: "c-v1", IDType: "app",
+		Audience: []string{"api://orders"}, Roles: []string{"A", "B"}, Groups: []string{"g"}, Scopes: []string{"read", "write"},
+		GroupOverage: true, ExpiresAt: time.Unix(1795352400, 0),
+	}
+	if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(tokencheck.Claims{}, "Raw")); diff != "" {
+		t.Errorf("claims (-want +got):\n%s", diff)
+	}
+
+	for _, tc := range []struct {
+		claims  map[string]any
+		wantErr bool
+	}{
+		{map[string]any{"roles": "A"}, false}, // a single string is a list of one, as for aud
+		{map[string]any{"roles": []any{float64(1)}}, true},
+		{map[string]any{"exp": "tomorrow"}, true},
+		{map[string]any{"azp": true}, true},
+		{map[string]any{}, false},
+	} {
+		_, err := ClaimsFromMap(tc.claims, "")
+		if gotErr := err != nil; gotErr != tc.wantErr {
+			t.Errorf("ClaimsFromMap(%v): got error %v, want error %v", tc.claims, err, tc.wantErr)
+		}
+	}
+}
