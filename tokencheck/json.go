@@ -182,16 +182,19 @@ func (p *jsonParser) array() (any, error) {
 func (p *jsonParser) str() (string, error) {
 	p.i++ // "
 	start := p.i
+	ascii := true
 	for p.i < len(p.s) {
 		c := p.s[p.i]
 		switch {
 		case c == '"':
 			s := p.s[start:p.i]
 			p.i++
-			if !utf8.ValidString(s) {
+			if !ascii && !utf8.ValidString(s) {
 				return "", errJSON
 			}
 			return s, nil
+		case c >= utf8.RuneSelf:
+			ascii = false
 		case c == '\\':
 			return p.strEscaped(start)
 		case c < 0x20:
