@@ -101,7 +101,15 @@ func (e *Engine) ForwardedHeaders() []string { return e.current().headers }
 type Workload struct {
 	Key    string
 	Policy policy.Workload
+	// NamespaceEnforced is true when the workload's namespace carries
+	// portcullis.dev/enforce=enabled: it is captured even when no policy
+	// selects it, and then nothing is allowed (ReasonNoPolicy).
+	NamespaceEnforced bool
 }
+
+// ReasonNoPolicy refuses requests to a workload of an enforced namespace
+// that no policy selects: enforcement by namespace is default-deny.
+const ReasonNoPolicy = "no_policy"
 
 // For returns the verifier.Authorizer of one workload. w is read on every
 // request, so label changes apply to the next request.
@@ -153,7 +161,10 @@ func (e *Engine) Input(ctx context.Context, w *Workload, r *verifier.Request) (p
 // Authorize decides one request for workload w.
 func (e *Engine) Authorize(ctx context.Context, w *Workload, r *verifier.Request) verifier.Decision {
 	in, _ := e.Input(ctx, w, r)
-	_, d := e.Decide(in)
+	pd, d := e.Decide(in)
+	if pd.Reason == policy.ReasonNotCaptured && w != nil && w.NamespaceEnforced {
+		return verifier.Decision{Status: 403, Reason: ReasonNoPolicy, Token: d.Token}
+	}
 	return d
 }
 

@@ -3,10 +3,144 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/portcullis-mesh/portcullis/agent/kubepolicy"
+	"github.com/portcullis-mesh/portcullis/identity"
+	"github.com/portcullis-mesh/portcullis/identity/kube"
+	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
+	v1 "github.com/portcullis-mesh/portcullis/tokencheck/policy/apis/v1alpha1"
 )
 
-// startKubernetes follows Pods, ServiceAccounts, Namespaces and the
-// portcullis.dev objects of the cluster.
+// startKubernetes follows the node's Pods (and the cluster's pod addresses,
+// ServiceAccounts and Namespaces) and the portcullis.dev objects. It returns
+// once the first complete policy set is in force and every workload that
+// existed at start has been reported.
 func (a *Agent) startKubernetes(ctx context.Context) error {
-	return errors.New("kubernetes mode is not wired into the agent yet (see the Kubernetes issue); use mode: local")
+	rc, err := restConfig(a.cfg.Kubernetes.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	rc.UserAgent = "portcullis-agent/" + Version
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes dynamic client: %w", err)
+	}
+
+	// Events on refused policy objects, rate-limited per object so a
+	// fleet of agents cannot flood the API server.
+	sch := runtime.NewScheme()
+	_ = scheme.AddToScheme(sch)
+	_ = v1.AddToScheme(sch)
+	bc := record.NewBroadcasterWithCorrelatorOptions(record.CorrelatorOptions{QPS: 1.0 / 60, BurstSize: 3})
+	bc.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	go func() { <-ctx.Done(); bc.Shutdown() }()
+	recorder := bc.NewRecorder(sch, corev1.EventSource{Component: "portcullis-agent", Host: a.cfg.NodeName})
+
+	propagation := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "portcullis", Subsystem: "policy", Name: "propagation_seconds",
+		Help:    "Time from the agent receiving a change of a policy object to the new set being enforced on this node.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+	})
+	if err := a.metrics.Registry().Register(propagation); err != nil {
+		return fmt.Errorf("register propagation metric: %w", err)
+	}
+	pw, err := kubepolicy.New(kubepolicy.Config{
+		Client:   dyn,
+		Store:    a.store,
+		Recorder: recorder,
+		Logger:   a.log.With("component", "policy"),
+		OnApply: func(set *policy.Set, changedAt time.Time) {
+			a.applySet(set)
+			propagation.Observe(time.Since(changedAt).Seconds())
+		},
+	})
+	if err != nil {
+		return err
+	}
+	policiesSynced := make(chan struct{})
+	perr := make(chan error, 1)
+	go func() { perr <- pw.Run(ctx, func() { close(policiesSynced) }) }()
+	select {
+	case <-policiesSynced:
+	case err := <-perr:
+		if err == nil {
+			err = errors.New("policy watcher ended before its first sync")
+		}
+		return fmt.Errorf("policies: %w", err)
+	}
+
+	agentPod := ""
+	if a.cfg.Kubernetes.PodName != "" {
+		agentPod = a.cfg.Kubernetes.PodNamespace + "/" + a.cfg.Kubernetes.PodName
+	}
+	src, err := kube.New(client, kube.Config{
+		NodeName:    a.cfg.NodeName,
+		TrustDomain: a.cfg.TrustDomain,
+		AgentPod:    agentPod,
+		IPCache:     a.ipc,
+		Logger:      a.log.With("component", "workloads"),
+	})
+	if err != nil {
+		return fmt.Errorf("workload source: %w", err)
+	}
+	synced := make(chan struct{})
+	var once sync.Once
+	werr := make(chan error, 1)
+	go func() {
+		werr <- src.Run(ctx, func(ev identity.Event) {
+			a.enforcer.Handle(ev)
+			if ev.Type == identity.EventSynced {
+				once.Do(func() { close(synced) })
+			}
+		})
+	}()
+	select {
+	case <-synced:
+		go func() {
+			if err := <-werr; err != nil {
+				a.log.Error("workload source stopped", "error", err)
+			}
+		}()
+		return nil
+	case err := <-werr:
+		if err == nil {
+			err = errors.New("workload source ended before its first sync")
+		}
+		return fmt.Errorf("workloads: %w", err)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+		}
+		return c, nil
+	}
+	c, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("in-cluster config (set kubernetes.kubeconfig outside a pod): %w", err)
+	}
+	return c, nil
 }

@@ -180,7 +180,7 @@ func (e *Enforcer) upsertLocked(ev identity.Event) {
 	}
 	old := w.w
 	w.w, w.excl, w.nsEnforce = ev.Workload, ev.Exclusion, ev.NamespaceEnforced
-	w.policyW.Store(&authz.Workload{Key: key, Policy: policy.Workload{Namespace: w.w.Namespace, Labels: w.w.Labels}})
+	w.policyW.Store(&authz.Workload{Key: key, Policy: policy.Workload{Namespace: w.w.Namespace, Labels: w.w.Labels}, NamespaceEnforced: ev.NamespaceEnforced})
 
 	src := w.w.Source(e.cfg.TrustDomain)
 	if len(w.w.IPs) > 0 {
