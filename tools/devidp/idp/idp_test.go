@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -339,5 +340,54 @@ func TestServe(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after cancel")
+	}
+}
+
+func TestClientCredentials(t *testing.T) {
+	_, srv := newServer(t)
+	post := func(path string, form url.Values) (int, map[string]any) {
+		t.Helper()
+		resp, err := http.PostForm(srv.URL+path, form)
+		if err != nil {
+			t.Fatalf("POST %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			t.Fatalf("decode: %v", err)
+		}
+		return resp.StatusCode, out
+	}
+	code, out := post("/"+tenant+"/oauth2/v2.0/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {"daemon"},
+		"client_secret": {"x"}, "scope": {"api://orders/.default"}, "roles": {"Orders.Sync, Orders.Read"}})
+	if code != http.StatusOK {
+		t.Fatalf("v2 token: %d %v", code, out)
+	}
+	_, c := decodeToken(t, out["access_token"].(string))
+	if c["aud"] != "api://orders" || c["azp"] != "daemon" || c["ver"] != "2.0" || c["idtyp"] != "app" ||
+		!cmp.Equal(c["roles"], []any{"Orders.Sync", "Orders.Read"}) {
+		t.Errorf("v2 claims %v", c)
+	}
+	code, out = post("/"+tenant+"/oauth2/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {"daemon"}, "resource": {"api://orders"}})
+	if code != http.StatusOK {
+		t.Fatalf("v1 token: %d %v", code, out)
+	}
+	if _, c := decodeToken(t, out["access_token"].(string)); c["appid"] != "daemon" || c["ver"] != "1.0" {
+		t.Errorf("v1 claims %v", c)
+	}
+	for name, tt := range map[string]struct {
+		path string
+		form url.Values
+		want string
+	}{
+		"password grant": {"/" + tenant + "/oauth2/v2.0/token", url.Values{"grant_type": {"password"}, "client_id": {"c"}, "scope": {"a/.default"}}, "unsupported_grant_type"},
+		"no client":      {"/" + tenant + "/oauth2/v2.0/token", url.Values{"grant_type": {"client_credentials"}, "scope": {"a/.default"}}, "invalid_request"},
+		"bad scope":      {"/" + tenant + "/oauth2/v2.0/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {"c"}, "scope": {"a"}}, "invalid_scope"},
+		"no resource":    {"/" + tenant + "/oauth2/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {"c"}}, "invalid_request"},
+		"common tenant":  {"/common/oauth2/v2.0/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {"c"}, "scope": {"a/.default"}}, "invalid_request"},
+	} {
+		if code, out := post(tt.path, tt.form); code != http.StatusBadRequest || out["error"] != tt.want {
+			t.Errorf("%s: got %d %v, want 400 %s", name, code, out, tt.want)
+		}
 	}
 }

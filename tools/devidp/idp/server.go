@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -22,6 +23,8 @@ import (
 //	POST /devidp/token    TokenRequest as JSON → {"access_token", "token_type", "expires_in"}
 //	POST /devidp/rotate   {"keepOld": bool} → {"kid", "kids"}
 //	GET  /devidp/keys     {"kids": [...]} (active last)
+//	POST /{tenant}/oauth2/v2.0/token   client credentials: scope=<resource>/.default → v2 app token
+//	POST /{tenant}/oauth2/token        client credentials: resource=<resource> → v1 app token
 //
 // {tenant} is a served tenant GUID, "organizations" or "common"; the latter
 // two answer with the {tenantid} issuer template, as Entra does. Links in
@@ -88,7 +91,69 @@ func (p *IDP) Handler(base string) http.Handler {
 	mux.HandleFunc("GET /devidp/keys", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"kids": p.KeyIDs()})
 	})
+	mux.HandleFunc("POST /{tenant}/oauth2/v2.0/token", func(w http.ResponseWriter, r *http.Request) {
+		p.clientCredentials(w, r, 2)
+	})
+	mux.HandleFunc("POST /{tenant}/oauth2/token", func(w http.ResponseWriter, r *http.Request) {
+		p.clientCredentials(w, r, 1)
+	})
 	return mux
+}
+
+// clientCredentials imitates Entra's token endpoints for the client
+// credentials grant, so that SDKs and curl can get app tokens the usual
+// way: v2 takes scope=<resource>/.default, v1 takes resource=<resource>.
+// There are no app registrations: any client_id is accepted, no secret is
+// checked, and the token's roles are taken from an optional, non-standard
+// "roles" form field (comma-separated).
+func (p *IDP) clientCredentials(w http.ResponseWriter, r *http.Request, ver int) {
+	if err := r.ParseForm(); err != nil {
+		oauthError(w, "invalid_request", err.Error())
+		return
+	}
+	tenant := r.PathValue("tenant")
+	if !slices.Contains(p.tenants, tenant) {
+		oauthError(w, "invalid_request", "AADSTS90002: tenant not found (use a tenant GUID)")
+		return
+	}
+	if gt := r.PostForm.Get("grant_type"); gt != "client_credentials" {
+		oauthError(w, "unsupported_grant_type", fmt.Sprintf("grant_type %q: only client_credentials is supported", gt))
+		return
+	}
+	client := r.PostForm.Get("client_id")
+	if client == "" {
+		oauthError(w, "invalid_request", "client_id is required")
+		return
+	}
+	aud := r.PostForm.Get("resource")
+	if ver == 2 {
+		scope := r.PostForm.Get("scope")
+		var ok bool
+		if aud, ok = strings.CutSuffix(scope, "/.default"); !ok || aud == "" {
+			oauthError(w, "invalid_scope", "scope must be <resource>/.default for client credentials")
+			return
+		}
+	}
+	if aud == "" {
+		oauthError(w, "invalid_request", "resource is required")
+		return
+	}
+	req := TokenRequest{Tenant: tenant, Version: ver, Audience: aud, App: true, ClientID: client}
+	for _, role := range strings.Split(r.PostForm.Get("roles"), ",") {
+		if role = strings.TrimSpace(role); role != "" {
+			req.Roles = append(req.Roles, role)
+		}
+	}
+	tok, err := p.Mint(req)
+	if err != nil {
+		oauthError(w, "invalid_request", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": 3600})
+}
+
+func oauthError(w http.ResponseWriter, code, desc string) {
+	writeJSON(w, http.StatusBadRequest, map[string]string{"error": code, "error_description": desc})
 }
 
 func (p *IDP) knownTenant(t string) bool {
