@@ -22,24 +22,25 @@ const (
 	audID   = "0a0a0a0a-1111-4222-8333-444444444444"
 )
 
-// RSA key generation is slow; tests share a small pool.
+// RSA key generation is slow; tests share keys, generated on first use.
 var (
-	keyPoolOnce sync.Once
-	keyPool     []*rsa.PrivateKey
+	keyPoolMu sync.Mutex
+	keyPool   = map[int]*rsa.PrivateKey{}
 )
 
 func testKey(t testing.TB, i int) *rsa.PrivateKey {
 	t.Helper()
-	keyPoolOnce.Do(func() {
-		for range 4 {
-			k, err := rsa.GenerateKey(rand.Reader, 2048)
-			if err != nil {
-				panic(err)
-			}
-			keyPool = append(keyPool, k)
-		}
-	})
-	return keyPool[i]
+	keyPoolMu.Lock()
+	defer keyPoolMu.Unlock()
+	if k := keyPool[i]; k != nil {
+		return k
+	}
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatalf("generate key: %v", err)
+	}
+	keyPool[i] = k
+	return k
 }
 
 // idpMode makes the test IdP misbehave.
