@@ -58,6 +58,12 @@ type Config struct {
 	// closed (fail closed) until an agent re-adopts it.
 	TeardownOnExit bool `json:"teardownOnExit,omitempty"`
 
+	// Profiling serves net/http/pprof under /debug/pprof/ on AdminAddress.
+	// Zero: off.
+	Profiling bool `json:"profiling,omitempty"`
+
+	// Tokens tunes token validation.
+	Tokens TokensConfig `json:"tokens,omitempty"`
 	// Local configures ModeLocal.
 	Local LocalConfig `json:"local,omitempty"`
 	// Kubernetes configures ModeKubernetes.
@@ -101,6 +107,19 @@ type AuditConfig struct {
 	AllowSampleRate *float64 `json:"allowSampleRate,omitempty"`
 	// Buffer is how many records may wait to be written. Zero: 4096.
 	Buffer int `json:"buffer,omitempty"`
+}
+
+// TokensConfig tunes token validation. Zero values take tokencheck's
+// defaults.
+type TokensConfig struct {
+	// CacheEntries bounds the verified-token cache; negative disables it.
+	// Zero: 10000.
+	CacheEntries int `json:"cacheEntries,omitempty"`
+	// MaxStaleness is how long an issuer's last good key set keeps being
+	// used while its IdP cannot be reached. Zero: 24h.
+	MaxStaleness Duration `json:"maxStaleness,omitempty"`
+	// FetchTimeout bounds one discovery+keys refresh. Zero: 5s.
+	FetchTimeout Duration `json:"fetchTimeout,omitempty"`
 }
 
 // LimitsConfig bounds client resources. Zero values take the verifier's

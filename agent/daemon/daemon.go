@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"sync"
 	"time"
@@ -105,7 +106,12 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 		return nil, fmt.Errorf("open datapath: %w", err)
 	}
 
-	a.tokens, err = tokencheck.New(tokencheck.Config{Logger: log.With("component", "tokencheck")}, nil)
+	a.tokens, err = tokencheck.New(tokencheck.Config{
+		CacheEntries: cfg.Tokens.CacheEntries,
+		MaxStaleness: cfg.Tokens.MaxStaleness.Duration,
+		FetchTimeout: cfg.Tokens.FetchTimeout.Duration,
+		Logger:       log.With("component", "tokencheck"),
+	}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("token validator: %w", err)
 	}
@@ -279,6 +285,12 @@ func (a *Agent) startAdmin() error {
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", a.metrics.Handler())
+	if a.cfg.Profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	ln, err := net.Listen("tcp", a.cfg.AdminAddress)
 	if err != nil {
 		return fmt.Errorf("admin listener: %w", err)
