@@ -91,7 +91,7 @@ const (
 
 // freePort returns a TCP port nothing listens on in the current netns
 // (where BPF_PROG_TEST_RUN looks sockets up).
-func freePort(t *testing.T) uint16 {
+func freePort(t testing.TB) uint16 {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

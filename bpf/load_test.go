@@ -10,7 +10,7 @@ import (
 )
 
 // testPinDir returns a pin directory unique to the test.
-func testPinDir(t *testing.T) string {
+func testPinDir(t testing.TB) string {
 	t.Helper()
 	return filepath.Join(BPFFSRoot, "portcullis", fmt.Sprintf("test-%d-%s", os.Getpid(), filepath.Base(t.Name())))
 }
@@ -22,7 +22,7 @@ func openTest(t *testing.T) *Datapath {
 
 // openTestWith opens a datapath with cfg and a pin directory unique to the
 // test, torn down when the test ends.
-func openTestWith(t *testing.T, cfg Config) *Datapath {
+func openTestWith(t testing.TB, cfg Config) *Datapath {
 	t.Helper()
 	testenv.RequirePrivileged(t)
 	cfg.PinDir = testPinDir(t)

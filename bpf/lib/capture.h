@@ -71,7 +71,9 @@ struct pc_pkt {
 #define PC_TCP_FLAG_SYN 0x02
 #define PC_TCP_FLAG_ACK 0x10
 
-/* pc_tcp_head is the part of the TCP header capture reads. */
+/* pc_tcp_head is the part of the TCP header capture reads: the first
+ * PC_TCP_HEAD_LEN bytes (sizeof is 16 with the tail padding, which must not
+ * be read: it would call a 14-byte header malformed). */
 struct pc_tcp_head {
 	__be16 sport;
 	__be16 dport;
@@ -80,6 +82,10 @@ struct pc_tcp_head {
 	__u8 doff_res;
 	__u8 flags;
 };
+
+#define PC_TCP_HEAD_LEN 14
+_Static_assert(__builtin_offsetof(struct pc_tcp_head, flags) + 1 == PC_TCP_HEAD_LEN,
+	       "pc_tcp_head layout");
 
 static __always_inline void pc_set_tcp(struct pc_pkt *pkt, const struct pc_tcp_head *th)
 {
@@ -118,7 +124,7 @@ static __always_inline enum pc_parse pc_parse_ipv4(struct __sk_buff *skb, struct
 	ihl = ip.ihl * 4;
 	if (ihl < sizeof(ip))
 		return PC_PARSE_MALFORMED;
-	if (bpf_skb_load_bytes(skb, off + ihl, &th, sizeof(th)) < 0)
+	if (bpf_skb_load_bytes(skb, off + ihl, &th, PC_TCP_HEAD_LEN) < 0)
 		return PC_PARSE_MALFORMED;
 	pkt->tuple.ipv4.saddr = ip.saddr;
 	pkt->tuple.ipv4.daddr = ip.daddr;
@@ -179,7 +185,7 @@ static __always_inline enum pc_parse pc_parse_ipv6(struct __sk_buff *skb, struct
 	if (nexthdr != IPPROTO_TCP)
 		return PC_PARSE_OK;
 	pkt->tcp = true;
-	if (bpf_skb_load_bytes(skb, off, &th, sizeof(th)) < 0)
+	if (bpf_skb_load_bytes(skb, off, &th, PC_TCP_HEAD_LEN) < 0)
 		return PC_PARSE_MALFORMED;
 	__builtin_memcpy(pkt->tuple.ipv6.saddr, &ip6.saddr, 16);
 	__builtin_memcpy(pkt->tuple.ipv6.daddr, &ip6.daddr, 16);
