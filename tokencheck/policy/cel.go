@@ -16,8 +16,10 @@ import (
 
 const (
 	// celCostLimit bounds the runtime cost of one expression evaluation;
-	// past it the evaluation fails and the rule fails closed.
-	celCostLimit = 100_000
+	// past it the evaluation fails and the rule fails closed. Claim checks
+	// cost tens of units; 10,000 allows loops over claim lists and stops
+	// quadratic ones (a few milliseconds at most).
+	celCostLimit = 10_000
 	// celMaxNodes bounds the size of an expression's syntax tree.
 	celMaxNodes = 2_000
 )

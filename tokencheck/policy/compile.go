@@ -78,6 +78,24 @@ type cpolicy struct {
 	ports     []uint16        // sorted union of rule ports, when !allPorts
 	rules     []crule
 	tokenRule bool // some rule needs a token
+	// invalid marks the deny-all stand-in of an invalid policy (Options.Quarantine).
+	invalid bool
+}
+
+// quarantined returns the stand-in of an invalid AccessPolicy: it denies
+// every request to the pods it selects, on every port.
+func quarantined(ap *v1.AccessPolicy, ord int) *cpolicy {
+	p := &cpolicy{ord: ord, key: ap.Namespace + "/" + ap.Name, deny: true, allPorts: true, rules: []crule{{}}, invalid: true}
+	if sel := ap.Spec.Selector; sel != nil && (len(sel.MatchLabels) > 0 || len(sel.MatchExpressions) > 0) {
+		if ls, err := metav1.LabelSelectorAsSelector(sel); err == nil {
+			p.selector = ls
+			if len(sel.MatchLabels) > 0 {
+				k := slices.Sorted(mapKeys(sel.MatchLabels))[0]
+				p.indexKey = &labelKV{key: k, value: sel.MatchLabels[k]}
+			}
+		}
+	}
+	return p
 }
 
 func (p *cpolicy) selects(w *Workload) bool {
@@ -125,17 +143,40 @@ type claimMatch struct {
 // found is returned at once as an *Error; a configuration with any
 // problem yields no Set.
 func Compile(objs *Objects) (*Set, error) {
+	return CompileWithOptions(objs, Options{})
+}
+
+// Options tune compilation.
+type Options struct {
+	// Quarantine keeps one bad object from freezing every update (the
+	// Kubernetes mode, where objects arrive one by one and in any order).
+	// An invalid AccessPolicy is then replaced by one that denies every
+	// request to the workloads it selects (every pod of its namespace when
+	// the selector itself is invalid), with ReasonInvalidPolicy; an
+	// invalid Issuer is left out, so the policies naming it are invalid
+	// too. Compile then returns the Set and an *Error listing the problems.
+	// False (strict, local files) refuses the whole configuration instead.
+	Quarantine bool
+}
+
+// CompileWithOptions is Compile with Options. With Quarantine it returns a
+// Set whenever the objects could be looked at, together with the *Error of
+// the quarantined objects (nil when there is none).
+func CompileWithOptions(objs *Objects, opts Options) (*Set, error) {
 	env, err := celEnv()
 	if err != nil {
 		return nil, err
 	}
-	c := &compiler{objs: objs, env: env, set: &Set{namespaces: make(map[string]*nsIndex)}}
+	c := &compiler{objs: objs, env: env, opts: opts, set: &Set{namespaces: make(map[string]*nsIndex)}}
 	c.compile()
-	if len(c.problems) > 0 {
-		sortProblems(c.problems)
-		return nil, &Error{Problems: c.problems}
+	if len(c.problems) == 0 {
+		return c.set, nil
 	}
-	return c.set, nil
+	sortProblems(c.problems)
+	if opts.Quarantine {
+		return c.set, &Error{Problems: c.problems}
+	}
+	return nil, &Error{Problems: c.problems}
 }
 
 // Validate reports every problem of objs as an *Error, or nil. It is
@@ -147,6 +188,7 @@ func Validate(objs *Objects) error {
 }
 
 type compiler struct {
+	opts     Options
 	objs     *Objects
 	env      *cel.Env
 	set      *Set
@@ -186,7 +228,11 @@ func (c *compiler) compile() {
 		if dup(is, v1.KindIssuer, &is.ObjectMeta) {
 			continue
 		}
+		before := len(c.problems)
 		c.checkIssuerSpec(is, v1.KindIssuer, &is.Spec)
+		if len(c.problems) > before {
+			continue
+		}
 		ref := is.Namespace + "/" + is.Name
 		c.known[ref] = true
 		c.set.issuers = append(c.set.issuers, Issuer{Ref: ref, Namespace: is.Namespace, Name: is.Name, Spec: *is.Spec.DeepCopy()})
@@ -196,7 +242,11 @@ func (c *compiler) compile() {
 		if dup(is, v1.KindClusterIssuer, &is.ObjectMeta) {
 			continue
 		}
+		before := len(c.problems)
 		c.checkIssuerSpec(is, v1.KindClusterIssuer, &is.Spec)
+		if len(c.problems) > before {
+			continue
+		}
 		c.known[is.Name] = true
 		c.set.issuers = append(c.set.issuers, Issuer{Ref: is.Name, Name: is.Name, Spec: *is.Spec.DeepCopy()})
 	}
@@ -213,6 +263,9 @@ func (c *compiler) compile() {
 			continue
 		}
 		p := c.compilePolicy(ap, len(c.set.policies), refs)
+		if p == nil && c.opts.Quarantine {
+			p = quarantined(ap, len(c.set.policies))
+		}
 		if p == nil {
 			continue
 		}

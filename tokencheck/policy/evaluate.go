@@ -128,6 +128,9 @@ const (
 	// ReasonTokenNotBound: tokenBoundToSource and the token's client is
 	// not the calling workload's client ID (a replayed token).
 	ReasonTokenNotBound Reason = "token_not_bound_to_source"
+	// ReasonInvalidPolicy: an invalid AccessPolicy selects the workload;
+	// compiled with Options.Quarantine, it denies everything until fixed.
+	ReasonInvalidPolicy Reason = "invalid_policy"
 	// ReasonExpressionError: a CEL expression failed to evaluate (e.g. a
 	// missing key or the cost limit); the rule failed closed.
 	ReasonExpressionError Reason = "expression_error"
@@ -485,10 +488,12 @@ func denyDecision(g *groupResult, in *Input) (Decision, bool) {
 	switch {
 	case g.match != nil:
 		d := Decision{Outcome: OutcomeDeny, Status: StatusForbidden, Reason: ReasonDenied, Policy: g.match.key, Rule: g.rule, Captured: true}
-		switch g.matchFail {
-		case fGroupOverage:
+		switch {
+		case g.match.invalid:
+			d.Reason = ReasonInvalidPolicy
+		case g.matchFail == fGroupOverage:
 			d.Reason, d.TokenReason = ReasonGroupOverage, tokencheck.ReasonGroupOverage
-		case fExprError:
+		case g.matchFail == fExprError:
 			d.Reason = ReasonExpressionError
 		}
 		return d, true

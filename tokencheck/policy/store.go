@@ -28,7 +28,8 @@ type StoreStats struct {
 	// CompileDuration is how long compiling the Set in force took; zero
 	// when it was installed with Swap.
 	CompileDuration time.Duration
-	// LastError is the error of the latest Update, nil when it succeeded.
+	// LastError is the error of the latest Update, nil when it succeeded
+	// (with Options.Quarantine: the problems of the Set in force).
 	LastError error
 	// Failures counts Updates refused since the Store was created.
 	Failures uint64
@@ -50,18 +51,26 @@ func (s *Store) Load() *Set { return s.cur.Load() }
 // failure the Set in force is kept and the error (an *Error for invalid
 // policies) is returned and remembered in Stats.
 func (s *Store) Update(objs *Objects) (*Set, error) {
+	return s.UpdateWithOptions(objs, Options{})
+}
+
+// UpdateWithOptions is Update with compile Options. With Quarantine, a
+// Set with quarantined policies is installed and the *Error describing
+// them is returned (and kept in Stats.LastError) too.
+func (s *Store) UpdateWithOptions(objs *Objects, opts Options) (*Set, error) {
 	start := s.now()
-	set, err := Compile(objs)
+	set, err := CompileWithOptions(objs, opts)
 	took := s.now().Sub(start)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err != nil {
+	if set == nil {
 		s.stat.LastError = err
 		s.stat.Failures++
 		return nil, err
 	}
 	s.swapLocked(set, took)
-	return set, nil
+	s.stat.LastError = err
+	return set, err
 }
 
 // Swap installs a Set compiled by the caller and returns the previous

@@ -255,3 +255,60 @@ func TestNewWatcherConfig(t *testing.T) {
 		t.Errorf("NewWatcher without store: nil error")
 	}
 }
+
+func TestQuarantine(t *testing.T) {
+	objs := loadYAML(t,
+		policy("allow", "  selector: {matchLabels: {app: orders}}\n  rules: [{}]"),
+		policy("bad-path", "  selector: {matchLabels: {app: orders}}\n  rules: [{to: {paths: [nope]}}]"),
+		`apiVersion: portcullis.dev/v1alpha1
+kind: Issuer
+metadata: {name: broken, namespace: shop}
+spec: {oidc: {issuer: "ftp://x", audiences: [a]}}`,
+		policy("needs-broken", "  selector: {matchLabels: {app: cart}}\n  rules: [{when: {issuers: [{name: broken}]}}]"),
+	)
+	if set, err := Compile(objs); set != nil || err == nil {
+		t.Fatalf("strict Compile() = %v, %v; want no set and an error", set, err)
+	}
+	set, err := CompileWithOptions(objs, Options{Quarantine: true})
+	var perr *Error
+	if set == nil || !errors.As(err, &perr) || len(perr.Problems) != 3 {
+		t.Fatalf("CompileWithOptions(Quarantine) = %v, %v; want a set and 3 problems", set, err)
+	}
+	invalid := func(policy string) Decision {
+		return Decision{Outcome: OutcomeDeny, Status: StatusForbidden, Reason: ReasonInvalidPolicy, Policy: policy, Rule: 0, Captured: true}
+	}
+	tests := []struct {
+		name string
+		w    Workload
+		want Decision
+	}{
+		{"invalid policy denies its workloads", ordersPod, invalid("shop/bad-path")},
+		{"policy naming an invalid issuer denies", otherPod, invalid("shop/needs-broken")},
+		{"other workloads unaffected", Workload{Namespace: "shop", Labels: map[string]string{"app": "x"}}, notCapturedDec},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := Evaluate(set, req(func(in *Input) { in.Workload = tt.w }))
+			if got != tt.want {
+				t.Errorf("Evaluate() = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+	if got := len(set.Issuers()); got != 0 {
+		t.Errorf("Issuers() has %d, want the invalid issuer left out", got)
+	}
+
+	// An invalid selector quarantines the whole namespace.
+	set, _ = CompileWithOptions(loadYAML(t, policy("bad-selector", "  selector: {matchExpressions: [{key: app, operator: Near}]}\n  rules: [{}]")), Options{Quarantine: true})
+	if got := Evaluate(set, req(func(in *Input) { in.Workload = otherPod })); got != invalid("shop/bad-selector") {
+		t.Errorf("Evaluate() with invalid selector = %+v, want %+v", got, invalid("shop/bad-selector"))
+	}
+
+	store := NewStore()
+	if _, err := store.UpdateWithOptions(objs, Options{Quarantine: true}); err == nil || store.Load() == nil {
+		t.Errorf("UpdateWithOptions(Quarantine) = %v with set %v, want the set installed and the problems returned", err, store.Load())
+	}
+	if st := store.Stats(); st.Generation != 1 || st.LastError == nil || st.Failures != 0 {
+		t.Errorf("Stats() = %+v, want generation 1, last error, no failure", st)
+	}
+}
