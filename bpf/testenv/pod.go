@@ -59,13 +59,29 @@ func randomSuffix(n int) string {
 	return hex.EncodeToString(b)[:n]
 }
 
+// subnets serialises subnet choice within the process and remembers the
+// subnets it handed out, so that parallel tests never share one; other
+// processes are seen through the host's addresses.
+var subnets struct {
+	sync.Mutex
+	inUse map[netip.Prefix]bool
+}
+
 // NewNetwork creates a bridge with a subnet no interface of the host netns
 // uses yet. It is deleted when the test ends.
 func NewNetwork(t testing.TB) *Network {
 	t.Helper()
 	RequirePrivileged(t)
 	n := &Network{Bridge: "pcbr" + randomSuffix(8), next: 10}
+	subnets.Lock()
+	defer subnets.Unlock()
+	if subnets.inUse == nil {
+		subnets.inUse = make(map[netip.Prefix]bool)
+	}
 	used := make(map[netip.Prefix]bool)
+	for p := range subnets.inUse {
+		used[p] = true
+	}
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
 	if err != nil {
 		t.Fatalf("list host addresses: %v", err)
@@ -92,6 +108,12 @@ func NewNetwork(t testing.TB) *Network {
 	if !n.Subnet4.IsValid() {
 		t.Fatal("no free /24 in 198.18.0.0/15")
 	}
+	subnets.inUse[n.Subnet4] = true
+	t.Cleanup(func() {
+		subnets.Lock()
+		defer subnets.Unlock()
+		delete(subnets.inUse, n.Subnet4)
+	})
 	n.Host4 = n.Subnet4.Addr().Next()
 	n.Host6 = n.Subnet6.Addr().Next()
 
