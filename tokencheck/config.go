@@ -304,11 +304,15 @@ type sourceSpec struct {
 	jwksURI      string
 	// version is 1 or 2 for Azure AD, 0 for OIDC.
 	version int
+	// cloudAuthority and authority are set when AuthorityHost overrides the
+	// cloud's authority: a jwks_uri on the cloud's authority (as a proxied
+	// real discovery document names it) is then fetched from authority too.
+	cloudAuthority, authority string
 }
 
 // key identifies a source for sharing between issuers and across updates.
 func (s sourceSpec) key() string {
-	return s.issuer + "\x00" + s.discoveryURL + "\x00" + s.jwksURI
+	return s.issuer + "\x00" + s.discoveryURL + "\x00" + s.jwksURI + "\x00" + s.authority
 }
 
 func (ic IssuerConfig) normalize() (*normalized, error) {
@@ -441,6 +445,9 @@ func (a *AzureADConfig) normalize(n *normalized) error {
 				discoveryURL: authority + "/" + tenant + "/v2.0/.well-known/openid-configuration",
 				version:      2,
 			}
+		}
+		if authority != ci.authority {
+			spec.cloudAuthority, spec.authority = ci.authority, authority
 		}
 		if slices.Contains(versions, v) {
 			n.sources = append(n.sources, spec)

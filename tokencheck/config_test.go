@@ -83,7 +83,8 @@ func TestAzureSources(t *testing.T) {
 			name: "multi-tenant v2 only behind a loopback authority",
 			a:    AzureADConfig{TenantID: "organizations", AuthorityHost: "http://127.0.0.1:8400/", AllowedTenants: []string{"*"}, AcceptedVersions: []int{2}, Audiences: []string{"a"}},
 			wantSources: []sourceSpec{
-				{issuer: "https://login.microsoftonline.com/{tenantid}/v2.0", discoveryURL: "http://127.0.0.1:8400/organizations/v2.0/.well-known/openid-configuration", version: 2},
+				{issuer: "https://login.microsoftonline.com/{tenantid}/v2.0", discoveryURL: "http://127.0.0.1:8400/organizations/v2.0/.well-known/openid-configuration", version: 2,
+					cloudAuthority: "https://login.microsoftonline.com", authority: "http://127.0.0.1:8400"},
 			},
 			wantRefused: []string{"https://sts.windows.net/{tenantid}/"},
 		},

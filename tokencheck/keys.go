@@ -290,10 +290,15 @@ func (s *source) fetch(ctx context.Context, jwksURI string) (map[string]*key, st
 		if doc.Issuer != s.spec.issuer {
 			return nil, "", 0, fmt.Errorf("discovery document %s: issuer %q, want %q", s.spec.discoveryURL, doc.Issuer, s.spec.issuer)
 		}
-		if _, err := checkURL(doc.JWKSURI); err != nil {
+		jwksURI = doc.JWKSURI
+		if a := s.spec.cloudAuthority; a != "" && strings.HasPrefix(jwksURI, a+"/") {
+			// AuthorityHost overrides where keys come from too, also when
+			// it proxies real documents that name the cloud's host.
+			jwksURI = s.spec.authority + strings.TrimPrefix(jwksURI, a)
+		}
+		if _, err := checkURL(jwksURI); err != nil {
 			return nil, "", 0, fmt.Errorf("discovery document %s: jwks_uri: %w", s.spec.discoveryURL, err)
 		}
-		jwksURI = doc.JWKSURI
 	}
 	body, hdr, err := s.get(ctx, jwksURI)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"sync"
@@ -655,5 +656,23 @@ func TestRefreshInterval(t *testing.T) {
 			t.Fatalf("background refreshes in 5s: %d, want at least 4", ti.jwksHits.Load()-start)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// An authorityHost that proxies real documents (jwks_uri on the cloud's
+// host) is also where keys are fetched from.
+func TestAuthorityHostRewritesJWKSURI(t *testing.T) {
+	ti := newTestIDP(t, tenantA)
+	proxy := httptest.NewServer(ti.Handler("https://login.microsoftonline.com"))
+	t.Cleanup(proxy.Close)
+	ic := ti.azure("a", tenantA)
+	ic.AzureAD.AuthorityHost = proxy.URL
+	ic.AzureAD.AcceptedVersions = []int{2}
+	v := newValidator(t, testConfig(&clock{}), ic)
+	if _, r, err := v.Validate(ctxT(t), ti.mint(t, idp.TokenRequest{})); err != nil {
+		t.Fatalf("Validate: %q %v", r, err)
+	}
+	if got, want := v.Issuers()[0].Sources[0].JWKSURI, proxy.URL+"/"+tenantA+"/discovery/v2.0/keys"; got != want {
+		t.Errorf("JWKSURI: got %q, want %q", got, want)
 	}
 }
