@@ -149,6 +149,9 @@ func (s *service) Explain(ctx context.Context, req *debugv1.ExplainRequest) (*de
 	if err := ValidateExplain(req); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if tok := bareToken(req.GetToken()); tok != "" {
+		req.Token = tok
+	}
 	r, err := s.b.Explain(ctx, req)
 	return r, toStatus(err)
 }

@@ -62,7 +62,7 @@ Exit code 1 when the request would be refused.`,
 				err  error
 			)
 			if len(fl.policies) > 0 {
-				resp, err = a.explainOffline(&req, &fl)
+				resp, err = a.explainOffline(cmd.Context(), &req, &fl)
 			} else {
 				resp, err = unary(cmd.Context(), a, func(ctx context.Context, c debugv1.DebugClient) (*debugv1.ExplainResponse, error) {
 					return c.Explain(ctx, &req)
@@ -226,6 +226,16 @@ func (a *app) verdictLine(v *debugv1.TokenVerdict) string {
 		return "none"
 	}
 	var s string
+	if v.GetReason() == debugapi.ReasonNotVerified {
+		s = a.paint(ansiYellow, "unverified") + ": claims read without checking the signature (offline)"
+		if v.GetIssuerRef() != "" {
+			s += ", issuer " + v.GetIssuerRef()
+		}
+		if v.GetExpiresAt() != nil {
+			s += ", expires " + v.GetExpiresAt().AsTime().UTC().Format(timeLayout) + " (" + a.relative(v.GetExpiresAt()) + ")"
+		}
+		return s
+	}
 	if v.GetValid() {
 		s = a.paint(ansiGreen, "valid")
 		if v.GetIssuerRef() != "" {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -34,6 +35,15 @@ var update = flag.Bool("update", false, "rewrite testdata/*.golden with the curr
 var now = time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
 
 func ts(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(now.Add(d)) }
+
+// offlineToken is an unsigned token whose claims satisfy testdata's
+// orders-api policy for web/frontend.
+var offlineToken = func() string {
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(`{"alg":"RS256","kid":"k1"}`)) + "." +
+		enc([]byte(`{"iss":"https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0","tid":"11111111-2222-3333-4444-555555555555","azp":"c-frontend","roles":["Orders.Write"],"exp":1795352400}`)) +
+		".c2ln"
+}()
 
 const goodToken = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
 
@@ -351,6 +361,12 @@ func TestGolden(t *testing.T) {
 			"--source", "web/frontend", "--source-client-id", "c-batch", "--claims", claims}, offline...), "", exitRefused},
 		{"explain_offline_audit", append([]string{"explain", "--workload", "shop/orders-api", "--port", "8080", "--method", "delete",
 			"--path", "/healthz"}, offline...), "", exitOK},
+		{"explain_offline_token", append([]string{"explain", "--workload", "shop/orders-api", "--port", "8080", "--path", "/orders/42",
+			"--source", "web/frontend", "--source-client-id", "c-frontend", "--token", offlineToken}, offline...), "", exitOK},
+		{"explain_offline_unknown_issuer", append([]string{"explain", "--workload", "shop/orders-api", "--port", "8080", "--path", "/orders/42",
+			"--source", "web/frontend", "--source-client-id", "c-frontend", "--claims", `{"iss":"https://elsewhere","azp":"c-frontend","roles":["Orders.Read"]}`}, offline...), "", exitRefused},
+		{"explain_offline_bad_policies", []string{"explain", "--workload", "shop/orders-api", "--port", "8080", "--policies", "testdata/issuers.yaml", "--policies", "testdata/missing"}, "", exitRefused},
+		{"explain_offline_invalid_policy", []string{"explain", "--workload", "shop/orders-api", "--port", "8080", "--policies", "testdata/invalid"}, "", exitRefused},
 		{"explain_offline_json", append([]string{"explain", "--workload", "shop/orders-api", "--port", "8080", "--path", "/orders/42",
 			"--source", "web/frontend", "-o", "json"}, offline...), "", exitRefused},
 		{"bpf_maps", []string{"bpf", "maps"}, "", exitOK},
