@@ -511,6 +511,12 @@ func TestSetIssuers(t *testing.T) {
 	if n := len(v.Issuers()); n != 0 {
 		t.Errorf("Issuers after removing all: %d, want 0", n)
 	}
+	v.mu.Lock()
+	running := len(v.sources)
+	v.mu.Unlock()
+	if running != 0 {
+		t.Errorf("key sources still running after removing every issuer: %d", running)
+	}
 }
 
 func TestConcurrentValidation(t *testing.T) {
