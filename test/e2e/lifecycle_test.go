@@ -21,7 +21,6 @@ import (
 	"github.com/portcullis-mesh/portcullis/bpf/cgroupv2"
 	"github.com/portcullis-mesh/portcullis/bpf/podnet"
 	"github.com/portcullis-mesh/portcullis/bpf/testenv"
-	"github.com/portcullis-mesh/portcullis/tools/devidp/idp"
 )
 
 // outcome is one request of a traffic loop.
@@ -169,7 +168,7 @@ func TestAgentDeathFailsClosedAndRestartReadopts(t *testing.T) {
 	e.setPolicies(readers("Enforce", "Orders.Read"))
 	e.agent.Teardown = false // the DaemonSet default: pins outlive the agent
 	e.agent.Start()
-	tokRead := mintRead(t)
+	tokRead := mintTokens(t).read
 	orders, attacker := e.pods["orders-api"], e.pods["attacker"]
 
 	serves := func(step string) {
@@ -238,11 +237,6 @@ func TestAgentDeathFailsClosedAndRestartReadopts(t *testing.T) {
 	e.agent.Start()
 	serves("after second restart")
 	hooks("after second restart")
-}
-
-// mintRead mints a token with Orders.Read.
-func mintRead(t *testing.T) string {
-	return mint(t, idp.TokenRequest{Audience: "api://orders", Roles: []string{"Orders.Read"}})
 }
 
 // tcxPrograms returns the IDs of the programs attached at TCX ingress of

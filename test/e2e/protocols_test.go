@@ -69,7 +69,12 @@ func protocolEnv(t *testing.T) (*env, tokens) {
 	e := newEnv(t, demoPods(e2eApp))
 	e.setPolicies(readers("Enforce", "Orders.Read"))
 	e.agent.Start()
-	return e, tokens{
+	return e, mintTokens(t)
+}
+
+// mintTokens mints a token with Orders.Read and one with another role.
+func mintTokens(t *testing.T) tokens {
+	return tokens{
 		read:   mint(t, idp.TokenRequest{Audience: "api://orders", Roles: []string{"Orders.Read"}}),
 		noRole: mint(t, idp.TokenRequest{Audience: "api://orders", Roles: []string{"Orders.Audit"}}),
 	}
