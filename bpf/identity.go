@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 
 	"github.com/cilium/ebpf"
@@ -71,6 +72,18 @@ func (d *Datapath) LookupConnection(local, remote netip.AddrPort) (identity uint
 		return 0, false
 	}
 	return v.Identity, true
+}
+
+// LookupConn is LookupConnection for a TCP connection the agent accepted:
+// local and remote come from the socket. ok is false for other kinds of
+// connections.
+func (d *Datapath) LookupConn(c net.Conn) (identity uint32, ok bool) {
+	local, lok := c.LocalAddr().(*net.TCPAddr)
+	remote, rok := c.RemoteAddr().(*net.TCPAddr)
+	if !lok || !rok {
+		return 0, false
+	}
+	return d.LookupConnection(local.AddrPort(), remote.AddrPort())
 }
 
 // Connections dumps the recorded connections (for the debug CLI).

@@ -51,6 +51,8 @@ type accepted struct {
 	// Identity is what LookupConnection said at accept; ok false -> 0.
 	Identity uint32
 	Known    bool
+
+	lookupMismatch string // set when LookupConn and LookupConnection disagree
 }
 
 // agentListener is the agent's in-pod listener as the tests need it: it
@@ -76,7 +78,10 @@ func listenAgent(t *testing.T, d *bpf.Datapath, pod *testenv.Pod) *agentListener
 				return
 			}
 			rec := accepted{Local: addrPort(c.LocalAddr()), Remote: addrPort(c.RemoteAddr())}
-			rec.Identity, rec.Known = d.LookupConnection(rec.Local, rec.Remote)
+			rec.Identity, rec.Known = d.LookupConn(c)
+			if id, ok := d.LookupConnection(rec.Local, rec.Remote); id != rec.Identity || ok != rec.Known {
+				rec.lookupMismatch = fmt.Sprintf("LookupConn = %d, %v but LookupConnection = %d, %v", rec.Identity, rec.Known, id, ok)
+			}
 			select {
 			case a.accepted <- rec:
 			default:
@@ -104,6 +109,10 @@ func (a *agentListener) next(t *testing.T) accepted {
 	t.Helper()
 	select {
 	case rec := <-a.accepted:
+		if rec.lookupMismatch != "" {
+			t.Error(rec.lookupMismatch)
+			rec.lookupMismatch = ""
+		}
 		return rec
 	case <-time.After(waitTimeout):
 		t.Fatal("agent listener accepted nothing")
