@@ -47,6 +47,7 @@ type nsIndex struct {
 type group struct {
 	unindexed []*cpolicy             // empty selectors and matchExpressions only; by ordinal
 	byLabel   map[labelKV][]*cpolicy // by ordinal
+	indexKeys []string               // the label keys of byLabel, sorted
 	all       []*cpolicy             // by ordinal, for Capture
 }
 
@@ -60,6 +61,9 @@ func (g *group) add(p *cpolicy) {
 	}
 	if g.byLabel == nil {
 		g.byLabel = make(map[labelKV][]*cpolicy)
+	}
+	if i, found := slices.BinarySearch(g.indexKeys, p.indexKey.key); !found {
+		g.indexKeys = slices.Insert(g.indexKeys, i, p.indexKey.key)
 	}
 	g.byLabel[*p.indexKey] = append(g.byLabel[*p.indexKey], p)
 }
@@ -114,8 +118,8 @@ func (p *cpolicy) coversPort(port uint16) bool {
 type crule struct {
 	// from
 	fromSet    bool
-	workloads  map[nsSA]struct{}
-	namespaces map[string]struct{}
+	workloads  memberSet[nsSA]
+	namespaces memberSet[string]
 	anonymous  bool
 	// to
 	ports   []uint16
@@ -500,20 +504,14 @@ func (c *compiler) compileRule(ap *v1.AccessPolicy, path string, r *v1.Rule, den
 			if !workloadRE.MatchString(w) {
 				report(fmt.Sprintf(".from.workloads[%d]", i), "invalid workload %q: want namespace/serviceaccount", w)
 			}
-			if cr.workloads == nil {
-				cr.workloads = make(map[nsSA]struct{})
-			}
 			ns, sa, _ := strings.Cut(w, "/")
-			cr.workloads[nsSA{ns, sa}] = struct{}{}
+			cr.workloads.add(nsSA{ns, sa})
 		}
 		for i, n := range f.Namespaces {
 			if !namespaceRE.MatchString(n) {
 				report(fmt.Sprintf(".from.namespaces[%d]", i), "invalid namespace %q", n)
 			}
-			if cr.namespaces == nil {
-				cr.namespaces = make(map[string]struct{})
-			}
-			cr.namespaces[n] = struct{}{}
+			cr.namespaces.add(n)
 		}
 		cr.anonymous = f.Anonymous
 	}

@@ -287,11 +287,7 @@ func (r *crule) matchFrom(s *identity.Source) bool {
 	if s.Anonymous || s.Namespace == "" {
 		return r.anonymous
 	}
-	if _, ok := r.namespaces[s.Namespace]; ok {
-		return true
-	}
-	_, ok := r.workloads[nsSA{s.Namespace, s.ServiceAccount}]
-	return ok
+	return r.namespaces.has(s.Namespace) || r.workloads.has(nsSA{s.Namespace, s.ServiceAccount})
 }
 
 // nsSA keys workloads without building "ns/sa" strings per request.
@@ -391,8 +387,18 @@ func evalGroup(g *group, in *Input, deny, audit bool, res *groupResult, tr *trac
 		return
 	}
 	evalList(g.unindexed, in, deny, audit, res, tr)
-	if len(g.byLabel) > 0 {
+	// Usually few label keys index policies ("app"): look those up in the
+	// workload's labels; otherwise look the workload's labels up.
+	if len(g.indexKeys) > len(in.Workload.Labels) {
 		for k, v := range in.Workload.Labels {
+			if list := g.byLabel[labelKV{k, v}]; list != nil {
+				evalList(list, in, deny, audit, res, tr)
+			}
+		}
+		return
+	}
+	for _, k := range g.indexKeys {
+		if v, ok := in.Workload.Labels[k]; ok {
 			if list := g.byLabel[labelKV{k, v}]; list != nil {
 				evalList(list, in, deny, audit, res, tr)
 			}

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -410,5 +411,24 @@ func TestCELCostLimit(t *testing.T) {
 	d := Evaluate(set, in)
 	if d.Reason != ReasonExpressionError || d.Allowed() {
 		t.Errorf("Evaluate() = %+v, want denied with %s", d, ReasonExpressionError)
+	}
+}
+
+// TestLabelIndex covers both ways of finding the policies indexed by a
+// label: by the index's keys and by the workload's labels.
+func TestLabelIndex(t *testing.T) {
+	var docs []string
+	for i := range 5 {
+		docs = append(docs, policy(fmt.Sprintf("p%d", i), fmt.Sprintf("  selector: {matchLabels: {key%d: v}}\n  rules: [{}]", i)))
+	}
+	set := mustCompile(t, docs...)
+	for _, labels := range []map[string]string{
+		{"key3": "v"}, // fewer labels than index keys
+		{"key3": "v", "a": "1", "b": "2", "c": "3", "d": "4", "e": "5"}, // more
+	} {
+		got := Evaluate(set, req(func(in *Input) { in.Workload = Workload{Namespace: "shop", Labels: labels} }))
+		if want := allowed("shop/p3", 0); got != want {
+			t.Errorf("Evaluate(labels %v) = %+v, want %+v", labels, got, want)
+		}
 	}
 }

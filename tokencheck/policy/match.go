@@ -7,12 +7,54 @@ import (
 	"strings"
 )
 
+// memberSet is a membership test: a slice when it has a few members
+// (comparing a few strings beats hashing one), a map beyond.
+type memberSet[K comparable] struct {
+	small []K
+	large map[K]struct{}
+}
+
+// smallSetMax is the size up to which a memberSet scans a slice.
+const smallSetMax = 8
+
+func (s *memberSet[K]) add(k K) {
+	if s.has(k) {
+		return
+	}
+	if s.large == nil && len(s.small) < smallSetMax {
+		s.small = append(s.small, k)
+		return
+	}
+	if s.large == nil {
+		s.large = make(map[K]struct{}, 2*smallSetMax)
+		for _, v := range s.small {
+			s.large[v] = struct{}{}
+		}
+		s.small = nil
+	}
+	s.large[k] = struct{}{}
+}
+
+func (s *memberSet[K]) has(k K) bool {
+	if s.large != nil {
+		_, ok := s.large[k]
+		return ok
+	}
+	for _, v := range s.small {
+		if v == k {
+			return true
+		}
+	}
+	return false
+}
+
 // pathMatcher matches request paths against exact, prefix ("/a/*") and
-// suffix ("*.json") patterns without scanning them: exact paths are a map,
-// prefixes and suffixes are prefix-free sorted lists searched by bisection.
+// suffix ("*.json") patterns without scanning them: exact paths are a
+// memberSet, prefixes and suffixes are prefix-free sorted lists searched by
+// bisection.
 type pathMatcher struct {
 	any      bool
-	exact    map[string]struct{}
+	exact    memberSet[string]
 	prefixes []string // sorted, no element is a prefix of another
 	suffixes []string // sorted by reversed string, no element a suffix of another
 }
@@ -54,10 +96,7 @@ func newPathMatcher(patterns []string) *pathMatcher {
 		case strings.HasSuffix(p, "*"):
 			pre = append(pre, strings.TrimSuffix(p, "*"))
 		default:
-			if m.exact == nil {
-				m.exact = make(map[string]struct{})
-			}
-			m.exact[p] = struct{}{}
+			m.exact.add(p)
 		}
 	}
 	slices.Sort(pre)
@@ -86,7 +125,7 @@ func (m *pathMatcher) match(path string) bool {
 	if m.any {
 		return true
 	}
-	if _, ok := m.exact[path]; ok {
+	if m.exact.has(path) {
 		return true
 	}
 	if n := len(m.prefixes); n > 0 {
