@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -271,25 +270,6 @@ func (a *agent) auditLog() []auditRecord {
 		out = append(out, r)
 	}
 	return out
-}
-
-// waitAudit waits (bounded) until the asynchronous audit writer has
-// written at least n records and returns them.
-func (a *agent) waitAudit(n int) []auditRecord {
-	a.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for {
-		recs := a.auditLog()
-		if len(recs) >= n {
-			return recs
-		}
-		select {
-		case <-ctx.Done():
-			a.t.Fatalf("audit log has %d records after 5s, want %d", len(recs), n)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }
 
 // metric returns the sum of the samples of a Prometheus metric whose

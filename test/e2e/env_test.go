@@ -55,9 +55,9 @@ type podSpec struct {
 // of demoapp) in orders-api.
 func demoPods(app appKind) []podSpec {
 	return []podSpec{
-		{Name: "frontend", ServiceAccount: "frontend", ClientID: frontendClient},
+		{Name: "frontend", ServiceAccount: "frontend", ClientID: frontendClient, App: noApp},
 		{Name: "orders-api", ServiceAccount: "orders", App: app},
-		{Name: "attacker", ServiceAccount: "attacker"},
+		{Name: "attacker", ServiceAccount: "attacker", App: noApp},
 	}
 }
 
