@@ -26,6 +26,13 @@ const maxKeyLen = len(portcullisPcPod{}.Key) - 1
 // ErrNotEnrolled is returned for operations on a pod that is not enrolled.
 var ErrNotEnrolled = errors.New("pod not enrolled")
 
+// ErrUnsupportedInterface is returned by Enroll when the pod has a network
+// interface capture cannot parse (not Ethernet: a tunnel, wireguard, tun).
+// Traffic arriving there would bypass capture, so a pod with such an
+// interface is only enrolled when Pod.Interfaces names the interfaces to
+// capture explicitly.
+var ErrUnsupportedInterface = errors.New("interface without an Ethernet header")
+
 // CaptureMode says how PortSpec.Ports is read.
 type CaptureMode uint32
 
@@ -86,8 +93,8 @@ type Pod struct {
 	// /run/netns/<name>, ...).
 	NetnsPath string
 	// Interfaces are the interface names inside the pod's netns whose
-	// ingress is captured. Empty means every non-loopback Ethernet
-	// interface present at enrolment.
+	// ingress is captured. Empty means every non-loopback interface present
+	// at enrolment, all of which must be Ethernet (ErrUnsupportedInterface).
 	Interfaces []string
 	// Ports says which ports are captured.
 	Ports PortSpec
@@ -251,9 +258,13 @@ func podInterfaces(netnsPath string, names []string) ([]int, error) {
 		}
 		for _, l := range all {
 			a := l.Attrs()
-			if a.Flags&unix.IFF_LOOPBACK == 0 && a.EncapType == "ether" {
-				links = append(links, l)
+			if a.Flags&unix.IFF_LOOPBACK != 0 {
+				continue
 			}
+			if a.EncapType != "ether" {
+				return nil, fmt.Errorf("interface %s (%s) in netns %s: %w", a.Name, a.EncapType, netnsPath, ErrUnsupportedInterface)
+			}
+			links = append(links, l)
 		}
 	} else {
 		for _, name := range names {
@@ -262,7 +273,7 @@ func podInterfaces(netnsPath string, names []string) ([]int, error) {
 				return nil, fmt.Errorf("find interface %s in netns %s: %w", name, netnsPath, err)
 			}
 			if l.Attrs().EncapType != "ether" {
-				return nil, fmt.Errorf("interface %s in netns %s is %s, capture needs ether", name, netnsPath, l.Attrs().EncapType)
+				return nil, fmt.Errorf("interface %s (%s) in netns %s: %w", name, l.Attrs().EncapType, netnsPath, ErrUnsupportedInterface)
 			}
 			links = append(links, l)
 		}

@@ -3,6 +3,7 @@ package test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -622,5 +623,30 @@ func TestDatapathAttributesNestedCgroups(t *testing.T) {
 	}
 	if rec := agent.next(t); rec.Identity != containerIdentity {
 		t.Errorf("both registered: got identity %d, want the deepest, %d", rec.Identity, containerIdentity)
+	}
+}
+
+// TestDatapathRefusesPodsWithTunnels: a pod with an interface capture
+// cannot parse (here a tun device, as VPN clients create) is not silently
+// half-enrolled.
+func TestDatapathRefusesPodsWithTunnels(t *testing.T) {
+	t.Parallel()
+	d := openDatapath(t)
+	pod := testenv.NewNetwork(t).NewPod(t, testenv.PodOptions{NoProcess: true})
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if _, err := pod.Exec(ctx, "ip", "tuntap", "add", "dev", "tun0", "mode", "tun"); err != nil {
+		t.Fatal(err)
+	}
+	err := d.Enroll(bpf.Pod{Key: "default/tunnel", NetnsPath: pod.NetnsPath, Ports: bpf.PortSpec{Ports: []uint16{appPort}}})
+	if !errors.Is(err, bpf.ErrUnsupportedInterface) {
+		t.Errorf("Enroll with a tunnel: got %v, want ErrUnsupportedInterface", err)
+	}
+	if got := tcxPrograms(t, pod); len(got) != 0 {
+		t.Errorf("programs attached after the refused Enroll: %v", got)
+	}
+	err = d.Enroll(bpf.Pod{Key: "default/tunnel", NetnsPath: pod.NetnsPath, Interfaces: []string{testenv.PodInterface}, Ports: bpf.PortSpec{Ports: []uint16{appPort}}})
+	if err != nil {
+		t.Errorf("Enroll naming eth0: %v", err)
 	}
 }
