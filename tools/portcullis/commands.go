@@ -126,14 +126,16 @@ func (a *app) workloadsCmd() *cobra.Command {
 				return err
 			}
 			return a.printMessage(r, func(w io.Writer) error {
-				fmt.Fprintln(w, "WORKLOAD\tIDENTITY\tID\tIPS\tPORTS\tSTATE\tNETNS\tCGROUP")
+				fmt.Fprintf(w, "WORKLOAD\tIDENTITY\tID\tIPS\tPORTS\t%s\tNETNS\tCGROUP\n", a.head("STATE"))
 				for _, wl := range r.GetWorkloads() {
 					state := cell(wl.GetAttachState())
-					switch wl.GetAttachState() {
-					case "attached":
+					switch {
+					case strings.HasPrefix(state, "attached"):
 						state = a.paint(ansiGreen, state)
-					case "error":
+					case state == "error":
 						state = a.paint(ansiRed, state)
+					default:
+						state = a.paint(ansiDefault, state)
 					}
 					fmt.Fprintf(w, "%s/%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n",
 						wl.GetNamespace(), wl.GetName(), cell(wl.GetIdentity()), wl.GetIdentityId(),
@@ -166,14 +168,16 @@ func (a *app) policiesCmd() *cobra.Command {
 			}
 			return a.printMessage(r, func(w io.Writer) error {
 				fmt.Fprintf(w, "Policy set generation %d\n\n", r.GetGeneration())
-				fmt.Fprintln(w, "POLICY\tACTION\tMODE\tSELECTOR\tRULES\tWORKLOADS\tSOURCE")
+				fmt.Fprintf(w, "POLICY\tACTION\t%s\tSELECTOR\tRULES\tWORKLOADS\tSOURCE\n", a.head("MODE"))
 				for _, p := range r.GetPolicies() {
-					mode := p.GetMode()
+					mode := cell(p.GetMode())
 					if strings.EqualFold(mode, "audit") {
 						mode = a.paint(ansiYellow, mode)
+					} else {
+						mode = a.paint(ansiDefault, mode)
 					}
 					fmt.Fprintf(w, "%s/%s\t%s\t%s\t%s\t%d\t%s\t%s\n",
-						p.GetNamespace(), p.GetName(), cell(p.GetAction()), cell(mode),
+						p.GetNamespace(), p.GetName(), cell(p.GetAction()), mode,
 						cell(p.GetSelector()), p.GetRules(), list(p.GetSelectedWorkloads()), cell(p.GetSource()))
 				}
 				return nil
@@ -196,7 +200,7 @@ func (a *app) issuersCmd() *cobra.Command {
 				return err
 			}
 			return a.printMessage(r, func(w io.Writer) error {
-				fmt.Fprintln(w, "NAME\tKIND\tHEALTHY\tKEYS\tJWKS AGE\tNEXT REFRESH\tISSUER\tLAST ERROR")
+				fmt.Fprintf(w, "NAME\tKIND\t%s\tKEYS\tJWKS AGE\tNEXT REFRESH\tISSUER\tLAST ERROR\n", a.head("HEALTHY"))
 				for _, is := range r.GetIssuers() {
 					lastErr := oneLine(is.GetLastError())
 					if is.GetLastErrorAt() != nil && is.GetLastError() != "" {

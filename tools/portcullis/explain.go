@@ -211,7 +211,7 @@ func (a *app) explainTable(w io.Writer, r *debugv1.ExplainResponse) error {
 		return nil
 	}
 	fmt.Fprintf(w, "\nCandidate rules, in evaluation order:\n")
-	fmt.Fprintln(w, "POLICY\tACTION\tMODE\tRULE\tRESULT\tFAILED FIELD\tDETAIL")
+	fmt.Fprintf(w, "POLICY\tACTION\tMODE\tRULE\t%s\tFAILED FIELD\tDETAIL\n", a.head("RESULT"))
 	for _, t := range r.GetTrace() {
 		res := a.paintBool(t.GetMatched(), "match", "no")
 		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", t.GetPolicy(), t.GetAction(), t.GetMode(), t.GetRule(),

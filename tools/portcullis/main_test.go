@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -349,6 +350,7 @@ func TestGolden(t *testing.T) {
 		{"decisions_none", []string{"decisions", "--reason", "expired"}, "", exitOK},
 		{"decisions_json", []string{"decisions", "-o", "json"}, "", exitOK},
 		{"decisions_color", []string{"decisions", "--color", "always"}, "", exitOK},
+		{"workloads_color", []string{"workloads", "--color", "always"}, "", exitOK},
 		{"explain_allow", []string{"explain", "--workload", "shop/orders-api", "--port", "8080", "--path", "/orders/42",
 			"--source", "web/frontend", "--token-file", tokenFile}, "", exitOK},
 		{"explain_deny", []string{"explain", "--workload", "shop/orders-api", "--port", "8080", "--path", "/admin"}, "", exitRefused},
@@ -548,3 +550,47 @@ func TestUnreachableHintPermission(t *testing.T) {
 func errEACCES() error { return syscall.EACCES }
 
 func unavailable() error { return status.Error(codes.Unavailable, "connection error") }
+
+var ansiEscape = regexp.MustCompile("\x1b\\[[0-9;]*m")
+
+// TestColorKeepsLayout: colour changes nothing but the colour. tabwriter
+// counts escape bytes as width, so a column with both coloured and plain
+// cells would lose its alignment.
+func TestColorKeepsLayout(t *testing.T) {
+	a := startAgent(t)
+	for _, args := range [][]string{
+		{"status"}, {"workloads"}, {"policies"}, {"issuers"}, {"decisions"},
+		{"explain", "--workload", "shop/orders-api", "--port", "8080", "--path", "/admin"},
+		{"explain", "--workload", "shop/orders-api", "--port", "8080", "--method", "DELETE", "--policies", "testdata/policies", "--issuers", "testdata/issuers.yaml", "--labels", "app=orders"},
+		{"token", "inspect", goodToken},
+	} {
+		env := map[string]string{socketEnv: a.sock}
+		plain := cli(testContext(t), env, "", newSyncBuffer(), append(args, "--color", "never")...)
+		colour := cli(testContext(t), env, "", newSyncBuffer(), append(args, "--color", "always")...)
+		if !ansiEscape.MatchString(colour.stdout) {
+			t.Errorf("%v --color always: no colour in\n%s", args, colour.stdout)
+		}
+		if diff := cmp.Diff(plain.stdout, ansiEscape.ReplaceAllString(colour.stdout, "")); diff != "" {
+			t.Errorf("%v: coloured output without its escapes differs from plain (-plain +coloured):\n%s", args, diff)
+		}
+		if ansiEscape.MatchString(plain.stdout) {
+			t.Errorf("%v --color never: escapes in\n%s", args, plain.stdout)
+		}
+	}
+	// auto: colour only on a terminal, never with NO_COLOR.
+	for _, tc := range []struct {
+		tty     bool
+		noColor string
+		want    bool
+	}{{false, "", false}, {true, "", true}, {true, "1", false}} {
+		ap := &app{stdio: stdio{tty: tc.tty, getenv: func(k string) string {
+			if k == "NO_COLOR" {
+				return tc.noColor
+			}
+			return ""
+		}}, color: "auto"}
+		if got := ap.useColor(); got != tc.want {
+			t.Errorf("auto colour with tty=%v NO_COLOR=%q: got %v, want %v", tc.tty, tc.noColor, got, tc.want)
+		}
+	}
+}

@@ -23,8 +23,16 @@ const (
 	ansiRed    = "\x1b[31m"
 	ansiGreen  = "\x1b[32m"
 	ansiYellow = "\x1b[33m"
+	// ansiDefault is the terminal's own colour, for the plain cells of a
+	// column that has coloured ones.
+	ansiDefault = "\x1b[39m"
 	ansiReset  = "\x1b[0m"
 )
+
+// head is a header cell of a column that may have coloured cells: wrapped
+// in escapes of the same length, so that tabwriter, which counts bytes,
+// keeps the header over its column.
+func (a *app) head(s string) string { return a.paint(ansiDefault, s) }
 
 func (a *app) paint(colour, s string) string {
 	if !a.useColor() || s == "" {

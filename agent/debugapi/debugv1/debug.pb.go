@@ -528,8 +528,10 @@ type Workload struct {
 	CapturedPorts []uint32 `protobuf:"varint,9,rep,packed,name=captured_ports,json=capturedPorts,proto3" json:"captured_ports,omitempty"`
 	NetnsPath     string   `protobuf:"bytes,10,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
 	CgroupPath    string   `protobuf:"bytes,11,opt,name=cgroup_path,json=cgroupPath,proto3" json:"cgroup_path,omitempty"`
-	// Attach state: "attached", "pending", "not_captured" (no policy selects
-	// the pod) or "error".
+	// Attach state, as the agent words it: "attached" (possibly with a
+	// qualifier, e.g. "attached (all ports except listed)"), "not selected"
+	// (no policy selects the pod), "remote" (not on this node), "excluded:
+	// <why>" or "error" (see attach_error).
 	AttachState string `protobuf:"bytes,12,opt,name=attach_state,json=attachState,proto3" json:"attach_state,omitempty"`
 	// Last attach error, if any.
 	AttachError   string            `protobuf:"bytes,13,opt,name=attach_error,json=attachError,proto3" json:"attach_error,omitempty"`
