@@ -26,7 +26,7 @@ const (
 	// ansiDefault is the terminal's own colour, for the plain cells of a
 	// column that has coloured ones.
 	ansiDefault = "\x1b[39m"
-	ansiReset  = "\x1b[0m"
+	ansiReset   = "\x1b[0m"
 )
 
 // head is a header cell of a column that may have coloured cells: wrapped
