@@ -160,6 +160,24 @@ func TestProtocols(t *testing.T) {
 		}
 	})
 
+	t.Run("h2c upgrade, curl", func(t *testing.T) {
+		for _, tc := range []struct {
+			args []string
+			want int
+		}{
+			{[]string{"-H", "Authorization: Bearer " + tok.read}, 200},
+			{nil, 401},
+		} {
+			res := e.curl(nil, append(tc.args, "--http2", orders.URL(appPort, "/orders/1"))...)
+			if res.Status != tc.want {
+				t.Errorf("got %d, want %d: %s", res.Status, tc.want, res.Body)
+			}
+			if tc.want == 200 && res.Proto != "2" {
+				t.Errorf("allowed upgrade answered over HTTP/%s, want the switch to HTTP/2", res.Proto)
+			}
+		}
+	})
+
 	t.Run("grpc", func(t *testing.T) {
 		conn, err := grpc.NewClient(orders.Addr(grpcPort).String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
