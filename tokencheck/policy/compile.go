@@ -82,6 +82,8 @@ type cpolicy struct {
 	ports     []uint16        // sorted union of rule ports, when !allPorts
 	rules     []crule
 	tokenRule bool // some rule needs a token
+	// index narrows rules by port and path; nil for few rules.
+	index *ruleIndex
 	// invalid marks the deny-all stand-in of an invalid policy (Options.Quarantine).
 	invalid bool
 }
@@ -467,6 +469,10 @@ func (c *compiler) compilePolicy(ap *v1.AccessPolicy, ord int, refs map[string]b
 	if len(s.Rules) == 0 {
 		p.allPorts = true
 	}
+	if len(s.Rules) > maxRulesPerPolicy {
+		report("spec.rules", "%d rules: at most %d per policy", len(s.Rules), maxRulesPerPolicy)
+		return nil
+	}
 	ports := make(map[uint16]bool)
 	for i := range s.Rules {
 		r := c.compileRule(ap, fmt.Sprintf("spec.rules[%d]", i), &s.Rules[i], p.deny, refs)
@@ -487,6 +493,15 @@ func (c *compiler) compilePolicy(ap *v1.AccessPolicy, ord int, refs map[string]b
 	}
 	if len(c.problems) > before {
 		return nil
+	}
+	if len(p.rules) >= ruleIndexMin {
+		patterns := make([][]string, len(s.Rules))
+		for i := range s.Rules {
+			if s.Rules[i].To != nil {
+				patterns[i] = s.Rules[i].To.Paths
+			}
+		}
+		p.index = newRuleIndex(p.rules, patterns)
 	}
 	return p
 }

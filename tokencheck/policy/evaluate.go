@@ -415,26 +415,52 @@ func evalList(list []*cpolicy, in *Input, deny, audit bool, res *groupResult, tr
 			continue
 		}
 		res.selected = true
+		if p.index != nil && tr == nil {
+			evalIndexed(p, in, deny, res)
+			continue
+		}
 		for i := range p.rules {
 			f := matchRule(&p.rules[i], in)
-			matched := f == fNone || (deny && (f == fGroupOverage || f == fExprError))
+			matched := res.record(p, i, f, deny, in)
 			if tr != nil {
 				tr.add(p, i, deny, audit, matched, f)
 			}
 			if matched {
-				if res.match == nil || p.ord < res.match.ord {
-					res.match, res.rule, res.matchFail = p, i, f
-				}
 				break
 			}
-			switch {
-			case f == fNoToken:
-				if !deny || in.tokenInvalid() {
-					res.needToken = true
-				}
-			case f > fNoToken && f > res.best && !deny:
-				res.best, res.bestPolicy, res.bestRule = f, p, i
-			}
+		}
+	}
+}
+
+// record notes the outcome f of rule i of p and reports whether the rule
+// matched (for a Deny rule, also by failing closed).
+func (res *groupResult) record(p *cpolicy, i int, f failure, deny bool, in *Input) bool {
+	if f == fNone || (deny && (f == fGroupOverage || f == fExprError)) {
+		if res.match == nil || p.ord < res.match.ord {
+			res.match, res.rule, res.matchFail = p, i, f
+		}
+		return true
+	}
+	switch {
+	case f == fNoToken:
+		if !deny || in.tokenInvalid() {
+			res.needToken = true
+		}
+	case f > fNoToken && f > res.best && !deny:
+		res.best, res.bestPolicy, res.bestRule = f, p, i
+	}
+	return false
+}
+
+// evalIndexed is the rule loop of evalList for a policy with a ruleIndex:
+// only rules whose port and path can match are looked at. Rules left out
+// would fail on port or path, which never makes a token needed nor gives
+// a specific reason, so the outcome is the one of the full loop.
+func evalIndexed(p *cpolicy, in *Input, deny bool, res *groupResult) {
+	cand := p.index.candidates(in.Port, in.Path)
+	for i := cand.next(0, p.index.words); i >= 0; i = cand.next(i+1, p.index.words) {
+		if res.record(p, i, matchRule(&p.rules[i], in), deny, in) {
+			return
 		}
 	}
 }
