@@ -3,6 +3,7 @@ package bpf
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -258,7 +259,7 @@ func podInterfaces(netnsPath string, names []string) ([]int, error) {
 		}
 		for _, l := range all {
 			a := l.Attrs()
-			if a.Flags&unix.IFF_LOOPBACK != 0 {
+			if a.Flags&net.FlagLoopback != 0 || a.EncapType == "loopback" {
 				continue
 			}
 			if a.EncapType != "ether" {
