@@ -53,6 +53,42 @@ type compiledExpr struct {
 	usesClaims bool
 }
 
+// exprCache keeps compiled expressions across Compile calls: a live
+// update recompiles the whole configuration, but only new expressions
+// need the CEL compiler (hundreds of microseconds each). Programs are
+// immutable and safe for concurrent use, so Sets share them.
+var exprCache struct {
+	mu sync.Mutex
+	m  map[string]exprResult
+}
+
+type exprResult struct {
+	expr *compiledExpr
+	err  error
+}
+
+// exprCacheMax bounds exprCache; when full it starts over.
+const exprCacheMax = 16384
+
+// compileExprCached is compileExpr through exprCache. All expressions are
+// compiled in the one celEnv, so the source text is the key.
+func compileExprCached(env *cel.Env, src string) (*compiledExpr, error) {
+	exprCache.mu.Lock()
+	r, ok := exprCache.m[src]
+	exprCache.mu.Unlock()
+	if ok {
+		return r.expr, r.err
+	}
+	e, err := compileExpr(env, src)
+	exprCache.mu.Lock()
+	defer exprCache.mu.Unlock()
+	if exprCache.m == nil || len(exprCache.m) >= exprCacheMax {
+		exprCache.m = make(map[string]exprResult)
+	}
+	exprCache.m[src] = exprResult{e, err}
+	return e, err
+}
+
 func compileExpr(env *cel.Env, src string) (*compiledExpr, error) {
 	ast, iss := env.Compile(src)
 	if iss != nil && iss.Err() != nil {

@@ -619,7 +619,7 @@ func (c *compiler) compileRule(ap *v1.AccessPolicy, path string, r *v1.Rule, den
 		report(".when.tokenBoundToSource", "tokenBoundToSource is only meaningful in Allow policies")
 	}
 	if w.Expression != "" {
-		e, err := compileExpr(c.env, w.Expression)
+		e, err := compileExprCached(c.env, w.Expression)
 		if err != nil {
 			report(".when.expression", "%v", err)
 		} else {
