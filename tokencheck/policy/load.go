@@ -169,8 +169,14 @@ func expandPaths(paths []string) ([]string, error) {
 			return nil, fmt.Errorf("read policy directory: %w", err)
 		}
 		for _, e := range entries {
-			if e.Type().IsRegular() && isYAMLName(e.Name()) {
-				files = append(files, filepath.Join(p, e.Name()))
+			if !isYAMLName(e.Name()) {
+				continue
+			}
+			f := filepath.Join(p, e.Name())
+			// Follow symbolic links: a ConfigMap volume's files are links
+			// into its ..data directory.
+			if st, err := os.Stat(f); err == nil && st.Mode().IsRegular() {
+				files = append(files, f)
 			}
 		}
 	}

@@ -312,3 +312,45 @@ spec: {oidc: {issuer: "ftp://x", audiences: [a]}}`,
 		t.Errorf("Stats() = %+v, want generation 1, last error, no failure", st)
 	}
 }
+
+// TestWatcherConfigMapVolume mimics how kubelet updates a ConfigMap
+// volume: the files are links into a ..data link that is swapped
+// atomically to a new directory.
+func TestWatcherConfigMapVolume(t *testing.T) {
+	dir := t.TempDir()
+	version := func(name, content string) {
+		t.Helper()
+		vdir := filepath.Join(dir, name)
+		if err := os.Mkdir(vdir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(vdir, "policies.yaml"), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(name, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..v1", policy("p", "  rules: [{from: {namespaces: [web]}}]"))
+	if err := os.Symlink("..data/policies.yaml", filepath.Join(dir, "policies.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	store, reloads, _ := startWatcher(t, dir)
+	if r := nextReload(t, reloads); r.err != nil || r.set.Policies() != 1 {
+		t.Fatalf("initial load: %v", r.err)
+	}
+	if d := Evaluate(store.Load(), req()); !d.Allowed() {
+		t.Fatalf("initial set: %+v, want allowed", d)
+	}
+	version("..v2", policy("p", "  rules: [{from: {namespaces: [jobs]}}]"))
+	if r := nextReload(t, reloads); r.err != nil {
+		t.Fatalf("reload: %v", r.err)
+	}
+	if d := Evaluate(store.Load(), req()); d.Allowed() {
+		t.Errorf("after the ConfigMap update: %+v, want denied", d)
+	}
+}
