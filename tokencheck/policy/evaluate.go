@@ -483,11 +483,17 @@ func (s *Set) decide(in *Input, tr *tracer) Decision {
 	var deny, allow groupResult
 	evalGroup(&ns.enforceDeny, in, true, false, &deny, tr)
 	if d, done := denyDecision(&deny, in); done {
+		if tr != nil {
+			tr.rest(ns, in, true)
+		}
 		return d
 	}
 	evalGroup(&ns.enforceAllow, in, false, false, &allow, tr)
 	enforced := allowDecision(&deny, &allow, in)
 	if enforced.Outcome == OutcomeDeny || (ns.auditDeny.empty() && ns.auditAllow.empty()) {
+		if tr != nil {
+			tr.rest(ns, in, false)
+		}
 		return enforced
 	}
 	var adeny, aallow groupResult
@@ -588,6 +594,18 @@ type RuleTrace struct {
 	Failed string
 }
 
+// rest traces the groups an early decision skipped, so an explanation
+// shows every candidate rule: the enforced Allow policies (when a Deny
+// decided) and the audited ones.
+func (t *tracer) rest(ns *nsIndex, in *Input, allowToo bool) {
+	var scratch groupResult
+	if allowToo {
+		evalGroup(&ns.enforceAllow, in, false, false, &scratch, t)
+	}
+	evalGroup(&ns.auditDeny, in, true, true, &scratch, t)
+	evalGroup(&ns.auditAllow, in, false, true, &scratch, t)
+}
+
 func (t *tracer) add(p *cpolicy, rule int, deny, audit, matched bool, f failure) {
 	rt := RuleTrace{Policy: p.key, Rule: rule, Action: "Allow", Matched: matched, Failed: f.String()}
 	if deny {
@@ -607,9 +625,10 @@ type Explanation struct {
 }
 
 // Explain is Evaluate with a trace, for the debug CLI. It evaluates every
-// candidate rule (Evaluate stops at the first decisive match), in
-// evaluation order: enforced Deny, enforced Allow, audited Deny, audited
-// Allow.
+// candidate rule (Evaluate stops at the first decisive match, and skips
+// rules its index rules out), grouped in evaluation order: enforced Deny,
+// enforced Allow, audited Deny, audited Allow; within a policy, rules after
+// the first matching one are not listed.
 func Explain(s *Set, in Input) Explanation {
 	tr := &tracer{}
 	d := s.decide(&in, tr)

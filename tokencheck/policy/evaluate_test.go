@@ -181,6 +181,10 @@ func TestEvaluate(t *testing.T) {
 		{"host exact ignores port and case", []string{policy("p", "  rules: [{to: {hosts: [Orders.Shop]}}]")}, req(func(in *Input) { in.Host = "orders.shop:8080" }), allowed("shop/p", 0)},
 		{"host wildcard", []string{policy("p", `  rules: [{to: {hosts: ["*.example.com"]}}]`)}, req(func(in *Input) { in.Host = "api.example.com" }), allowed("shop/p", 0)},
 		{"host wildcard does not match apex", []string{policy("p", `  rules: [{to: {hosts: ["*.example.com"]}}]`)}, req(func(in *Input) { in.Host = "example.com" }), noMatch},
+		{"host with port pattern needs that port", []string{policy("p", "  rules: [{to: {hosts: [\"orders.shop:8443\"]}}]")}, req(func(in *Input) { in.Host = "orders.shop:8080" }), noMatch},
+		{"host IPv6 literal with port", []string{policy("p", "  rules: [{to: {hosts: [\"[::1]\"]}}]")}, req(func(in *Input) { in.Host = "[::1]:8080" }), allowed("shop/p", 0)},
+		{"namespace-wide deny over selective allow", []string{allowOrdersFromWeb, policy("deny-all-web", "  action: Deny\n  rules: [{from: {namespaces: [web]}, to: {methods: [GET]}}]")}, req(), denied("shop/deny-all-web", 0)},
+		{"deny of another workload does not apply", []string{allowOrdersFromWeb, policy("deny-cart", "  action: Deny\n  selector: {matchLabels: {app: cart}}\n  rules: [{}]")}, req(), allowed("shop/allow-web", 0)},
 		{"port rule for another port is not captured on that port", []string{policy("p", "  rules: [{to: {ports: [9090]}}]")}, req(), notCapturedDec},
 
 		// Tokens.
@@ -291,6 +295,25 @@ func TestExplain(t *testing.T) {
 			{Policy: "shop/allow", Rule: 0, Action: "Allow", Failed: "to.paths"},
 			{Policy: "shop/allow", Rule: 1, Action: "Allow", Failed: "from"},
 			{Policy: "shop/allow", Rule: 2, Action: "Allow", Failed: "when.roles"},
+		},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Explain() mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestExplainAfterDeny(t *testing.T) {
+	set := mustCompile(t,
+		policy("allow", "  rules: [{from: {namespaces: [web]}}]"),
+		policy("audit", "  mode: Audit\n  rules: [{from: {namespaces: [jobs]}}]"),
+		policy("deny", "  action: Deny\n  rules: [{to: {methods: [GET]}}]"))
+	got := Explain(set, req())
+	want := Explanation{
+		Decision: denied("shop/deny", 0),
+		Rules: []RuleTrace{
+			{Policy: "shop/deny", Rule: 0, Action: "Deny", Matched: true},
+			{Policy: "shop/allow", Rule: 0, Action: "Allow", Matched: true},
+			{Policy: "shop/audit", Rule: 0, Action: "Allow", Mode: ModeAudit, Failed: "from"},
 		},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
