@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,7 +20,7 @@ import (
 
 // agent is the portcullis-agent binary run by a test.
 type agent struct {
-	t       *testing.T
+	t       testing.TB
 	e       *env
 	bin     string
 	config  string
@@ -31,12 +32,16 @@ type agent struct {
 	Teardown bool
 	// Extra is appended to the config written by the next start.
 	Extra string
+	// CPUs pins the agent (taskset -c CPUs). Empty: not pinned.
+	CPUs string
+	// LogLevel is log.level. Zero: debug.
+	LogLevel string
 
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
-func newAgent(t *testing.T, e *env) *agent {
+func newAgent(t testing.TB, e *env) *agent {
 	a := &agent{
 		t:        t,
 		e:        e,
@@ -95,8 +100,8 @@ audit:
   path: audit.log
 log:
   format: json
-  level: debug
-%s`, trustDomain, a.admin, filepath.Join(a.e.dir, "debug.sock"), a.pinDir, a.Teardown, a.Extra)
+  level: %s
+%s`, trustDomain, a.admin, filepath.Join(a.e.dir, "debug.sock"), a.pinDir, a.Teardown, cmp.Or(a.LogLevel, "debug"), a.Extra)
 	a.e.writeFile("agent.yaml", cfg)
 }
 
@@ -111,7 +116,7 @@ func (a *agent) Start() {
 	if err != nil {
 		a.t.Fatalf("agent log: %v", err)
 	}
-	a.cmd = exec.Command(a.bin, "--config", a.config)
+	a.cmd = pinned(a.CPUs, a.bin, "--config", a.config)
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	if err := a.cmd.Start(); err != nil {
 		logf.Close()

@@ -24,9 +24,10 @@ import (
 
 // Ports of the e2e app inside its pod.
 const (
-	appPort   = 8080 // HTTP/1.1 and h2c (prior knowledge); captured
-	grpcPort  = 9090 // gRPC health service; captured when a policy names it
-	statsPort = 9999 // counters, on the pod's loopback only: never captured
+	appPort    = 8080 // HTTP/1.1 and h2c (prior knowledge); captured
+	directPort = 8081 // the same server, on a port no test policy names
+	grpcPort   = 9090 // gRPC health service; captured when a policy names it
+	statsPort  = 9999 // counters, on the pod's loopback only: never captured
 )
 
 // appEnv, when set, makes the test binary the e2e app; its value is the
@@ -81,10 +82,15 @@ func runApp(name string) int {
 		return ln
 	}
 	httpLn := countingListener{listen(fmt.Sprintf(":%d", appPort)), &conns}
+	directLn := countingListener{listen(fmt.Sprintf(":%d", directPort)), &conns}
 	grpcLn := countingListener{listen(fmt.Sprintf(":%d", grpcPort)), &conns}
 	statsLn := listen(fmt.Sprintf("127.0.0.1:%d", statsPort))
 
 	mux := http.NewServeMux()
+	mux.HandleFunc("/hello", func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		_, _ = io.WriteString(w, "hello, world\n")
+	})
 	mux.HandleFunc("/download", func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
 		n, err := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
@@ -140,7 +146,8 @@ func runApp(name string) int {
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
 	srv := &http.Server{Handler: mux, Protocols: protocols, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(httpLn) //nolint:errcheck // serves until the process exits
+	go srv.Serve(httpLn)   //nolint:errcheck // serves until the process exits
+	go srv.Serve(directLn) //nolint:errcheck // serves until the process exits
 
 	gs := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		requests.Add(1)

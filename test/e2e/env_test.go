@@ -49,6 +49,8 @@ const (
 type podSpec struct {
 	Name, ServiceAccount, ClientID string
 	App                            appKind
+	// CPUs pins the pod's process (taskset -c CPUs). Empty: not pinned.
+	CPUs string
 }
 
 // demoPods are the demo's three workloads, with the e2e app (a superset
@@ -84,7 +86,7 @@ func (p *pod) URL6(port uint16, path string) string {
 // env is one test's world: pods on a bridge, a config directory and an
 // agent.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	bins  binaries
 	idp   string
 	dir   string
@@ -96,7 +98,7 @@ type env struct {
 // newEnv creates the pods of specs, writes the workloads file and the
 // agent's config (policies are written by the test), but does not start
 // the agent.
-func newEnv(t *testing.T, specs []podSpec) *env {
+func newEnv(t testing.TB, specs []podSpec) *env {
 	t.Helper()
 	bins, idpURL := setup(t)
 	e := &env{t: t, bins: bins, idp: idpURL, dir: t.TempDir(), pods: map[string]*pod{}}
@@ -110,11 +112,11 @@ func newEnv(t *testing.T, specs []podSpec) *env {
 			if err != nil {
 				t.Fatalf("find test binary: %v", err)
 			}
-			cmd := exec.Command(self, "-test.run=^$")
+			cmd := pinned(s.CPUs, self, "-test.run=^$")
 			cmd.Env = append(os.Environ(), appEnv+"="+s.Name)
 			startServer(t, p, cmd)
 		case demoApp:
-			cmd := exec.Command(bins.DemoApp, "-listen", fmt.Sprintf(":%d", appPort), "-name", s.Name)
+			cmd := pinned(s.CPUs, bins.DemoApp, "-listen", fmt.Sprintf(":%d", appPort), "-name", s.Name)
 			startServer(t, p, cmd)
 			e.waitPort(p, appPort)
 		}
@@ -125,6 +127,15 @@ func newEnv(t *testing.T, specs []podSpec) *env {
 	e.writeWorkloads()
 	e.agent = newAgent(t, e)
 	return e
+}
+
+// pinned is exec.Command, under taskset when cpus is not empty. taskset
+// execs the command, so the PID is the command's.
+func pinned(cpus, name string, args ...string) *exec.Cmd {
+	if cpus == "" {
+		return exec.Command(name, args...)
+	}
+	return exec.Command("taskset", append([]string{"-c", cpus, name}, args...)...)
 }
 
 // writeWorkloads writes the local-mode workloads file of the pods.
@@ -184,7 +195,7 @@ func (e *env) demoPolicies() string {
 // startServer starts cmd inside p's netns and cgroup, waits for it to
 // print "ready" (the e2e app) or for nothing (demoapp: callers wait for
 // the port), and stops it when the test ends.
-func startServer(t *testing.T, p *pod, cmd *exec.Cmd) {
+func startServer(t testing.TB, p *pod, cmd *exec.Cmd) {
 	t.Helper()
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
