@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"strings"
 	"time"
@@ -136,7 +137,7 @@ func (s *service) TailDecisions(req *debugv1.TailDecisionsRequest, stream grpc.S
 			}
 			if d := sub.TakeDropped(); d > 0 {
 				r = proto.CloneOf(r)
-				r.DroppedBefore = d
+				r.DroppedBefore = uint32(min(d, math.MaxUint32))
 			}
 			if err := stream.Send(r); err != nil {
 				return err

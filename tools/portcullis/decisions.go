@@ -134,8 +134,16 @@ func (a *app) decisionLine(r *debugv1.DecisionRecord) string {
 		t = r.GetTime().AsTime().UTC().Format(timeLayout)
 	}
 	var b strings.Builder
+	audit := strings.EqualFold(r.GetMode(), "audit")
+	dec := fmt.Sprintf("%-5s", strings.ToUpper(r.GetDecision()))
+	if audit {
+		// Forwarded whatever the decision: not the red of a refusal.
+		dec = a.paint(ansiYellow, dec)
+	} else {
+		dec = a.paintDecision(dec)
+	}
 	fmt.Fprintf(&b, "%s  %s  %-18s  %s → %s:%d  %s %s",
-		t, a.paintDecision(fmt.Sprintf("%-5s", r.GetDecision())), cell(r.GetReason()),
+		t, dec, cell(r.GetReason()),
 		cell(r.GetSource()), cell(r.GetDestination()), r.GetPort(), cell(r.GetMethod()), cell(r.GetPath()))
 	if r.GetStatus() != 0 {
 		fmt.Fprintf(&b, "  %d", r.GetStatus())
@@ -143,12 +151,8 @@ func (a *app) decisionLine(r *debugv1.DecisionRecord) string {
 	if r.GetPolicy() != "" {
 		fmt.Fprintf(&b, "  policy %s rule %d", r.GetPolicy(), r.GetRule())
 	}
-	if strings.EqualFold(r.GetMode(), "audit") {
-		note := "audit"
-		if r.GetWouldDeny() {
-			note = "audit: would deny"
-		}
-		b.WriteString("  " + a.paint(ansiYellow, "["+note+"]"))
+	if audit {
+		b.WriteString("  " + a.paint(ansiYellow, "[audit mode: forwarded]"))
 	}
 	var who []string
 	for _, kv := range [][2]string{{"iss", r.GetIssuer()}, {"tid", r.GetTenant()}, {"appid", r.GetAppid()}, {"azp", r.GetAzp()}, {"oid", r.GetOid()}, {"sub", r.GetSub()}} {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -198,8 +199,8 @@ func sampleDecisions() []*debugv1.DecisionRecord {
 			Tenant: "11111111-2222-3333-4444-555555555555", Oid: "o-1", Sub: "s-1", Azp: "c-frontend"},
 		{Time: ts(-2 * time.Second), Decision: "deny", Reason: "token_missing", Rule: -1, Mode: "enforce", Source: "anonymous",
 			SourceIp: "10.0.0.9", Destination: "shop/orders-api", Port: 8080, Method: "GET", Path: "/orders", Status: 401},
-		{Time: ts(-1 * time.Second), Decision: "allow", Reason: "denied", Policy: "shop/no-deletes", Rule: 0, Mode: "audit",
-			WouldDeny: true, Source: "spiffe://cluster.local/ns/web/sa/frontend", Destination: "shop/cart", Port: 8080,
+		{Time: ts(-1 * time.Second), Decision: "deny", Reason: "denied", Policy: "shop/no-deletes", Rule: 0, Mode: "audit",
+			Protocol: "h2", Source: "spiffe://cluster.local/ns/web/sa/frontend", Destination: "shop/cart", Port: 8080,
 			Method: "DELETE", Path: "/cart/7"},
 	}
 }
@@ -460,15 +461,21 @@ func TestDecisionsFollow(t *testing.T) {
 		t.Errorf("exit code after interrupt: got %d, want 0\n%s", r.code, r)
 	}
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
-	if len(lines) != 2 {
-		t.Fatalf("got %d JSON lines, want 2 (the kept deny and the live one):\n%s", len(lines), r.stdout)
+	if len(lines) != 3 {
+		t.Fatalf("got %d JSON lines, want 3 (the two kept denies and the live one):\n%s", len(lines), r.stdout)
 	}
 	if strings.Contains(r.stdout, "/live-allow") {
 		t.Errorf("--deny-only printed an allow:\n%s", r.stdout)
 	}
-	want := `{"time":"2026-11-22T12:00:00Z","decision":"deny","reason":"expired","destination":"shop/orders-api","path":"/live-deny"}`
-	if lines[1] != want {
-		t.Errorf("live record:\ngot  %s\nwant %s", lines[1], want)
+	var got map[string]any
+	if err := json.Unmarshal([]byte(lines[2]), &got); err != nil {
+		t.Fatalf("live record is not JSON: %v\n%s", err, lines[2])
+	}
+	want := map[string]any{"time": "2026-11-22T12:00:00Z", "decision": "deny", "reason": "expired", "destination": "shop/orders-api", "path": "/live-deny"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("live record %s: got %v, want %v", k, got[k], v)
+		}
 	}
 }
 

@@ -60,10 +60,11 @@ func (a *app) paintBool(ok bool, yes, no string) string {
 	return a.paint(ansiRed, no)
 }
 
-// jsonOf renders m as indented JSON with proto field names. protojson's
+// jsonOf renders m as JSON with proto field names and every field present,
+// so that scripts see the same keys whatever the values. protojson's
 // output deliberately varies its whitespace; re-indenting makes it stable.
 func jsonOf(m proto.Message, indent bool) ([]byte, error) {
-	raw, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+	raw, err := protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true}.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", m.ProtoReflect().Descriptor().FullName(), err)
 	}

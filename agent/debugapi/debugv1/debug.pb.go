@@ -1177,8 +1177,8 @@ func (x *TailDecisionsRequest) GetLimit() uint32 {
 type DecisionRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
-	// "allow" or "deny". In audit mode this is what was done (allow) and
-	// would_deny says what enforcement would have done.
+	// "allow" or "deny": what the policy decided. With mode "audit" the
+	// request was forwarded whatever the decision.
 	Decision string `protobuf:"bytes,2,opt,name=decision,proto3" json:"decision,omitempty"`
 	Reason   string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// AccessPolicy "namespace/name" and rule index that decided; empty and -1
@@ -1204,12 +1204,14 @@ type DecisionRecord struct {
 	// Calling application: `appid` (v1) or `azp` (v2).
 	Appid string `protobuf:"bytes,18,opt,name=appid,proto3" json:"appid,omitempty"`
 	Azp   string `protobuf:"bytes,19,opt,name=azp,proto3" json:"azp,omitempty"`
-	// HTTP status returned to the client (0 when forwarded).
-	Status    uint32 `protobuf:"varint,20,opt,name=status,proto3" json:"status,omitempty"`
-	WouldDeny bool   `protobuf:"varint,21,opt,name=would_deny,json=wouldDeny,proto3" json:"would_deny,omitempty"`
+	// HTTP status the verifier answered with when it refused the request
+	// itself; 0 when the request was forwarded.
+	Status uint32 `protobuf:"varint,20,opt,name=status,proto3" json:"status,omitempty"`
 	// Records this stream skipped before this one because the client read
 	// too slowly.
-	DroppedBefore uint64 `protobuf:"varint,22,opt,name=dropped_before,json=droppedBefore,proto3" json:"dropped_before,omitempty"`
+	DroppedBefore uint32 `protobuf:"varint,22,opt,name=dropped_before,json=droppedBefore,proto3" json:"dropped_before,omitempty"`
+	// "http/1.1", "h2", "grpc" or "tcp" (passthrough ports).
+	Protocol      string `protobuf:"bytes,23,opt,name=protocol,proto3" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1384,18 +1386,18 @@ func (x *DecisionRecord) GetStatus() uint32 {
 	return 0
 }
 
-func (x *DecisionRecord) GetWouldDeny() bool {
-	if x != nil {
-		return x.WouldDeny
-	}
-	return false
-}
-
-func (x *DecisionRecord) GetDroppedBefore() uint64 {
+func (x *DecisionRecord) GetDroppedBefore() uint32 {
 	if x != nil {
 		return x.DroppedBefore
 	}
 	return 0
+}
+
+func (x *DecisionRecord) GetProtocol() string {
+	if x != nil {
+		return x.Protocol
+	}
+	return ""
 }
 
 type ExplainRequest struct {
@@ -2394,7 +2396,7 @@ const file_portcullis_debug_v1_debug_proto_rawDesc = "" +
 	"\bworkload\x18\x03 \x01(\tR\bworkload\x12\x16\n" +
 	"\x06source\x18\x04 \x01(\tR\x06source\x12\x16\n" +
 	"\x06follow\x18\x05 \x01(\bR\x06follow\x12\x14\n" +
-	"\x05limit\x18\x06 \x01(\rR\x05limit\"\xb9\x04\n" +
+	"\x05limit\x18\x06 \x01(\rR\x05limit\"\xc8\x04\n" +
 	"\x0eDecisionRecord\x12.\n" +
 	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1a\n" +
 	"\bdecision\x18\x02 \x01(\tR\bdecision\x12\x16\n" +
@@ -2416,10 +2418,10 @@ const file_portcullis_debug_v1_debug_proto_rawDesc = "" +
 	"\x03sub\x18\x11 \x01(\tR\x03sub\x12\x14\n" +
 	"\x05appid\x18\x12 \x01(\tR\x05appid\x12\x10\n" +
 	"\x03azp\x18\x13 \x01(\tR\x03azp\x12\x16\n" +
-	"\x06status\x18\x14 \x01(\rR\x06status\x12\x1d\n" +
-	"\n" +
-	"would_deny\x18\x15 \x01(\bR\twouldDeny\x12%\n" +
-	"\x0edropped_before\x18\x16 \x01(\x04R\rdroppedBefore\"\x91\x03\n" +
+	"\x06status\x18\x14 \x01(\rR\x06status\x12%\n" +
+	"\x0edropped_before\x18\x16 \x01(\rR\rdroppedBefore\x12\x1a\n" +
+	"\bprotocol\x18\x17 \x01(\tR\bprotocolJ\x04\b\x15\x10\x16R\n" +
+	"would_deny\"\x91\x03\n" +
 	"\x0eExplainRequest\x12\x1a\n" +
 	"\bworkload\x18\x01 \x01(\tR\bworkload\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
