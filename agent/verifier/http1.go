@@ -275,21 +275,8 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 	}
 	keep := !fr.closeConn && werr == nil && rerr == nil
 	if bodyDone != nil {
-		select {
-		case err := <-bodyDone:
-			if err != nil {
-				reusable, keep = false, false
-			}
-		default:
-			// The application answered before reading the whole body. The
-			// rest cannot be resynchronised: end both connections.
+		if err := h.waitBody(bodyDone, uc); err != nil {
 			reusable, keep = false, false
-			uc.c.Close()
-			if cw, ok := h.c.(interface{ CloseWrite() error }); ok {
-				cw.CloseWrite()
-			}
-			h.c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-			<-bodyDone
 		}
 	}
 	if reusable {
@@ -298,6 +285,37 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 		uc.c.Close()
 	}
 	return keep
+}
+
+// bodyGrace is how long a finished response waits for the request body
+// copy to finish. It is normally done already (or finishing a flush); it
+// is still running when the application answered before reading the whole
+// body, and then the exchange is aborted.
+const bodyGrace = 2 * time.Second
+
+// waitBody waits for the request-body copy after the response was relayed.
+// A non-nil result means both connections must be closed.
+func (h *h1conn) waitBody(bodyDone chan error, uc *upConn) error {
+	select {
+	case err := <-bodyDone:
+		return err
+	default:
+	}
+	t := time.NewTimer(bodyGrace)
+	defer t.Stop()
+	select {
+	case err := <-bodyDone:
+		return err
+	case <-t.C:
+	}
+	// The rest of the body cannot be resynchronised: end both connections.
+	uc.c.Close()
+	if cw, ok := h.c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	h.c.SetReadDeadline(time.Now())
+	<-bodyDone
+	return errors.New("application answered before reading the request body")
 }
 
 // drain returns (and consumes) the bytes buffered in br.
