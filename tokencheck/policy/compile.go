@@ -631,15 +631,35 @@ func (c *compiler) compileRule(ap *v1.AccessPolicy, path string, r *v1.Rule, den
 	return cr
 }
 
-// Rules returns the number of compiled rules.
-func (s *Set) Rules() int { return s.rules }
+// Rules returns the number of compiled rules. A nil Set has none.
+func (s *Set) Rules() int {
+	if s == nil {
+		return 0
+	}
+	return s.rules
+}
 
 // Policies returns the number of compiled AccessPolicies.
-func (s *Set) Policies() int { return len(s.policies) }
+func (s *Set) Policies() int {
+	if s == nil {
+		return 0
+	}
+	return len(s.policies)
+}
 
 // Issuers returns the validated Issuers and ClusterIssuers, by Ref.
-func (s *Set) Issuers() []Issuer { return slices.Clone(s.issuers) }
+func (s *Set) Issuers() []Issuer {
+	if s == nil {
+		return nil
+	}
+	return slices.Clone(s.issuers)
+}
 
 // IssuerRefs returns, sorted, the issuers that some rule names in
 // when.issuers, in tokencheck.Claims.IssuerRef form.
-func (s *Set) IssuerRefs() []string { return slices.Clone(s.issuerRefs) }
+func (s *Set) IssuerRefs() []string {
+	if s == nil {
+		return nil
+	}
+	return slices.Clone(s.issuerRefs)
+}

@@ -455,3 +455,12 @@ func TestLabelIndex(t *testing.T) {
 		}
 	}
 }
+
+func TestNilSetAccessors(t *testing.T) {
+	var s *Set
+	if s.Policies() != 0 || s.Rules() != 0 || s.Issuers() != nil || s.IssuerRefs() != nil ||
+		s.IssuerConfigs() != nil || s.Summaries() != nil || s.Selects("a/b", ordersPod) ||
+		s.Capture(ordersPod).Selected {
+		t.Errorf("nil Set accessors report content, want none")
+	}
+}

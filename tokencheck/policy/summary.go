@@ -19,8 +19,11 @@ type PolicySummary struct {
 	Ports    []uint16
 }
 
-// Summaries lists the Set's policies, sorted by key.
+// Summaries lists the Set's policies, sorted by key. A nil Set has none.
 func (s *Set) Summaries() []PolicySummary {
+	if s == nil {
+		return nil
+	}
 	out := make([]PolicySummary, 0, len(s.policies))
 	for _, p := range s.policies {
 		ps := PolicySummary{Key: p.key, Deny: p.deny, Audit: p.audit, Rules: len(p.rules), AllPorts: p.allPorts}
@@ -35,6 +38,9 @@ func (s *Set) Summaries() []PolicySummary {
 
 // Selects reports whether the policy with key selects w (any port).
 func (s *Set) Selects(key string, w Workload) bool {
+	if s == nil {
+		return false
+	}
 	for _, p := range s.policies {
 		if p.key == key {
 			return p.selects(&w)
