@@ -58,6 +58,19 @@ func (s *Server) initH2() error {
 		},
 	}
 	s.h2t.Protocols.SetUnencryptedHTTP2(true)
+	// Requests that arrived over an h2c upgrade go to the application over
+	// HTTP/1.1: the client only offered HTTP/2, and without the verifier
+	// the application would have answered it in HTTP/1.1 (Go's own server,
+	// for one, never accepts the upgrade).
+	s.h1t = &http.Transport{
+		DialContext:            s.h2t.DialContext,
+		MaxIdleConnsPerHost:    max(cfg.MaxIdleUpstreamConns, 0),
+		IdleConnTimeout:        cfg.UpstreamIdleTimeout,
+		ResponseHeaderTimeout:  cfg.ResponseHeaderTimeout,
+		MaxResponseHeaderBytes: int64(cfg.MaxHeaderBytes) * 4,
+		DisableCompression:     true,
+		DisableKeepAlives:      cfg.MaxIdleUpstreamConns < 0,
+	}
 	return nil
 }
 
@@ -76,7 +89,7 @@ func (s *Server) serveH2(c net.Conn, br *bufio.Reader, ci *connInfo, upgrade *ht
 	s.h2.ServeConn(&bufConn{Conn: c, r: br}, &http2.ServeConnOpts{
 		Context:        context.Background(),
 		BaseConfig:     s.h2base,
-		Handler:        &h2handler{s: s, ci: ci},
+		Handler:        &h2handler{s: s, ci: ci, upstreamH1: upgrade != nil},
 		UpgradeRequest: upgrade,
 		Settings:       settings,
 	})
@@ -113,6 +126,9 @@ func (h *h1conn) upgradeH2C(req *http.Request, settings []byte) bool {
 type h2handler struct {
 	s  *Server
 	ci *connInfo
+	// upstreamH1 forwards over HTTP/1.1 (connections that began with an
+	// h2c upgrade) instead of h2c.
+	upstreamH1 bool
 }
 
 func (h *h2handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -213,7 +229,12 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 	out.Header["Forwarded"] = []string{ci.forwarded}
 
 	upStart := time.Now()
-	resp, err := s.h2t.RoundTrip(out)
+	rt := s.h2t
+	if h.upstreamH1 {
+		rt = s.h1t
+		out.Proto, out.ProtoMajor, out.ProtoMinor = "HTTP/1.1", 1, 1
+	}
+	resp, err := rt.RoundTrip(out)
 	if err != nil {
 		s.cfg.Logger.Debug("forward h2", "error", err)
 		writeRefusal2(w, grpc, http.StatusBadGateway, "upstream_unavailable")

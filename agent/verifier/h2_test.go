@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -54,7 +55,10 @@ func TestH2CPriorKnowledge(t *testing.T) {
 // request is answered on stream 1, and a later stream without a token is
 // refused on its own.
 func TestH2CUpgrade(t *testing.T) {
-	app := startApp(t, http.HandlerFunc(echoHeaders))
+	// An HTTP/1.1-only application: requests of an upgraded connection
+	// reach it over HTTP/1.1.
+	app := httptest.NewServer(http.HandlerFunc(echoHeaders))
+	t.Cleanup(app.Close)
 	h := start(t, appAddr(app), Config{})
 	c, err := net.Dial("tcp", h.addr)
 	if err != nil {

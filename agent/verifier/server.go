@@ -35,6 +35,7 @@ type Server struct {
 	h2     *http2.Server
 	h2base *http.Server
 	h2t    *http.Transport
+	h1t    *http.Transport
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -225,12 +226,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	defer s.pool.closeIdle()
 	select {
 	case <-done:
-		s.h2t.CloseIdleConnections()
+		s.closeTransports()
 		return nil
 	case <-ctx.Done():
 		s.closeAll()
 		<-done
-		s.h2t.CloseIdleConnections()
+		s.closeTransports()
 		return fmt.Errorf("shutdown verifier: %w", ctx.Err())
 	}
 }
@@ -246,8 +247,13 @@ func (s *Server) Close() error {
 	s.closeAll()
 	s.wg.Wait()
 	s.pool.closeIdle()
-	s.h2t.CloseIdleConnections()
+	s.closeTransports()
 	return nil
+}
+
+func (s *Server) closeTransports() {
+	s.h2t.CloseIdleConnections()
+	s.h1t.CloseIdleConnections()
 }
 
 func (s *Server) closeAll() {
