@@ -3,6 +3,7 @@ package debugapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -444,3 +445,72 @@ func TestFilter(t *testing.T) {
 }
 
 func cmpProto() cmp.Option { return protocmp.Transform() }
+
+// blockingStream is a TailDecisions stream whose client reads only when
+// told to.
+type blockingStream struct {
+	grpc.ServerStream
+	ctx     context.Context
+	sent    chan *debugv1.DecisionRecord
+	release chan struct{}
+}
+
+func (s *blockingStream) Context() context.Context { return s.ctx }
+
+func (s *blockingStream) Send(r *debugv1.DecisionRecord) error {
+	s.sent <- r
+	<-s.release
+	return nil
+}
+
+// TestTailReportsDrops: a client that stops reading loses records, never
+// blocks Publish, and is told how many it lost.
+func TestTailReportsDrops(t *testing.T) {
+	b := newFakeBackend()
+	svc := &service{b: b, stopping: make(chan struct{})}
+	ctx, cancel := context.WithCancel(testContext(t))
+	defer cancel()
+	st := &blockingStream{ctx: ctx, sent: make(chan *debugv1.DecisionRecord), release: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { done <- svc.TailDecisions(&debugv1.TailDecisionsRequest{Follow: true}, st) }()
+
+	// Hand the handler a first record (live, or as a recent one if it had
+	// not subscribed yet) and hold it in Send.
+	b.Publish(&debugv1.DecisionRecord{Path: "/0"})
+	select {
+	case <-st.sent:
+	case <-ctx.Done():
+		t.Fatal("first record never sent")
+	}
+	const extra = subscriberBuffer + 43
+	for i := 1; i <= extra; i++ {
+		b.Publish(&debugv1.DecisionRecord{Path: fmt.Sprintf("/%d", i)})
+	}
+	st.release <- struct{}{} // finish sending the first record
+	var next *debugv1.DecisionRecord
+	select {
+	case next = <-st.sent:
+	case <-ctx.Done():
+		t.Fatal("second record never sent")
+	}
+	if got, want := next.GetPath(), "/1"; got != want {
+		t.Errorf("second record: got %s, want %s", got, want)
+	}
+	if got, want := next.GetDroppedBefore(), uint32(extra-subscriberBuffer); got != want {
+		t.Errorf("dropped_before: got %d, want %d", got, want)
+	}
+	cancel()
+	close(st.release)
+	// Drain whatever the handler still sends until it sees the cancel.
+	for {
+		select {
+		case <-st.sent:
+			continue
+		case err := <-done:
+			if err != nil {
+				t.Errorf("TailDecisions after cancel: %v", err)
+			}
+			return
+		}
+	}
+}
