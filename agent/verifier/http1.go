@@ -27,6 +27,10 @@ type h1conn struct {
 	br *bufio.Reader
 	bw *bufio.Writer
 	ci *connInfo
+	// grown is set once br was replaced by a bigger buffer over a
+	// MultiReader: reading c directly is then no longer safe to reason
+	// about, so request bodies are not spliced.
+	grown bool
 	// req and rec are reused for every request of the connection.
 	req Request
 	rec audit.Record
@@ -110,6 +114,7 @@ func (h *h1conn) grow(size int) {
 	b, _ := h.br.Peek(h.br.Buffered())
 	pre := bytes.Clone(b)
 	h.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pre), h.c), size)
+	h.grown = true
 }
 
 // refuseProtocol answers a request the verifier refuses before any policy
@@ -269,7 +274,7 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 	fr := h.framingFor(resp, req)
 	h.writeResponseHead(resp, req, fr)
 	reusable := !resp.Close
-	werr, rerr := h.relayBody(resp, uc.br, fr)
+	werr, rerr := h.relayBody(resp, uc, fr)
 	if rerr != nil || werr != nil {
 		reusable = false
 	}
@@ -528,6 +533,13 @@ func decisionSets(dec *Decision, k string) bool {
 // sendRequestBody streams the request body to the application, re-framed:
 // the same length, or chunked (with trailers) when the client chunked.
 func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request) error {
+	if req.ContentLength >= spliceMin && !h.grown {
+		if err := spliceN(uc.c, uc.bw, h.c, h.br, req.ContentLength); err != nil {
+			uc.c.Close()
+			return err
+		}
+		return nil
+	}
 	chunked := req.ContentLength < 0
 	_, rerr, werr := copyBody(uc.bw, req.Body, h.br, chunked)
 	if rerr == nil && werr == nil && chunked {
@@ -547,9 +559,17 @@ func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request) error {
 }
 
 // relayBody streams the response body to the client.
-func (h *h1conn) relayBody(resp *http.Response, upBuf *bufio.Reader, fr framing) (werr, rerr error) {
+func (h *h1conn) relayBody(resp *http.Response, uc *upConn, fr framing) (werr, rerr error) {
+	upBuf := uc.br
 	if fr.noBody {
 		return h.bw.Flush(), nil
+	}
+	if !fr.chunked && fr.length >= spliceMin {
+		// resp.Body is bypassed, not closed: closing would read on.
+		if err := spliceN(h.c, h.bw, uc.c, upBuf, fr.length); err != nil {
+			return err, err
+		}
+		return nil, nil
 	}
 	_, rerr, werr = copyBody(h.bw, resp.Body, upBuf, fr.chunked)
 	if rerr == nil && werr == nil && fr.chunked {
@@ -560,6 +580,36 @@ func (h *h1conn) relayBody(resp *http.Response, upBuf *bufio.Reader, fr framing)
 	}
 	resp.Body.Close()
 	return werr, rerr
+}
+
+// spliceMin is the body length from which a Content-Length body is moved
+// socket to socket with splice(2) (inside io.Copy between TCP connections)
+// instead of through a user-space buffer.
+const spliceMin = 64 << 10
+
+// spliceN moves exactly n body bytes from src to dst: first what dstBuf
+// holds (the head), then what srcBuf already buffered, then the rest
+// straight from socket to socket.
+func spliceN(dst net.Conn, dstBuf *bufio.Writer, src net.Conn, srcBuf *bufio.Reader, n int64) error {
+	if k := min(int64(srcBuf.Buffered()), n); k > 0 {
+		b, _ := srcBuf.Peek(int(k))
+		if _, err := dstBuf.Write(b); err != nil {
+			return err
+		}
+		srcBuf.Discard(int(k))
+		n -= k
+	}
+	if err := dstBuf.Flush(); err != nil {
+		return err
+	}
+	if n == 0 {
+		return nil
+	}
+	m, err := io.Copy(dst, io.LimitReader(src, n))
+	if err == nil && m < n {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // copyBody copies src to dst, optionally as chunks, flushing whenever the
