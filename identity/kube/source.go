@@ -196,6 +196,17 @@ func (s *Source) Run(ctx context.Context, h identity.Handler) error {
 	s.localFactory.Start(ctx.Done())
 	s.clusterFactory.Start(ctx.Done())
 
+	synced := make([]cache.InformerSynced, 0, len(regs))
+	for _, r := range regs {
+		synced = append(synced, r.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return fmt.Errorf("run kube source: wait for informer sync: %w", context.Cause(ctx))
+	}
+	// Pods are evaluated only once every informer has synced: a pod seen
+	// before its namespace or service account would be reported with
+	// missing labels or client ID. Changes queued meanwhile wait.
+	s.queue.Add(syncMarker)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -206,15 +217,6 @@ func (s *Source) Run(ctx context.Context, h identity.Handler) error {
 		s.queue.ShutDown()
 		<-done
 	}()
-
-	synced := make([]cache.InformerSynced, 0, len(regs))
-	for _, r := range regs {
-		synced = append(synced, r.HasSynced)
-	}
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return fmt.Errorf("run kube source: wait for informer sync: %w", context.Cause(ctx))
-	}
-	s.queue.Add(syncMarker)
 	<-ctx.Done()
 	return nil
 }

@@ -31,7 +31,6 @@ trap 'rm -rf "$tmp"' EXIT
 
 pkg=k8s.io/component-base/version
 ldflags="-s -w -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=37 -X $pkg.gitTreeState=clean"
-ldflags+=" -X $pkg/verflag.programName=kube"
 
 if [[ $have_all == 0 ]]; then
 	echo "build.sh: building kube-apiserver, kubectl, etcd ($KUBE_VERSION) into $BIN" >&2
