@@ -168,3 +168,38 @@ func TestStaleUpstreamConnection(t *testing.T) {
 		t.Errorf("GET after the application closed the pooled connection = %d, want 200", resp.StatusCode)
 	}
 }
+
+// TestEarlyResponse: the application answers without reading the body the
+// client is still sending. The answer is relayed at once; the connection
+// then ends, since the rest of the body cannot be told apart from a next
+// request.
+func TestEarlyResponse(t *testing.T) {
+	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusRequestEntityTooLarge)
+	}))
+	h := start(t, appAddr(app), Config{})
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c, "POST /upload HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "+tokGood+
+		"\r\nContent-Length: 10485760\r\n\r\n"+strings.Repeat("x", 1024))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Errorf("status = %d, want 413", resp.StatusCode)
+	}
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the early answer: %v, want EOF", err)
+	}
+	if el := time.Since(start); el > bodyGrace+2*time.Second {
+		t.Errorf("connection closed after %v, want within about %v", el, bodyGrace)
+	}
+}
