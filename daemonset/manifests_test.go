@@ -375,16 +375,31 @@ func helmTemplate(t *testing.T) []byte {
 	return run(t, nil, helm, "template", "portcullis", "helm/portcullis", "--namespace", "portcullis", "--include-crds")
 }
 
-// TestKustomizeAndChart renders both packagings, decodes them strictly and
-// checks the chart renders the same objects as the kustomize base.
-func TestKustomizeAndChart(t *testing.T) {
+// buildKustomize renders the kustomize base and decodes it strictly.
+func buildKustomize(t *testing.T) objects {
+	t.Helper()
 	bins := kubeenv.RequireBinaries(t)
 	kust := objects{}
 	if err := decodeStrict(kustomizeBuild(t, bins["kubectl"]), kust); err != nil {
 		t.Fatalf("kustomize output: %v", err)
 	}
+	return kust
+}
+
+// TestKustomize checks what `kubectl apply -k daemonset/` applies.
+func TestKustomize(t *testing.T) {
+	kust := buildKustomize(t)
 	checkDaemonSet(t, kust)
 	checkRBAC(t, kust)
+	for _, crd := range []string{"issuers", "clusterissuers", "accesspolicies"} {
+		get[*apiextensionsv1.CustomResourceDefinition](t, kust, "CustomResourceDefinition//"+crd+".portcullis.dev")
+	}
+}
+
+// TestChart renders the chart, decodes it strictly and checks it renders
+// the same objects as the kustomize base.
+func TestChart(t *testing.T) {
+	kust := buildKustomize(t)
 
 	chart := objects{}
 	if err := decodeStrict(helmTemplate(t), chart); err != nil {
