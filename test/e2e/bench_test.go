@@ -227,7 +227,8 @@ func BenchmarkProxies(b *testing.B) {
 		for _, tg := range targets {
 			m := median(results[tg.name][n])
 			fmt.Fprintf(&tbl, "%-11s %5d %10.0f %7.2fx %9v %9v %13v %13v %9v\n", tg.name, n, m.RPS, m.RPS/d.RPS,
-				m.P50, m.P99, m.ProxyCPU.Round(100*time.Nanosecond), (m.ProxyCPU + m.AppCPU).Round(100*time.Nanosecond), m.P50-d.P50)
+				m.P50.Round(time.Microsecond), m.P99.Round(time.Microsecond), m.ProxyCPU.Round(100*time.Nanosecond),
+				(m.ProxyCPU + m.AppCPU).Round(100*time.Nanosecond), (m.P50 - d.P50).Round(time.Microsecond))
 			if n == 16 && tg.name != "direct" {
 				b.ReportMetric(m.RPS/d.RPS, tg.name+"-x-direct-c16")
 				b.ReportMetric(float64(m.ProxyCPU.Microseconds()), tg.name+"-proxy-cpu-us/req-c16")

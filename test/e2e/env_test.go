@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -138,11 +139,17 @@ func pinned(cpus, name string, args ...string) *exec.Cmd {
 	return exec.Command("taskset", append([]string{"-c", cpus, name}, args...)...)
 }
 
-// writeWorkloads writes the local-mode workloads file of the pods.
-func (e *env) writeWorkloads() {
+// writeWorkloads writes the local-mode workloads file with the pods named,
+// or every pod when none is named. It replaces the file atomically (write,
+// then rename), as the agent may be watching it.
+func (e *env) writeWorkloads(names ...string) {
+	e.t.Helper()
 	var b strings.Builder
 	b.WriteString("workloads:\n")
 	for _, p := range e.pods {
+		if len(names) > 0 && !slices.Contains(names, p.Spec.Name) {
+			continue
+		}
 		fmt.Fprintf(&b, "- namespace: shop\n  name: %s\n  serviceAccount: %s\n  labels: {app: %s}\n",
 			p.Spec.Name, p.Spec.ServiceAccount, p.Spec.Name)
 		fmt.Fprintf(&b, "  ips: [%s, %q]\n  netns: %s\n  cgroup: %s\n", p.IPv4, p.IPv6.String(), p.NetnsPath, p.CgroupPath)
@@ -150,7 +157,10 @@ func (e *env) writeWorkloads() {
 			fmt.Fprintf(&b, "  clientID: %s\n", p.Spec.ClientID)
 		}
 	}
-	e.writeFile("workloads.yaml", b.String())
+	e.writeFile("workloads.yaml.tmp", b.String())
+	if err := os.Rename(filepath.Join(e.dir, "workloads.yaml.tmp"), filepath.Join(e.dir, "workloads.yaml")); err != nil {
+		e.t.Fatalf("install workloads: %v", err)
+	}
 }
 
 func (e *env) writeFile(name, content string) {

@@ -302,3 +302,71 @@ func (e *env) sockopsAttachedOnce(t *testing.T, step string) ebpf.ProgramID {
 	}
 	return info.Program
 }
+
+// TestWorkloadsChangeAtRuntime adds and removes the protected pod from the
+// workloads file while the agent runs: capture starts and stops without a
+// restart, and a connection that was established before unenrolment keeps
+// working.
+func TestWorkloadsChangeAtRuntime(t *testing.T) {
+	e := newEnv(t, demoPods(e2eApp))
+	e.setPolicies(readers("Enforce", "Orders.Read"))
+	e.writeWorkloads("frontend", "attacker")
+	e.agent.Start()
+	orders := e.pods["orders-api"]
+	pid := e.agent.PID()
+
+	// status makes one request without a token on a new connection.
+	status := func() int {
+		t.Helper()
+		c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		resp, _, err := tryDo(c, http.MethodGet, orders.URL(appPort, "/orders/1"), "", nil)
+		if err != nil {
+			t.Fatalf("GET without a token: %v", err)
+		}
+		return resp.StatusCode
+	}
+	// eventually waits (bounded; the workload watcher has no signal the
+	// test can see) until a new connection gets want.
+	eventually := func(step string, want int) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			got := status()
+			if got == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: a request without a token still got %d after 5s, want %d", step, got, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+
+	if got := status(); got != 200 {
+		t.Fatalf("orders-api not enrolled: got %d, want 200 from the app itself", got)
+	}
+	e.writeWorkloads()
+	eventually("after enrolling orders-api", 401)
+
+	// An allowed keep-alive connection through the verifier, then unenrol.
+	tok := mintTokens(t)
+	c := hostClient(t)
+	resp, _ := do(t, c, http.MethodGet, orders.URL(appPort, "/orders/2"), tok.read, nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("with a token: got %d, want 200", resp.StatusCode)
+	}
+	e.writeWorkloads("frontend", "attacker")
+	eventually("after removing orders-api", 200)
+	// The keep-alive connection accepted by the verifier stays usable.
+	resp, body, err := tryDo(c, http.MethodGet, orders.URL(appPort, "/orders/3"), tok.read, nil)
+	if err != nil || resp.StatusCode != 200 {
+		code := 0
+		if resp != nil {
+			code = resp.StatusCode
+		}
+		t.Errorf("established connection after unenrolment: got %d, %v (%s); want 200", code, err, body)
+	}
+	if e.agent.PID() != pid || !e.agent.running() {
+		t.Errorf("the agent restarted or exited")
+	}
+}
