@@ -193,8 +193,8 @@ func isYAMLName(name string) bool {
 
 // typeMeta is read first to pick the Go type of a document.
 type typeMeta struct {
-	APIVersion string `json:"apiVersion"`
-	Kind       string `json:"kind"`
+	APIVersion string `json:"apiVersion" yaml:"apiVersion"`
+	Kind       string `json:"kind" yaml:"kind"`
 }
 
 func (objs *Objects) loadDocument(file string, root *yaml.Node) []Problem {
@@ -216,6 +216,9 @@ func (objs *Objects) loadDocument(file string, root *yaml.Node) []Problem {
 	var tm typeMeta
 	if err := json.Unmarshal(data, &tm); err != nil {
 		return at("", fmt.Sprintf("read apiVersion and kind: %v", err))
+	}
+	if isList(tm) {
+		return objs.loadList(file, root)
 	}
 	if tm.APIVersion != v1.GroupVersion.String() {
 		return at("apiVersion", fmt.Sprintf("unsupported apiVersion %q, want %q", tm.APIVersion, v1.GroupVersion.String()))
@@ -261,6 +264,37 @@ func (objs *Objects) loadDocument(file string, root *yaml.Node) []Problem {
 	objs.setOrigin(obj, origin{file: file, doc: root})
 	_ = objs.Add(obj) // obj is one of the supported types
 	return nil
+}
+
+// isList reports whether a document is a list of objects, as
+// `kubectl get -o yaml` writes (v1 List, or one of our *List kinds).
+func isList(tm typeMeta) bool {
+	return (tm.APIVersion == "v1" && tm.Kind == "List") ||
+		(tm.APIVersion == v1.GroupVersion.String() && strings.HasSuffix(tm.Kind, "List"))
+}
+
+// loadList loads the items of a list document; lists do not nest.
+func (objs *Objects) loadList(file string, root *yaml.Node) []Problem {
+	_, items := child(root, pathSeg{key: "items", idx: -1})
+	if items == nil || items.Kind != yaml.SequenceNode {
+		n := root
+		if items != nil {
+			n = items
+		}
+		return []Problem{{File: file, Line: n.Line, Column: n.Column, Field: "items", Message: "a list needs an items sequence"}}
+	}
+	var problems []Problem
+	for _, item := range items.Content {
+		if item.Kind == yaml.MappingNode {
+			var tm typeMeta
+			if err := item.Decode(&tm); err == nil && isList(tm) {
+				problems = append(problems, Problem{File: file, Line: item.Line, Column: item.Column, Message: "lists do not nest"})
+				continue
+			}
+		}
+		problems = append(problems, objs.loadDocument(file, item)...)
+	}
+	return problems
 }
 
 // yamlProblem turns a go-yaml error ("yaml: line 3: ..." or "yaml:

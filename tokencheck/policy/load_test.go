@@ -131,3 +131,36 @@ func FuzzLoadAndCompile(f *testing.F) {
 		_ = Evaluate(set, req())
 	})
 }
+
+// TestLoadList reads what `kubectl get accesspolicies -A -o yaml` writes.
+func TestLoadList(t *testing.T) {
+	data := `apiVersion: v1
+kind: List
+metadata: {resourceVersion: ""}
+items:
+- apiVersion: portcullis.dev/v1alpha1
+  kind: AccessPolicy
+  metadata: {name: a, namespace: shop, uid: 0c1e, resourceVersion: "42", creationTimestamp: "2026-01-02T03:04:05Z", generation: 1}
+  spec: {rules: [{}]}
+  status: {observedGeneration: 1}
+- apiVersion: portcullis.dev/v1alpha1
+  kind: AccessPolicyList
+  items: []
+- apiVersion: portcullis.dev/v1alpha1
+  kind: AccessPolicy
+  metadata: {name: b, namespace: shop}
+  spec: {rulez: []}
+`
+	_, err := Load("list.yaml", []byte(data))
+	want := "invalid policy (2 problems):\n  list.yaml:10:3: lists do not nest\n  list.yaml:16:10: spec.rulez: unknown field"
+	if err == nil || err.Error() != want {
+		t.Fatalf("Load() = %v, want %s", err, want)
+	}
+	objs, err := Load("list.yaml", []byte(strings.Split(data, "- apiVersion: portcullis.dev/v1alpha1\n  kind: AccessPolicyList")[0]))
+	if err != nil {
+		t.Fatalf("Load(): %v", err)
+	}
+	if got := len(objs.AccessPolicies); got != 1 || objs.AccessPolicies[0].Name != "a" {
+		t.Errorf("Load() read %d policies, want shop/a", got)
+	}
+}
