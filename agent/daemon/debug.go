@@ -2,12 +2,8 @@ package daemon
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,7 +12,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/portcullis-mesh/portcullis/agent/audit"
@@ -24,7 +19,6 @@ import (
 	debugv1 "github.com/portcullis-mesh/portcullis/agent/debugapi/debugv1"
 	"github.com/portcullis-mesh/portcullis/bpf"
 	"github.com/portcullis-mesh/portcullis/identity"
-	"github.com/portcullis-mesh/portcullis/tokencheck"
 	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
 )
 
@@ -53,9 +47,6 @@ func (a *Agent) startDebug(ctx context.Context) error {
 			}
 		}
 	}()
-	if err := os.MkdirAll(filepath.Dir(a.cfg.DebugSocket), 0o755); err != nil {
-		return fmt.Errorf("debug socket directory: %w", err)
-	}
 	ln, err := debugapi.Listen(a.cfg.DebugSocket)
 	if err != nil {
 		return fmt.Errorf("debug socket: %w", err)
@@ -82,7 +73,7 @@ func decisionRecord(r *audit.Record) *debugv1.DecisionRecord {
 		Policy: r.Policy, Rule: rule, Mode: string(r.Mode), Source: r.Source, SourceIp: src,
 		Destination: r.Workload, Port: uint32(r.Port), Method: r.Method, Path: r.Path,
 		Issuer: r.Issuer, Tenant: r.Tenant, Oid: r.ObjectID, Sub: r.Subject, Azp: r.ClientID,
-		Status: uint32(r.Status),
+		Status: uint32(r.Status), Protocol: r.Protocol,
 	}
 }
 
@@ -115,7 +106,7 @@ func (b *backend) Status(ctx context.Context) (*debugv1.GetStatusResponse, error
 		ps.LastError = st.LastError.Error()
 	}
 	resp := &debugv1.GetStatusResponse{
-		Version: Version, NodeName: a.cfg.NodeName, Mode: string(a.cfg.Mode),
+		Version: Version, Commit: commit(), NodeName: a.cfg.NodeName, Mode: string(a.cfg.Mode),
 		StartTime: timestamppb.New(a.started), Uptime: durationpb.New(time.Since(a.started)),
 		Datapath: dp, PolicySet: ps,
 	}
@@ -259,31 +250,11 @@ func (b *backend) Explain(ctx context.Context, req *debugv1.ExplainRequest) (*de
 			}
 		}
 	}
-	switch {
-	case req.GetToken() != "":
-		claims, reason, err := a.tokens.Validate(ctx, req.GetToken())
-		env.Claims, env.TokenReason = claims, reason
-		env.Token = verdict(claims, reason, err)
-	case req.GetClaims() != nil:
-		claims, err := debugapi.ClaimsFromStruct(req.GetClaims(), "")
-		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "claims: %v", err)
-		}
-		env.Claims = claims
-		env.Token = &debugv1.TokenVerdict{Valid: true, Detail: "claims given, not a token: no signature checked"}
+	env, err := debugapi.ResolveToken(ctx, set, a.tokens, req, env)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%v", err)
 	}
 	return debugapi.Explain(set, req, env), nil
-}
-
-func verdict(c *tokencheck.Claims, reason tokencheck.Reason, err error) *debugv1.TokenVerdict {
-	if c == nil {
-		v := &debugv1.TokenVerdict{Reason: string(reason)}
-		if err != nil {
-			v.Detail = err.Error()
-		}
-		return v
-	}
-	return &debugv1.TokenVerdict{Valid: true, IssuerRef: c.IssuerRef, ExpiresAt: timestamppb.New(c.ExpiresAt)}
 }
 
 func (b *backend) BPFMaps(ctx context.Context) (*debugv1.DumpBPFMapsResponse, error) {
@@ -325,28 +296,17 @@ func (b *backend) BPFMaps(ctx context.Context) (*debugv1.DumpBPFMapsResponse, er
 }
 
 func (b *backend) InspectToken(ctx context.Context, token string) (*debugv1.InspectTokenResponse, error) {
-	resp := &debugv1.InspectTokenResponse{}
-	// Decode for display only; the verdict comes from the validator.
-	parts := strings.Split(token, ".")
-	if len(parts) == 3 {
-		var hdr struct{ Alg, Kid, Typ string }
-		if raw, err := base64.RawURLEncoding.DecodeString(parts[0]); err == nil {
-			_ = json.Unmarshal(raw, &hdr)
-			resp.Alg, resp.Kid, resp.Typ = hdr.Alg, hdr.Kid, hdr.Typ
-		}
-		if raw, err := base64.RawURLEncoding.DecodeString(parts[1]); err == nil {
-			var m map[string]any
-			if json.Unmarshal(raw, &m) == nil {
-				if s, err := structpb.NewStruct(m); err == nil {
-					resp.Claims = s
-				}
+	return debugapi.InspectToken(ctx, b.a.tokens, token), nil
+}
+
+// commit is the VCS revision the binary was built from, when recorded.
+func commit() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
 			}
 		}
 	}
-	claims, reason, err := b.a.tokens.Validate(ctx, token)
-	if errors.Is(err, context.Canceled) {
-		return nil, err
-	}
-	resp.Verdict = verdict(claims, reason, err)
-	return resp, nil
+	return ""
 }
