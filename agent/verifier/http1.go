@@ -141,7 +141,7 @@ func (h *h1conn) handle(req *http.Request) bool {
 	case req.Method == http.MethodConnect:
 		h.refuseProtocol(refusal{http.StatusMethodNotAllowed, ReasonMethodNotAllowed}, req)
 		return false
-	case req.Host == "" && req.ProtoAtLeast(1, 1), hasDotSegment(req.URL.Path):
+	case req.Host == "" && req.ProtoAtLeast(1, 1), !httpguts.ValidHostHeader(req.Host), hasDotSegment(req.URL.Path):
 		h.refuseProtocol(refusal{http.StatusBadRequest, ReasonMalformedRequest}, req)
 		return false
 	}

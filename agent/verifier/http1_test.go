@@ -219,6 +219,7 @@ func TestSmugglingShapesRefused(t *testing.T) {
 		{"bare LF inside", "GET / HTTP/1.1\r\nHost: a\nX: y\r\n" + auth + "\r\n", "400"},
 		{"duplicate Host", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n" + auth + "\r\n", "400"},
 		{"missing Host", "GET / HTTP/1.1\r\n" + auth + "\r\n", "400"},
+		{"invalid Host", "GET / HTTP/1.1\r\nHost: a b\r\n" + auth + "\r\n", "400"},
 		{"space before colon", "GET / HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n" + auth + "\r\n", "400"},
 		{"dot segments", "GET /public/../admin HTTP/1.1\r\nHost: a\r\n" + auth + "\r\n", "400"},
 		{"CONNECT", "CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n" + auth + "\r\n", "405"},
