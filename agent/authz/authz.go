@@ -19,7 +19,6 @@ import (
 	"github.com/portcullis-mesh/portcullis/agent/verifier"
 	"github.com/portcullis-mesh/portcullis/tokencheck"
 	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
-	v1 "github.com/portcullis-mesh/portcullis/tokencheck/policy/apis/v1alpha1"
 )
 
 // TokenValidator validates bearer tokens; *tokencheck.Validator is one.
@@ -258,43 +257,4 @@ func claimString(c *tokencheck.Claims, name string) (string, bool) {
 		return x.String(), true
 	}
 	return "", false
-}
-
-// IssuerConfigs converts the issuers of a policy set into the validator's
-// configuration.
-func IssuerConfigs(set *policy.Set) []tokencheck.IssuerConfig {
-	if set == nil {
-		return nil
-	}
-	var out []tokencheck.IssuerConfig
-	for _, is := range set.Issuers() {
-		out = append(out, IssuerConfig(is.Ref, is.Spec))
-	}
-	return out
-}
-
-// IssuerConfig converts one Issuer/ClusterIssuer spec.
-func IssuerConfig(ref string, spec v1.IssuerSpec) tokencheck.IssuerConfig {
-	ic := tokencheck.IssuerConfig{Ref: ref}
-	if spec.ClockSkew != nil {
-		ic.ClockSkew = spec.ClockSkew.Duration
-	}
-	if a := spec.AzureAD; a != nil {
-		vers := make([]int, 0, len(a.AcceptedVersions))
-		for _, v := range a.AcceptedVersions {
-			vers = append(vers, int(v))
-		}
-		ic.AzureAD = &tokencheck.AzureADConfig{
-			TenantID:         a.TenantID,
-			Cloud:            tokencheck.Cloud(a.Cloud),
-			AuthorityHost:    a.AuthorityHost,
-			Audiences:        append([]string(nil), a.Audiences...),
-			AcceptedVersions: vers,
-			AllowedTenants:   append([]string(nil), a.AllowedTenants...),
-		}
-	}
-	if o := spec.OIDC; o != nil {
-		ic.OIDC = &tokencheck.OIDCConfig{Issuer: o.Issuer, JWKSURI: o.JWKSURI, Audiences: append([]string(nil), o.Audiences...)}
-	}
-	return ic
 }

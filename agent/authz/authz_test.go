@@ -140,7 +140,7 @@ func TestNoPolicySetFailsClosed(t *testing.T) {
 
 func TestIssuerConfigs(t *testing.T) {
 	e := newEngine(t)
-	ics := IssuerConfigs(e.Set())
+	ics := e.Set().IssuerConfigs()
 	if len(ics) != 1 || ics[0].Ref != "shop/entra" || ics[0].AzureAD == nil || ics[0].AzureAD.TenantID != "72f988bf-0000-4000-8000-000000000001" {
 		t.Fatalf("IssuerConfigs: got %+v", ics)
 	}

@@ -168,7 +168,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 func (a *Agent) applySet(set *policy.Set) {
 	a.issuersMu.Lock()
 	defer a.issuersMu.Unlock()
-	if err := a.tokens.SetIssuers(authz.IssuerConfigs(set)); err != nil {
+	if err := a.tokens.SetIssuers(set.IssuerConfigs()); err != nil {
 		a.log.Error("configure issuers", "error", err)
 	}
 	a.enforcer.PolicyChanged()

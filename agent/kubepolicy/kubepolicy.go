@@ -202,11 +202,18 @@ func (w *Watcher) apply() {
 		w.log.Error("policy objects refused; the previous set stays in force", "error", err)
 		return
 	}
-	set, err := w.cfg.Store.Update(objs)
+	// Quarantine: objects arrive one by one and in any order, so one bad
+	// object must not freeze every update on every node. An invalid
+	// AccessPolicy becomes deny-all for the pods it selects (fail closed);
+	// an invalid Issuer is left out, which invalidates policies naming it.
+	set, err := w.cfg.Store.UpdateWithOptions(objs, policy.Options{Quarantine: true})
 	if err != nil {
-		w.log.Error("policy configuration refused; the previous set stays in force", "error", err)
 		w.report(err, all)
-		return
+		if set == nil {
+			w.log.Error("policy configuration refused; the previous set stays in force", "error", err)
+			return
+		}
+		w.log.Warn("invalid policy objects quarantined (deny-all on the pods they select)", "error", err)
 	}
 	if w.cfg.OnApply != nil {
 		w.cfg.OnApply(set, changedAt)
