@@ -198,18 +198,25 @@ func TestAgentDeathFailsClosedAndRestartReadopts(t *testing.T) {
 			"host":     (&net.Dialer{}).DialContext,
 			"attacker": e.dialer(attacker).DialContext,
 		}
+		// All attempts at once: each waits out its dial timeout.
+		var wg sync.WaitGroup
 		for name, dial := range from {
 			for _, dst := range []netip.AddrPort{orders.Addr(appPort), orders.Addr(grpcPort), netip.AddrPortFrom(orders.IPv6, appPort)} {
-				ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
-				conn, err := dial(ctx, "tcp", dst.String())
-				cancel()
-				if err == nil {
-					_, _ = io.WriteString(conn, "GET /orders/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+tokRead+"\r\n\r\n")
-					conn.Close()
-					t.Errorf("%s: a connection from %s to %s was established", step, name, dst)
-				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					defer cancel()
+					conn, err := dial(ctx, "tcp", dst.String())
+					if err == nil {
+						_, _ = io.WriteString(conn, "GET /orders/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+tokRead+"\r\n\r\n")
+						conn.Close()
+						t.Errorf("%s: a connection from %s to %s was established", step, name, dst)
+					}
+				}()
 			}
 		}
+		wg.Wait()
 		after := e.stats(orders)
 		if after.Conns != before.Conns || after.Requests != before.Requests || after.BodyBytes != before.BodyBytes {
 			t.Errorf("%s: the app saw traffic: %+v, then %+v", step, before, after)
