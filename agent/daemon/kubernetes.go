@@ -8,21 +8,16 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/record"
 
 	"github.com/portcullis-mesh/portcullis/agent/kubepolicy"
 	"github.com/portcullis-mesh/portcullis/identity"
 	"github.com/portcullis-mesh/portcullis/identity/kube"
+	"github.com/portcullis-mesh/portcullis/identity/kube/policywatch"
 	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
-	v1 "github.com/portcullis-mesh/portcullis/tokencheck/policy/apis/v1alpha1"
 )
 
 // startKubernetes follows the node's Pods (and the cluster's pod addresses,
@@ -46,38 +41,37 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 
 	// Events on refused policy objects, rate-limited per object so a
 	// fleet of agents cannot flood the API server.
-	sch := runtime.NewScheme()
-	_ = scheme.AddToScheme(sch)
-	_ = v1.AddToScheme(sch)
-	bc := record.NewBroadcasterWithCorrelatorOptions(record.CorrelatorOptions{QPS: 1.0 / 60, BurstSize: 3})
-	bc.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	go func() { <-ctx.Done(); bc.Shutdown() }()
-	recorder := bc.NewRecorder(sch, corev1.EventSource{Component: "portcullis-agent", Host: a.cfg.NodeName})
+	reporter, err := policywatch.NewReporter(client, policywatch.ReporterConfig{NodeName: a.cfg.NodeName})
+	if err != nil {
+		return fmt.Errorf("event reporter: %w", err)
+	}
+	go func() { <-ctx.Done(); reporter.Shutdown() }()
 
 	propagation := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: "portcullis", Subsystem: "policy", Name: "propagation_seconds",
-		Help:    "Time from the agent receiving a change of a policy object to the new set being enforced on this node.",
+		Help:    "Time from the agent's watch observing a change of a policy object to the new set being enforced on this node.",
 		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 	})
 	if err := a.metrics.Registry().Register(propagation); err != nil {
 		return fmt.Errorf("register propagation metric: %w", err)
 	}
-	pw, err := kubepolicy.New(kubepolicy.Config{
-		Client:   dyn,
-		Store:    a.store,
-		Recorder: recorder,
-		Logger:   a.log.With("component", "policy"),
-		OnApply: func(set *policy.Set, changedAt time.Time) {
-			a.applySet(set)
-			propagation.Observe(time.Since(changedAt).Seconds())
-		},
-	})
+	pw, err := policywatch.New(dyn, policywatch.Config{})
 	if err != nil {
-		return err
+		return fmt.Errorf("policy watcher: %w", err)
 	}
 	policiesSynced := make(chan struct{})
 	perr := make(chan error, 1)
-	go func() { perr <- pw.Run(ctx, func() { close(policiesSynced) }) }()
+	go func() {
+		perr <- kubepolicy.Run(ctx, pw, kubepolicy.Config{
+			Store:    a.store,
+			Reporter: reporter,
+			Logger:   a.log.With("component", "policy"),
+			OnApply: func(set *policy.Set, observedAt time.Time) {
+				a.applySet(set)
+				propagation.Observe(time.Since(observedAt).Seconds())
+			},
+		}, func() { close(policiesSynced) })
+	}()
 	select {
 	case <-policiesSynced:
 	case err := <-perr:
@@ -85,6 +79,8 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 			err = errors.New("policy watcher ended before its first sync")
 		}
 		return fmt.Errorf("policies: %w", err)
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 
 	agentPod := ""

@@ -1,10 +1,9 @@
-// Package kubepolicy follows the portcullis.dev objects of the cluster
-// (Issuer, ClusterIssuer, AccessPolicy) with informers and keeps the policy
-// store in step: every change recompiles the whole configuration and swaps it
-// atomically, or, when the configuration is invalid, keeps the set in force
-// and reports the problem as a rate-limited Event on the offending object —
-// never as a status write, so thousands of agents do not fight over one
-// object's status.
+// Package kubepolicy turns the cluster's portcullis.dev objects (Issuer,
+// ClusterIssuer, AccessPolicy), as identity/kube/policywatch delivers them,
+// into the policy set in force: every snapshot is converted, compiled in
+// quarantine mode and swapped atomically. Problems are reported as
+// rate-limited Events on the offending objects — never as status writes, so
+// thousands of agents do not fight over one object's status.
 package kubepolicy
 
 import (
@@ -12,169 +11,92 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/tools/cache"
-	"k8s.io/client-go/tools/record"
 
+	"github.com/portcullis-mesh/portcullis/identity/kube/policywatch"
 	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
 	v1 "github.com/portcullis-mesh/portcullis/tokencheck/policy/apis/v1alpha1"
 )
 
-// Resources are the watched resources.
-var Resources = []schema.GroupVersionResource{
-	v1.GroupVersion.WithResource("issuers"),
-	v1.GroupVersion.WithResource("clusterissuers"),
-	v1.GroupVersion.WithResource("accesspolicies"),
+// Reporter reports a refused object; *policywatch.Reporter is one.
+type Reporter interface {
+	Invalid(obj *unstructured.Unstructured, message string)
 }
 
-// Config configures a Watcher.
+// Config configures Apply.
 type Config struct {
-	// Client reads the objects. Required.
-	Client dynamic.Interface
 	// Store receives every compiled set. Required.
 	Store *policy.Store
-	// OnApply is called after each successful swap with the new set and
-	// the time the oldest change it contains was received; the caller
-	// makes the set effective (issuers, capture) and measures propagation.
-	OnApply func(set *policy.Set, changedAt time.Time)
-	// Recorder reports refused configurations as Events on the objects.
-	// Nil means no Events.
-	Recorder record.EventRecorder
-	// Coalesce is how long to wait for more changes before compiling, so a
-	// `kubectl apply -f dir/` is one compile. Zero means 20ms.
-	Coalesce time.Duration
+	// OnApply is called after each swap with the new set and when the
+	// oldest change it contains was observed; the caller makes the set
+	// effective (issuers, capture) and measures propagation.
+	OnApply func(set *policy.Set, observedAt time.Time)
+	// Reporter receives refused objects. Nil means none are reported.
+	Reporter Reporter
 	// Logger receives compile results. Nil means discard.
 	Logger *slog.Logger
 }
 
-// Watcher follows the policy objects.
-type Watcher struct {
-	cfg  Config
-	log  *slog.Logger
-	f    dynamicinformer.DynamicSharedInformerFactory
-	kick chan struct{}
-
-	mu      sync.Mutex
-	pending time.Time // receipt time of the oldest unapplied change
+// Run follows w's snapshots until ctx ends. synced is called once the first
+// snapshot has been applied (or refused).
+func Run(ctx context.Context, w *policywatch.Watcher, cfg Config, synced func()) error {
+	if cfg.Store == nil {
+		return errors.New("kubepolicy: Store is required")
+	}
+	return w.Run(ctx, func(s policywatch.Snapshot) {
+		Apply(cfg, s)
+		if s.Initial && synced != nil {
+			synced()
+		}
+	})
 }
 
-// New returns a Watcher.
-func New(cfg Config) (*Watcher, error) {
-	if cfg.Client == nil || cfg.Store == nil {
-		return nil, errors.New("kubepolicy: Client and Store are required")
+// Apply compiles one snapshot into the store.
+func Apply(cfg Config, s policywatch.Snapshot) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Coalesce == 0 {
-		cfg.Coalesce = 20 * time.Millisecond
-	}
-	log := cfg.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	return &Watcher{cfg: cfg, log: log, f: dynamicinformer.NewDynamicSharedInformerFactory(cfg.Client, 0), kick: make(chan struct{}, 1)}, nil
-}
-
-// Run starts the informers, applies the first complete configuration, then
-// follows changes until ctx ends. It returns an error only when the first
-// sync cannot complete.
-func (w *Watcher) Run(ctx context.Context, synced func()) error {
-	h := cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { w.changed() },
-		UpdateFunc: func(old, cur any) { w.changedIfNew(old, cur) },
-		DeleteFunc: func(any) { w.changed() },
-	}
-	for _, r := range Resources {
-		if _, err := w.f.ForResource(r).Informer().AddEventHandler(h); err != nil {
-			return fmt.Errorf("watch %s: %w", r.Resource, err)
-		}
-	}
-	w.f.Start(ctx.Done())
-	defer w.f.Shutdown()
-	for r, ok := range w.f.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("sync %s: %w", r.Resource, context.Cause(ctx))
-		}
-	}
-	w.apply()
-	if synced != nil {
-		synced()
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-w.kick:
-		}
-		// Coalesce a burst of changes into one compile.
-		t := time.NewTimer(w.cfg.Coalesce)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-		w.apply()
-	}
-}
-
-func (w *Watcher) changedIfNew(old, cur any) {
-	o, ok1 := old.(*unstructured.Unstructured)
-	c, ok2 := cur.(*unstructured.Unstructured)
-	// Resyncs, status and metadata-only updates leave the generation (the
-	// spec's version) unchanged: they do not change the configuration.
-	if ok1 && ok2 && o.GetGeneration() == c.GetGeneration() && o.GetGeneration() != 0 {
+	objs, all, err := Objects(s, cfg.Reporter)
+	if err != nil {
+		// An object the agent cannot decode would silently drop a policy:
+		// keep the set in force instead.
+		cfg.Logger.Error("policy objects refused; the previous set stays in force", "error", err)
 		return
 	}
-	w.changed()
-}
-
-func (w *Watcher) changed() {
-	w.mu.Lock()
-	if w.pending.IsZero() {
-		w.pending = time.Now()
-	}
-	w.mu.Unlock()
-	select {
-	case w.kick <- struct{}{}:
-	default:
-	}
-}
-
-// Objects converts the informers' current state into a configuration.
-func (w *Watcher) Objects() (*policy.Objects, []runtime.Object, error) {
-	objs := &policy.Objects{}
-	var all []runtime.Object
-	var errs []error
-	for _, r := range Resources {
-		items, err := w.f.ForResource(r).Lister().List(labels.Everything())
-		if err != nil {
-			return nil, nil, fmt.Errorf("list %s: %w", r.Resource, err)
+	// Quarantine: objects arrive one by one and in any order, so one bad
+	// object must not freeze every update on every node. An invalid
+	// AccessPolicy becomes deny-all for the pods it selects (fail closed);
+	// an invalid Issuer is left out, which invalidates policies naming it.
+	set, err := cfg.Store.UpdateWithOptions(objs, policy.Options{Quarantine: true})
+	if err != nil {
+		report(cfg.Reporter, err, all)
+		if set == nil {
+			cfg.Logger.Error("policy configuration refused; the previous set stays in force", "error", err)
+			return
 		}
-		for _, it := range items {
-			u, ok := it.(*unstructured.Unstructured)
-			if !ok {
-				continue
-			}
-			var typed any
-			switch r.Resource {
-			case "issuers":
-				typed = &v1.Issuer{}
-			case "clusterissuers":
-				typed = &v1.ClusterIssuer{}
-			default:
-				typed = &v1.AccessPolicy{}
-			}
+		cfg.Logger.Warn("invalid policy objects quarantined (deny-all on the pods they select)", "error", err)
+	}
+	if cfg.OnApply != nil {
+		cfg.OnApply(set, s.ObservedAt)
+	}
+}
+
+// Objects converts a snapshot into a policy configuration.
+func Objects(s policywatch.Snapshot, r Reporter) (*policy.Objects, []*unstructured.Unstructured, error) {
+	objs := &policy.Objects{}
+	var all []*unstructured.Unstructured
+	var errs []error
+	add := func(us []*unstructured.Unstructured, newObj func() any) {
+		for _, u := range us {
+			typed := newObj()
 			if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, typed, true); err != nil {
 				errs = append(errs, fmt.Errorf("%s %s/%s: %w", u.GetKind(), u.GetNamespace(), u.GetName(), err))
-				w.event(u, "decode: "+err.Error())
+				if r != nil {
+					r.Invalid(u, "decode: "+err.Error())
+				}
 				continue
 			}
 			if err := objs.Add(typed); err != nil {
@@ -184,66 +106,27 @@ func (w *Watcher) Objects() (*policy.Objects, []runtime.Object, error) {
 			all = append(all, u)
 		}
 	}
+	add(s.Issuers, func() any { return &v1.Issuer{} })
+	add(s.ClusterIssuers, func() any { return &v1.ClusterIssuer{} })
+	add(s.AccessPolicies, func() any { return &v1.AccessPolicy{} })
 	return objs, all, errors.Join(errs...)
 }
 
-func (w *Watcher) apply() {
-	w.mu.Lock()
-	changedAt := w.pending
-	w.pending = time.Time{}
-	w.mu.Unlock()
-	if changedAt.IsZero() {
-		changedAt = time.Now()
-	}
-	objs, all, err := w.Objects()
-	if err != nil {
-		// An object the agent cannot even decode makes the configuration
-		// incomplete: keep the set in force rather than drop a policy.
-		w.log.Error("policy objects refused; the previous set stays in force", "error", err)
-		return
-	}
-	// Quarantine: objects arrive one by one and in any order, so one bad
-	// object must not freeze every update on every node. An invalid
-	// AccessPolicy becomes deny-all for the pods it selects (fail closed);
-	// an invalid Issuer is left out, which invalidates policies naming it.
-	set, err := w.cfg.Store.UpdateWithOptions(objs, policy.Options{Quarantine: true})
-	if err != nil {
-		w.report(err, all)
-		if set == nil {
-			w.log.Error("policy configuration refused; the previous set stays in force", "error", err)
-			return
-		}
-		w.log.Warn("invalid policy objects quarantined (deny-all on the pods they select)", "error", err)
-	}
-	if w.cfg.OnApply != nil {
-		w.cfg.OnApply(set, changedAt)
-	}
-}
-
-// report turns the problems of a refused configuration into Events on the
-// objects they are about.
-func (w *Watcher) report(err error, all []runtime.Object) {
+// report turns the problems of a compile into Events on their objects.
+func report(r Reporter, err error, all []*unstructured.Unstructured) {
 	var perr *policy.Error
-	if !errors.As(err, &perr) {
+	if r == nil || !errors.As(err, &perr) {
 		return
 	}
 	for _, p := range perr.Problems {
-		for _, o := range all {
-			u := o.(*unstructured.Unstructured)
+		for _, u := range all {
 			if u.GetKind() == p.Kind && u.GetNamespace() == p.Namespace && u.GetName() == p.Name {
 				msg := p.Message
 				if p.Field != "" {
 					msg = p.Field + ": " + msg
 				}
-				w.event(u, msg)
+				r.Invalid(u, msg)
 			}
 		}
 	}
-}
-
-func (w *Watcher) event(u *unstructured.Unstructured, msg string) {
-	if w.cfg.Recorder == nil {
-		return
-	}
-	w.cfg.Recorder.Event(u, corev1.EventTypeWarning, "InvalidPolicy", "refused by portcullis-agent; the previous policy set stays in force: "+msg)
 }
