@@ -8,7 +8,7 @@ BIN := bin
 PKGS := ./...
 FUZZTIME ?= 10s
 
-.PHONY: help build demo demo-down kube-tools generate verify-generated test test-unit fuzz bench lint clean
+.PHONY: help build demo demo-down kube-tools bench-proxies generate verify-generated test test-unit fuzz bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ test: lint verify-generated kube-tools test-unit fuzz ## everything CI runs: lin
 
 bench: ## benchmarks (datapath, token validation, policy evaluation)
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 $(PKGS)
+
+bench-proxies: build ## proxy benchmark (root): direct vs Portcullis vs HAProxy jwt_verify under wrk, with a perf profile
+	tools/bench/run.sh
 
 clean: ## remove build outputs
 	rm -rf $(BIN)

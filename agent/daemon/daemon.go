@@ -91,7 +91,10 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 	} else if r == 0 {
 		sampling = 1 << 30 // effectively none
 	}
-	a.audit = audit.New(audit.Config{Writer: w, BufferSize: cfg.Audit.Buffer, AllowSampling: sampling, Logger: log})
+	// Records are batched for up to 20ms: one write(2) per batch instead of
+	// one per request (profiling showed per-record writes at 8% of the
+	// agent's CPU under load). Shutdown flushes.
+	a.audit = audit.New(audit.Config{Writer: w, BufferSize: cfg.Audit.Buffer, AllowSampling: sampling, FlushInterval: 20 * time.Millisecond, Logger: log})
 	if err := a.metrics.RegisterAuditDrops(func() (uint64, uint64, uint64) {
 		s := a.audit.Stats()
 		return s.DroppedAllows, s.DroppedDenies, s.SubscriberDrops
@@ -158,8 +161,12 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 	if err := a.startDebug(ctx); err != nil {
 		return nil, err
 	}
+	admin := "off"
+	if a.adminAddr != nil {
+		admin = a.adminAddr.String()
+	}
 	log.Info("agent started", "version", Version, "mode", cfg.Mode, "node", cfg.NodeName,
-		"pin_dir", a.dp.PinDir(), "listener_port", a.dp.ListenerPort(), "admin", cfg.AdminAddress)
+		"pin_dir", a.dp.PinDir(), "listener_port", a.dp.ListenerPort(), "admin", admin)
 	return a, nil
 }
 
