@@ -174,6 +174,13 @@ func TestScanRealProcesses(t *testing.T) {
 				t.Errorf("NetnsPath %s is the host network namespace", got.NetnsPath)
 			}
 
+			if !s.Alive(got.SandboxPID, got.SandboxStartTime) {
+				t.Errorf("Alive(%d, %d) = false for the running sandbox", got.SandboxPID, got.SandboxStartTime)
+			}
+			if s.Alive(got.SandboxPID, got.SandboxStartTime+1) {
+				t.Errorf("Alive with another start time = true, want false (PID reuse)")
+			}
+
 			// A container restart: the app exits, the sandbox stays.
 			kill(app)
 			got, err = s.Find(uid)
@@ -185,7 +192,11 @@ func TestScanRealProcesses(t *testing.T) {
 			}
 
 			// The pod is gone.
+			sbStart := got.SandboxStartTime
 			kill(sb)
+			if s.Alive(sb.Process.Pid, sbStart) {
+				t.Errorf("Alive after the sandbox exited = true")
+			}
 			if _, err := s.Find(uid); !errors.Is(err, ErrNotFound) {
 				t.Errorf("Find after pod exit: got %v, want ErrNotFound", err)
 			}
