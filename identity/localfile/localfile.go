@@ -161,7 +161,10 @@ func (s *Source) Run(ctx context.Context, h identity.Handler) error {
 			if !ok {
 				return nil
 			}
-			if filepath.Clean(ev.Name) == filepath.Clean(s.path) {
+			// The file itself, or in a ConfigMap volume the ..data
+			// symbolic link the kubelet swaps atomically (the file is a
+			// link through it and sees no event of its own).
+			if filepath.Clean(ev.Name) == filepath.Clean(s.path) || filepath.Base(ev.Name) == "..data" {
 				timer = time.After(s.debounce)
 			}
 		case err, ok := <-w.Errors:

@@ -123,3 +123,61 @@ workloads:
 		t.Fatal("Run did not return after cancel")
 	}
 }
+
+// TestRunFollowsConfigMapVolume replays how the kubelet updates a ConfigMap
+// volume: the file is a link through ..data, and an update swaps ..data.
+func TestRunFollowsConfigMapVolume(t *testing.T) {
+	dir := t.TempDir()
+	write := func(version, body string) {
+		t.Helper()
+		vdir := filepath.Join(dir, version)
+		if err := os.Mkdir(vdir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(vdir, "workloads.yaml"), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tmp := filepath.Join(dir, "..data_tmp")
+		if err := os.Symlink(version, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("..v1", "workloads:\n- {namespace: shop, name: a}\n")
+	path := filepath.Join(dir, "workloads.yaml")
+	if err := os.Symlink("..data/workloads.yaml", path); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := make(chan identity.Event, 16)
+	done := make(chan error, 1)
+	go func() { done <- New(path, 10*time.Millisecond, nil).Run(ctx, func(ev identity.Event) { events <- ev }) }()
+	next := func() identity.Event {
+		t.Helper()
+		select {
+		case ev := <-events:
+			return ev
+		case <-time.After(5 * time.Second):
+			t.Fatal("no event within 5s")
+		}
+		return identity.Event{}
+	}
+	if ev := next(); ev.Type != identity.EventAdded || ev.Workload.Key() != "shop/a" {
+		t.Fatalf("got %v %s, want added shop/a", ev.Type, ev.Workload.Key())
+	}
+	if ev := next(); ev.Type != identity.EventSynced {
+		t.Fatalf("got %v, want synced", ev.Type)
+	}
+	write("..v2", "workloads:\n- {namespace: shop, name: b}\n")
+	got := []string{next().Type.String(), next().Type.String()}
+	if diff := cmp.Diff([]string{"added", "removed"}, got); diff != "" {
+		t.Errorf("events after the ..data swap (-want +got):\n%s", diff)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}
