@@ -25,8 +25,10 @@ type Config struct {
 	// before dropping (and counting) it. Zero means 50ms; negative means
 	// never block.
 	DenyWait time.Duration
-	// FlushInterval is how long the writer batches records before writing
-	// them. Zero means write as soon as the buffer is drained.
+	// FlushInterval is how long the writer gathers records into one write
+	// once the first is queued, so a busy node does one write per batch
+	// instead of one per request. Zero means 10ms; negative means write as
+	// soon as the queue is drained.
 	FlushInterval time.Duration
 	// SubscriberBuffer is the per-subscriber queue length; a subscriber that
 	// falls further behind loses records (counted). Zero means 256.
@@ -84,6 +86,9 @@ func New(cfg Config) *Logger {
 	}
 	if cfg.DenyWait == 0 {
 		cfg.DenyWait = 50 * time.Millisecond
+	}
+	if cfg.FlushInterval == 0 {
+		cfg.FlushInterval = 10 * time.Millisecond
 	}
 	if cfg.SubscriberBuffer <= 0 {
 		cfg.SubscriberBuffer = 256

@@ -62,8 +62,11 @@ type Record struct {
 	// Method and Path of the request; Path never includes the query.
 	Method string
 	Path   string
-	// Status is the HTTP status the verifier answered with when it refused
-	// the request itself; 0 when the request was forwarded.
+	// Status is the status class of the verifier's own refusal: 401, 403,
+	// 400, 405 or 431; 0 when the request was forwarded. A refused gRPC call
+	// is answered on the wire with HTTP 200 and grpc-status 16
+	// (UNAUTHENTICATED) or 7 (PERMISSION_DENIED), as gRPC requires; its
+	// record still says 401 or 403, so records compare across protocols.
 	Status int
 	// Token facts, empty when no valid token was presented: issuer (`iss`),
 	// tenant (`tid`), object ID (`oid`), subject (`sub`) and client

@@ -49,6 +49,10 @@ func (h *h1conn) serve() {
 			h.c.SetReadDeadline(time.Now().Add(s.cfg.IdleTimeout))
 			_, err := h.br.Peek(1)
 			if !s.setIdle(h.sc, false) || err != nil {
+				if err == nil || isTimeout(err) {
+					// Idle timeout or shutdown: the agent closes first.
+					closeNoTimeWait(h.c)
+				}
 				return
 			}
 			h.c.SetReadDeadline(time.Now().Add(s.cfg.ReadHeaderTimeout))

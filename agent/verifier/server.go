@@ -141,7 +141,7 @@ func (s *Server) Serve(l net.Listener) error {
 		case s.sem <- struct{}{}:
 		default:
 			s.cfg.Metrics.Connection(metrics.ConnRefusedLimit)
-			c.Close()
+			closeNoTimeWait(c)
 			continue
 		}
 		sc := &srvConn{c: c}
@@ -317,6 +317,11 @@ func (s *Server) serveConn(sc *srvConn) {
 	c.SetReadDeadline(time.Now().Add(s.cfg.ReadHeaderTimeout))
 	br := bufio.NewReaderSize(c, 4096)
 	kind, err := classify(br)
+	if kind != firstHTTP1 && kind != firstH2Preface {
+		// Nothing was or will be sent: reset rather than leave a
+		// TIME_WAIT socket on a captured tuple.
+		defer closeNoTimeWait(c)
+	}
 	switch kind {
 	case firstTLS:
 		m.Connection(metrics.ConnRefusedTLS)
@@ -342,6 +347,17 @@ func (s *Server) serveConn(sc *srvConn) {
 	s.setKind(sc, kindHTTP1)
 	h := &h1conn{s: s, sc: sc, c: c, br: br, ci: ci}
 	h.serve()
+}
+
+// closeNoTimeWait closes c with SO_LINGER 0: a reset instead of a FIN, so
+// the agent does not keep a TIME_WAIT socket on the captured 4-tuple, which
+// would make the datapath drop a client's reuse of that tuple for 60s. Only
+// for connections with nothing unsent: a reset discards unsent data.
+func closeNoTimeWait(c net.Conn) {
+	if tc, ok := c.(interface{ SetLinger(int) error }); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
 }
 
 func isTimeout(err error) bool {
