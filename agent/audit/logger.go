@@ -59,6 +59,7 @@ type Logger struct {
 	ch      chan Record
 	done    chan struct{}
 	closing chan struct{}
+	hurry   chan struct{}
 	once    sync.Once
 
 	sample atomic.Uint64
@@ -98,6 +99,7 @@ func New(cfg Config) *Logger {
 		ch:      make(chan Record, cfg.BufferSize),
 		done:    make(chan struct{}),
 		closing: make(chan struct{}),
+		hurry:   make(chan struct{}, 1),
 		subs:    map[*Subscription]struct{}{},
 	}
 	go l.run()
@@ -122,6 +124,12 @@ func (l *Logger) Log(r *Record) {
 	}
 	select {
 	case l.ch <- *r:
+		if len(l.ch) >= cap(l.ch)/2 {
+			select {
+			case l.hurry <- struct{}{}:
+			default:
+			}
+		}
 		return
 	default:
 	}
@@ -176,54 +184,55 @@ func (l *Logger) run() {
 	defer close(l.done)
 	defer l.closeSubs()
 	buf := make([]byte, 0, 64<<10)
-	var batch []Record
+	batch := make([]Record, 0, 64)
 	for {
-		var r Record
+		var first Record
 		select {
-		case r = <-l.ch:
+		case first = <-l.ch:
 		case <-l.closing:
-			// Drain what was queued before Close.
+			// Write what was queued before Close.
 			for {
-				select {
-				case r := <-l.ch:
-					batch = append(batch, r)
-					continue
-				default:
+				batch = l.take(batch[:0])
+				if len(batch) == 0 {
+					return
 				}
-				break
+				buf = l.flush(buf, batch)
 			}
-			l.flush(buf, batch)
-			return
 		}
-		batch = append(batch[:0], r)
 		if l.cfg.FlushInterval > 0 {
+			// Let records queue up without waking this goroutine for each
+			// one; Log hurries it when the queue is half full.
 			t := time.NewTimer(l.cfg.FlushInterval)
-		collect:
-			for len(batch) < maxBatch {
-				select {
-				case r := <-l.ch:
-					batch = append(batch, r)
-				case <-t.C:
-					break collect
-				case <-l.closing:
-					break collect
-				}
+			select {
+			case <-t.C:
+			case <-l.hurry:
+			case <-l.closing:
 			}
 			t.Stop()
 		}
-		// Take whatever else is already queued: one write per burst.
-	drain:
-		for len(batch) < maxBatch {
-			select {
-			case r := <-l.ch:
-				batch = append(batch, r)
-			default:
-				break drain
+		batch = append(batch[:0], first)
+		for {
+			batch = l.take(batch)
+			buf = l.flush(buf, batch)
+			if len(batch) < maxBatch {
+				break
 			}
+			batch = batch[:0]
 		}
-		buf = l.flush(buf, batch)
-		batch = batch[:0]
 	}
+}
+
+// take appends queued records to batch, without blocking, up to maxBatch.
+func (l *Logger) take(batch []Record) []Record {
+	for len(batch) < maxBatch {
+		select {
+		case r := <-l.ch:
+			batch = append(batch, r)
+		default:
+			return batch
+		}
+	}
+	return batch
 }
 
 func (l *Logger) flush(buf []byte, batch []Record) []byte {
