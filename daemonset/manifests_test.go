@@ -78,7 +78,7 @@ func decodeStrict(data []byte, into objects) error {
 		}
 		obj, err := newObject(tm.APIVersion, tm.Kind)
 		if err != nil {
-			return err
+			return fmt.Errorf("%w in document:\n%.300s", err, doc)
 		}
 		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
 			return fmt.Errorf("decode %s strictly: %w", tm.Kind, err)
@@ -95,10 +95,12 @@ func decodeStrict(data []byte, into objects) error {
 	}
 }
 
+// stripComments drops comment lines and document separators: what is left
+// of an empty document is nothing.
 func stripComments(doc []byte) []byte {
 	var out [][]byte
 	for l := range bytes.SplitSeq(doc, []byte("\n")) {
-		if t := bytes.TrimSpace(l); len(t) > 0 && t[0] != '#' {
+		if t := bytes.TrimSpace(l); len(t) > 0 && t[0] != '#' && string(t) != "---" {
 			out = append(out, l)
 		}
 	}
