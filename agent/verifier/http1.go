@@ -55,7 +55,11 @@ func (h *h1conn) serve() {
 				}
 				return
 			}
-			h.c.SetReadDeadline(time.Now().Add(s.cfg.ReadHeaderTimeout))
+			// Most requests arrive whole: then no header deadline is needed
+			// and the idle one (still running) bounds nothing that reads.
+			if b, _ := h.br.Peek(h.br.Buffered()); !bytes.Contains(b, crlfcrlf) {
+				h.c.SetReadDeadline(time.Now().Add(s.cfg.ReadHeaderTimeout))
+			}
 		}
 		if ref := h.readHead(); ref.status != 0 {
 			h.refuseProtocol(ref, nil)
@@ -68,7 +72,12 @@ func (h *h1conn) serve() {
 			h.refuseProtocol(refusal{http.StatusBadRequest, ReasonMalformedRequest}, nil)
 			return
 		}
-		h.c.SetReadDeadline(time.Time{})
+		if req.ContentLength != 0 || len(req.Header["Upgrade"]) > 0 {
+			// Bodies and upgraded streams read the client for as long as
+			// they last; a bodiless request does not read it again before
+			// the next iteration resets the deadline.
+			h.c.SetReadDeadline(time.Time{})
+		}
 		if !h.handle(req) {
 			return
 		}
