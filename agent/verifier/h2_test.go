@@ -210,3 +210,58 @@ func TestTrailers(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdownH2 drains an HTTP/2 connection: the stream in flight
+// completes (GOAWAY lets it finish) and Shutdown then returns.
+func TestShutdownH2(t *testing.T) {
+	entered := make(chan struct{})
+	release := make(chan struct{})
+	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+		io.WriteString(w, "done")
+	}))
+	h := start(t, appAddr(app), Config{})
+	client := h2cClient(t)
+	result := make(chan string, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", "http://"+h.addr+"/slow", nil)
+		req.Header.Set("Authorization", "Bearer "+tokGood)
+		resp, err := client.Do(req)
+		if err != nil {
+			result <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		result <- resp.Proto + " " + string(b)
+	}()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("request never reached the application")
+	}
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shut <- h.srv.Shutdown(ctx)
+	}()
+	close(release)
+	select {
+	case got := <-result:
+		if got != "HTTP/2.0 done" {
+			t.Errorf("in-flight h2 request = %q, want HTTP/2.0 done", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("in-flight h2 request did not complete")
+	}
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return after the h2 stream ended")
+	}
+}
