@@ -473,9 +473,8 @@ func writeField(bw *bufio.Writer, k, v string) {
 }
 
 func writeLength(bw *bufio.Writer, n int64) {
-	var b [20]byte
 	bw.WriteString("Content-Length: ")
-	bw.Write(strconv.AppendInt(b[:0], n, 10))
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), n, 10)) // no allocation
 	bw.WriteString("\r\n")
 }
 
@@ -633,13 +632,12 @@ func copyBody(dst *bufio.Writer, src io.Reader, srcBuf *bufio.Reader, chunked bo
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
 	buf := *bp
-	var hexbuf [16]byte
 	for {
 		m, err := src.Read(buf)
 		if m > 0 {
 			n += int64(m)
 			if chunked {
-				dst.Write(strconv.AppendInt(hexbuf[:0], int64(m), 16))
+				dst.Write(strconv.AppendInt(dst.AvailableBuffer(), int64(m), 16))
 				dst.WriteString("\r\n")
 				dst.Write(buf[:m])
 				_, werr = dst.WriteString("\r\n")
