@@ -68,6 +68,10 @@ type Config struct {
 	// ResyncPeriod is the informers' resync period; each resync
 	// re-evaluates every local pod. Zero means no periodic resync.
 	ResyncPeriod time.Duration
+	// RecheckPeriod is how often every reported local pod is checked
+	// against /proc (one stat per pod) so that a sandbox that died without
+	// a Pod update is noticed. Zero means 30 seconds; negative disables.
+	RecheckPeriod time.Duration
 	// RetryMax caps the backoff between attempts to locate a starting pod
 	// (the first retry is after 100ms, doubling). Zero means 10 seconds.
 	RetryMax time.Duration
@@ -119,6 +123,9 @@ func New(client kubernetes.Interface, cfg Config) (*Source, error) {
 	}
 	if cfg.RetryMax == 0 {
 		cfg.RetryMax = 10 * time.Second
+	}
+	if cfg.RecheckPeriod == 0 {
+		cfg.RecheckPeriod = 30 * time.Second
 	}
 	if cfg.Locator == nil {
 		sc, err := procfs.NewScanner(procfs.Config{})
@@ -217,6 +224,20 @@ func (s *Source) Run(ctx context.Context, h identity.Handler) error {
 		s.queue.ShutDown()
 		<-done
 	}()
+	if s.cfg.RecheckPeriod > 0 {
+		t := time.NewTicker(s.cfg.RecheckPeriod)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				for _, key := range s.localPods.GetIndexer().ListKeys() {
+					s.queue.Add(key)
+				}
+			}
+		}
+	}
 	<-ctx.Done()
 	return nil
 }

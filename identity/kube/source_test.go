@@ -94,6 +94,9 @@ func (h *harness) start() {
 		IPCache:  h.ipc,
 		Locator:  h.loc,
 		RetryMax: 200 * time.Millisecond,
+		// Short, so the recheck subtest is quick; it must produce no
+		// events while nothing changes, which the other subtests check.
+		RecheckPeriod: 100 * time.Millisecond,
 	})
 	if err != nil {
 		h.t.Fatal(err)
@@ -294,6 +297,27 @@ func TestSource(t *testing.T) {
 		ev = h.next()
 		if ev.Type != identity.EventRemoved || ev.Workload.Name != "late" {
 			t.Fatalf("got %s %s, want removed late", ev.Type, ev.Workload.Key())
+		}
+	})
+
+	t.Run("sandbox dies without a pod update", func(t *testing.T) {
+		p := h.pod(podSpec{ns: "team-a", name: "quiet", node: node, ip: "10.1.0.3"})
+		h.loc.run(string(p.UID), 103)
+		if ev := h.settle("team-a/quiet"); ev.Type == identity.EventRemoved {
+			t.Fatalf("got removed, want quiet reported")
+		}
+		h.none(300 * time.Millisecond) // rechecks of a live pod say nothing
+		h.loc.run(string(p.UID), 0)
+		if ev := h.next(); ev.Type != identity.EventRemoved || ev.Workload.Name != "quiet" {
+			t.Fatalf("got %s %s, want removed quiet (found by the periodic recheck)", ev.Type, ev.Workload.Key())
+		}
+		h.loc.run(string(p.UID), 203)
+		if ev := h.next(); ev.Type != identity.EventAdded || ev.Workload.NetnsPath != "/proc/203/ns/net" {
+			t.Fatalf("got %s %q, want added in /proc/203/ns/net", ev.Type, ev.Workload.NetnsPath)
+		}
+		h.deletePod("team-a", "quiet")
+		if ev := h.next(); ev.Type != identity.EventRemoved {
+			t.Fatalf("got %s, want removed", ev.Type)
 		}
 	})
 
