@@ -136,13 +136,13 @@ func newEnv(bins map[string]string, dir string, ownDir bool, opts Options) (_ *E
 	}
 	e.CAData = pki.caPEM
 
-	if err := e.startEtcd(ctx); err != nil {
+	if err := retryPorts(func() error { return e.startEtcd(ctx) }, &e.etcd); err != nil {
 		return nil, err
 	}
 	if err := e.writeTokens(opts.Users); err != nil {
 		return nil, err
 	}
-	if err := e.startAPIServer(ctx, pki, opts.APIServerArgs); err != nil {
+	if err := retryPorts(func() error { return e.startAPIServer(ctx, pki, opts.APIServerArgs) }, &e.apiserver); err != nil {
 		return nil, err
 	}
 	e.Kubeconfig = filepath.Join(dir, "admin.kubeconfig")
@@ -452,10 +452,28 @@ func (p *process) tail(n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// retryPorts runs start up to three times while it fails because a port
+// picked by freePorts was taken by someone else before the child bound it
+// (tests of several packages run in parallel).
+func retryPorts(start func() error, p **process) error {
+	var err error
+	for range 3 {
+		if err = start(); err == nil {
+			return nil
+		}
+		if *p == nil || !strings.Contains((*p).tail(50), "address already in use") {
+			return err
+		}
+		if serr := (*p).stop(); serr != nil {
+			return errors.Join(err, serr)
+		}
+		*p = nil
+	}
+	return err
+}
+
 // freePorts returns n distinct loopback TCP ports that were free a moment
-// ago. Another process could take one before the child binds it; the child
-// then exits and the start fails with its log, which is rare enough on a
-// test machine not to warrant retries.
+// ago; retryPorts covers the race with other processes.
 func freePorts(n int) ([]int, error) {
 	ports := make([]int, 0, n)
 	var ls []net.Listener
