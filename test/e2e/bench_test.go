@@ -235,6 +235,11 @@ func BenchmarkProxies(b *testing.B) {
 			}
 		}
 	}
+	if benchNoCacheConfig == "" { // the agent never restarted: its counters cover the run
+		fmt.Fprintf(&tbl, "agent token cache over the run: %.0f hits, %.0f misses\n",
+			e.agent.metric("portcullis_tokencheck_verified_cache_total", `result="hit"`),
+			e.agent.metric("portcullis_tokencheck_verified_cache_total", `result="miss"`))
+	}
 	// The table, not b.Log: benchmark logs are truncated.
 	fmt.Print(tbl.String())
 	if out := os.Getenv("PORTCULLIS_BENCH_PERF"); out != "" {
