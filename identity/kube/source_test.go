@@ -182,34 +182,21 @@ type podSpec struct {
 // pod creates a pod bound to a node and sets its status as a kubelet would.
 func (h *harness) pod(p podSpec) *corev1.Pod {
 	h.t.Helper()
-	created, err := h.client.CoreV1().Pods(p.ns).Create(h.ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: p.ns, Name: p.name, Labels: p.labels},
-		Spec: corev1.PodSpec{
-			NodeName:           p.node,
-			ServiceAccountName: p.sa,
-			HostNetwork:        p.hostNetwork,
-			Containers:         []corev1.Container{{Name: "app", Image: "registry.invalid/app:1"}},
-		},
-	}, metav1.CreateOptions{})
+	created, err := kubeenv.RunningPod(h.ctx, h.client, kubeenv.Pod{
+		Namespace: p.ns, Name: p.name, Node: p.node, ServiceAccount: p.sa,
+		Labels: p.labels, IPs: []string{p.ip}, HostNetwork: p.hostNetwork,
+	})
 	if err != nil {
-		h.t.Fatalf("create pod %s/%s: %v", p.ns, p.name, err)
+		h.t.Fatal(err)
 	}
-	created.Status.Phase = corev1.PodRunning
-	created.Status.PodIP = p.ip
-	created.Status.PodIPs = []corev1.PodIP{{IP: p.ip}}
-	updated, err := h.client.CoreV1().Pods(p.ns).UpdateStatus(h.ctx, created, metav1.UpdateOptions{})
-	if err != nil {
-		h.t.Fatalf("update pod status %s/%s: %v", p.ns, p.name, err)
-	}
-	return updated
+	return created
 }
 
 // deletePod deletes with grace period 0: there is no kubelet to confirm.
 func (h *harness) deletePod(ns, name string) {
 	h.t.Helper()
-	zero := int64(0)
-	if err := h.client.CoreV1().Pods(ns).Delete(h.ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
-		h.t.Fatalf("delete pod %s/%s: %v", ns, name, err)
+	if err := kubeenv.DeletePodNow(h.ctx, h.client, ns, name); err != nil {
+		h.t.Fatal(err)
 	}
 }
 
