@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -96,5 +99,59 @@ func TestDemoRows(t *testing.T) {
 				t.Errorf("app %q saw X-Portcullis-Source (-want +got):\n%s", got.Service, diff)
 			}
 		})
+	}
+}
+
+// TestConcurrentCallersKeepTheirIdentity: the frontend and the attacker
+// call the same endpoint at the same time over many parallel connections
+// (curl -Z); the kernel-told identity must never cross over: every
+// frontend call is allowed, every attacker call refused.
+func TestConcurrentCallersKeepTheirIdentity(t *testing.T) {
+	e := newEnv(t, demoPods(demoApp))
+	e.setPolicies(e.demoPolicies())
+	e.agent.Start()
+	url := e.pods["orders-api"].URL(appPort, "/internal/stock")
+	const n = 200
+	args := []string{"-sS", "-Z", "--parallel-max", "16", "-m", "20", "-H", "Connection: close", "-w", `%{http_code}\n`}
+	for range n {
+		args = append(args, "-o", "/dev/null", url)
+	}
+	type result struct {
+		out string
+		err error
+	}
+	results := map[string]chan result{}
+	for _, name := range []string{"frontend", "attacker"} {
+		ch := make(chan result, 1)
+		results[name] = ch
+		cmd := exec.Command("curl", args...)
+		var out, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &stderr
+		startInPod(t, e.pods[name], cmd)
+		go func() {
+			err := cmd.Wait()
+			if err != nil {
+				err = fmt.Errorf("%w: %s", err, stderr.String())
+			}
+			ch <- result{out.String(), err}
+		}()
+	}
+	for name, want := range map[string]string{"frontend": "200", "attacker": "403"} {
+		var r result
+		select {
+		case r = <-results[name]:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("curl from %s did not finish within 60s", name)
+		}
+		if r.err != nil {
+			t.Fatalf("curl from %s: %v: %s", name, r.err, r.out)
+		}
+		codes := map[string]int{}
+		for _, c := range strings.Fields(r.out) {
+			codes[c]++
+		}
+		if diff := cmp.Diff(map[string]int{want: n}, codes); diff != "" {
+			t.Errorf("status codes of %d calls from %s (-want +got):\n%s", n, name, diff)
+		}
 	}
 }
