@@ -61,13 +61,14 @@ func (h *h1conn) serve() {
 				h.c.SetReadDeadline(time.Now().Add(s.cfg.ReadHeaderTimeout))
 			}
 		}
-		if ref := h.readHead(); ref.status != 0 {
+		headLen, ref := h.readHead()
+		if ref.status != 0 {
 			h.refuseProtocol(ref, nil)
 			return
 		} else if ref.reason != "" {
 			return // read error or timeout: nothing to answer
 		}
-		req, err := http.ReadRequest(h.br)
+		req, err := parseRequest(h.br, headLen)
 		if err != nil {
 			h.refuseProtocol(refusal{http.StatusBadRequest, ReasonMalformedRequest}, nil)
 			return
@@ -87,36 +88,37 @@ func (h *h1conn) serve() {
 var crlfcrlf = []byte("\r\n\r\n")
 
 // readHead waits until the whole header block is buffered and checks it.
-// It returns a refusal with a status to answer, a refusal with only a
-// reason when the connection just ended, or a zero refusal.
-func (h *h1conn) readHead() refusal {
+// It returns the block's length and a refusal with a status to answer, a
+// refusal with only a reason when the connection just ended, or a zero
+// refusal.
+func (h *h1conn) readHead() (int, refusal) {
 	limit := h.s.cfg.MaxHeaderBytes
 	scanned := 0
 	for {
 		b, err := h.br.Peek(h.br.Buffered())
 		if err != nil {
-			return refusal{reason: ReasonMalformedRequest}
+			return 0, refusal{reason: ReasonMalformedRequest}
 		}
 		from := max(0, scanned-3)
 		if i := bytes.Index(b[from:], crlfcrlf); i >= 0 {
 			end := from + i + len(crlfcrlf)
 			if end > limit {
-				return refusal{http.StatusRequestHeaderFieldsTooLarge, ReasonHeadersTooLarge}
+				return 0, refusal{http.StatusRequestHeaderFieldsTooLarge, ReasonHeadersTooLarge}
 			}
-			return headProblem(b[:end], h.s.cfg.MaxHeaderCount)
+			return end, headProblem(b[:end], h.s.cfg.MaxHeaderCount)
 		}
 		if bytes.Contains(b[from:], []byte("\n\n")) {
-			return refusal{http.StatusBadRequest, ReasonSmuggling}
+			return 0, refusal{http.StatusBadRequest, ReasonSmuggling}
 		}
 		scanned = len(b)
 		if scanned >= limit {
-			return refusal{http.StatusRequestHeaderFieldsTooLarge, ReasonHeadersTooLarge}
+			return 0, refusal{http.StatusRequestHeaderFieldsTooLarge, ReasonHeadersTooLarge}
 		}
 		if scanned == h.br.Size() {
 			h.grow(limit)
 		}
 		if _, err := h.br.Peek(scanned + 1); err != nil {
-			return refusal{reason: ReasonMalformedRequest}
+			return 0, refusal{reason: ReasonMalformedRequest}
 		}
 	}
 }

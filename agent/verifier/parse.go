@@ -1,0 +1,160 @@
+package verifier
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// parseRequest builds the request whose complete header block (already
+// accepted by headProblem) is the first headLen buffered bytes of br.
+//
+// The common shape — HTTP/1.1, origin-form target, no Transfer-Encoding —
+// is parsed here with one string for the whole block (keys and values are
+// substrings of it) instead of one allocation per header field; anything
+// else goes to http.ReadRequest. FuzzParseRequest checks both agree.
+func parseRequest(br *bufio.Reader, headLen int) (*http.Request, error) {
+	b, err := br.Peek(headLen)
+	if err != nil {
+		return nil, err
+	}
+	req, ok := parseFast(b, br)
+	if !ok {
+		return http.ReadRequest(br)
+	}
+	br.Discard(headLen)
+	return req, nil
+}
+
+// parseFast parses block, a header block ending in CRLF CRLF, whose body
+// (if any) follows in br. ok is false when the request is not of the common
+// shape or is invalid; the caller then lets http.ReadRequest decide.
+func parseFast(block []byte, br *bufio.Reader) (req *http.Request, ok bool) {
+	s := string(block)
+	line, rest, _ := strings.Cut(s, "\r\n")
+	method, line, ok1 := strings.Cut(line, " ")
+	uri, proto, ok2 := strings.Cut(line, " ")
+	if !ok1 || !ok2 || proto != "HTTP/1.1" || uri == "" || uri[0] != '/' || !validMethod(method) {
+		return nil, false
+	}
+	u, err := url.ParseRequestURI(uri)
+	if err != nil {
+		return nil, false
+	}
+	n := strings.Count(rest, "\r\n") - 1 // lines minus the empty one
+	h := make(http.Header, n)
+	values := make([]string, n)
+	for i := 0; i < n; i++ {
+		var kv string
+		kv, rest, _ = strings.Cut(rest, "\r\n")
+		name, value, found := strings.Cut(kv, ":")
+		if !found || !validNameString(name) {
+			return nil, false
+		}
+		value = strings.Trim(value, " \t")
+		if !validValue(value) {
+			return nil, false
+		}
+		key := name
+		if !isCanonical(name) {
+			key = http.CanonicalHeaderKey(name)
+		}
+		if vv, seen := h[key]; seen {
+			h[key] = append(vv, value)
+			continue
+		}
+		values[i] = value
+		h[key] = values[i : i+1 : i+1]
+	}
+	if len(h["Transfer-Encoding"]) > 0 || len(h["Host"]) > 1 {
+		return nil, false
+	}
+	req = &http.Request{
+		Method: method, URL: u, RequestURI: uri,
+		Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Body: http.NoBody,
+	}
+	if hv := h["Host"]; len(hv) == 1 {
+		req.Host = hv[0]
+		delete(h, "Host") // as ReadRequest does
+	}
+	if cl := h["Content-Length"]; len(cl) > 0 {
+		// headProblem refused differing duplicates.
+		n, err := strconv.ParseUint(cl[0], 10, 63)
+		if err != nil || cl[0][0] == '+' {
+			return nil, false
+		}
+		if len(cl) > 1 {
+			h["Content-Length"] = cl[:1]
+		}
+		if n > 0 {
+			req.ContentLength = int64(n)
+			req.Body = &fixedBody{LimitedReader: io.LimitedReader{R: br, N: int64(n)}}
+		}
+	}
+	req.Close = httpguts.HeaderValuesContainsToken(h["Connection"], "close")
+	return req, true
+}
+
+// fixedBody is a Content-Length request body read straight from the
+// connection's buffer. Close does not drain: the verifier either forwards
+// the whole body or closes the connection.
+type fixedBody struct {
+	io.LimitedReader
+}
+
+func (b *fixedBody) Read(p []byte) (int, error) {
+	n, err := b.LimitedReader.Read(p)
+	if err == io.EOF && b.N > 0 {
+		err = io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func (b *fixedBody) Close() error { return nil }
+
+func validMethod(m string) bool {
+	return m != "" && validNameString(m)
+}
+
+func validNameString(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isTokenChar(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// validValue mirrors net/textproto: visible ASCII, SP, HTAB and obs-text.
+func validValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// isCanonical reports whether a token header name is already in
+// CanonicalHeaderKey form, so the common case needs no allocation.
+func isCanonical(s string) bool {
+	upper := true
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			return false
+		}
+		upper = c == '-'
+	}
+	return true
+}
