@@ -211,6 +211,22 @@ func (a *agent) Kill() {
 	}
 }
 
+// waitLog waits (bounded) until the agent's log contains s.
+func (a *agent) waitLog(s string) {
+	a.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		b, err := os.ReadFile(a.logPath)
+		if err == nil && strings.Contains(string(b), s) {
+			return
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatalf("agent log has no %q after %v", s, waitTimeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // PID is the running agent's process ID.
 func (a *agent) PID() int { return a.cmd.Process.Pid }
 

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -375,5 +376,85 @@ func TestWorkloadsChangeAtRuntime(t *testing.T) {
 	}
 	if e.agent.PID() != pid || !e.agent.running() {
 		t.Errorf("the agent restarted or exited")
+	}
+}
+
+// TestGracefulDrain: on SIGTERM the agent stops accepting new connections
+// (they are dropped, never passed to the app) but lets a request in flight
+// finish, then exits 0.
+func TestGracefulDrain(t *testing.T) {
+	e := newEnv(t, demoPods(e2eApp))
+	e.setPolicies(readers("Enforce", "Orders.Read"))
+	e.agent.Teardown = false
+	e.agent.Start()
+	orders := e.pods["orders-api"]
+	tok := mintTokens(t)
+	c := hostClient(t)
+
+	pr, pw := io.Pipe()
+	done := make(chan outcome, 1)
+	go func() {
+		resp, body, err := tryDo(c, http.MethodPost, orders.URL(appPort, "/slow"), tok.read, pr)
+		o := outcome{err: err}
+		if resp != nil {
+			o.status = resp.StatusCode
+			if err == nil && !strings.Contains(body, `"bytes":1000`) {
+				o.err = fmt.Errorf("app answered %s, want 1000 body bytes", body)
+			}
+		}
+		done <- o
+	}()
+	if _, err := pw.Write(make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.ContainsFunc(e.agent.auditLog(), func(r auditRecord) bool { return r.Path == "/slow" }) {
+		if time.Now().After(deadline) {
+			t.Fatal("no decision for the slow upload after 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	before := e.stats(orders)
+	e.agent.signal(syscall.SIGTERM)
+	// While the agent drains (it says so in its log, just before it
+	// closes its listeners), new connections are no longer accepted.
+	e.agent.waitLog("agent shutting down")
+	refused := false
+	for range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", orders.Addr(appPort).String())
+		cancel()
+		if err != nil {
+			refused = true
+			break
+		}
+		conn.Close() // accepted in the instant before the listener closed
+	}
+	if !refused {
+		t.Error("new connections are still accepted while the agent drains")
+	}
+	if e.agent.wait(0) {
+		t.Fatal("the agent exited with a request in flight")
+	}
+	for range 9 {
+		if _, err := pw.Write(make([]byte, 100)); err != nil {
+			t.Fatalf("slow body during the drain: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	pw.Close()
+	if o := <-done; o.err != nil || o.status != 200 {
+		t.Errorf("request in flight during the drain: got %d, %v; want 200", o.status, o.err)
+	}
+	if !e.agent.wait(10 * time.Second) {
+		t.Fatal("agent did not exit within 10s after its last request")
+	}
+	if st := e.agent.cmd.ProcessState; !st.Success() {
+		t.Errorf("agent exited with %v, want 0", st)
+	}
+	after := e.stats(orders)
+	if after.Conns != before.Conns {
+		t.Errorf("the app accepted %d connections during the drain, want 0", after.Conns-before.Conns)
 	}
 }
