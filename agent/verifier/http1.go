@@ -376,7 +376,7 @@ func (h *h1conn) readResponse(uc *upConn, req *http.Request) (*http.Response, er
 		if _, err := uc.br.Peek(1); err != nil {
 			return nil, err
 		}
-		resp, err := http.ReadResponse(uc.br, req)
+		resp, err := parseResponse(uc.br, req)
 		if err != nil {
 			return nil, err
 		}

@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net/http"
 	"net/url"
@@ -46,30 +47,9 @@ func parseFast(block []byte, br *bufio.Reader) (req *http.Request, ok bool) {
 	if err != nil {
 		return nil, false
 	}
-	n := strings.Count(rest, "\r\n") - 1 // lines minus the empty one
-	h := make(http.Header, n)
-	values := make([]string, n)
-	for i := 0; i < n; i++ {
-		var kv string
-		kv, rest, _ = strings.Cut(rest, "\r\n")
-		name, value, found := strings.Cut(kv, ":")
-		if !found || !validNameString(name) {
-			return nil, false
-		}
-		value = strings.Trim(value, " \t")
-		if !validValue(value) {
-			return nil, false
-		}
-		key := name
-		if !isCanonical(name) {
-			key = http.CanonicalHeaderKey(name)
-		}
-		if vv, seen := h[key]; seen {
-			h[key] = append(vv, value)
-			continue
-		}
-		values[i] = value
-		h[key] = values[i : i+1 : i+1]
+	h, ok := parseFields(rest)
+	if !ok {
+		return nil, false
 	}
 	if len(h["Transfer-Encoding"]) > 0 || len(h["Host"]) > 1 {
 		return nil, false
@@ -99,6 +79,112 @@ func parseFast(block []byte, br *bufio.Reader) (req *http.Request, ok bool) {
 	}
 	req.Close = httpguts.HeaderValuesContainsToken(h["Connection"], "close")
 	return req, true
+}
+
+// parseFields parses header lines (each ending in CRLF, then an empty
+// line) whose names and values are substrings of rest.
+func parseFields(rest string) (http.Header, bool) {
+	n := strings.Count(rest, "\r\n") - 1 // lines minus the empty one
+	if n < 0 {
+		return nil, false
+	}
+	h := make(http.Header, n)
+	values := make([]string, n)
+	for i := 0; i < n; i++ {
+		var kv string
+		kv, rest, _ = strings.Cut(rest, "\r\n")
+		name, value, found := strings.Cut(kv, ":")
+		if !found || !validNameString(name) {
+			return nil, false
+		}
+		value = strings.Trim(value, " \t")
+		if !validValue(value) {
+			return nil, false
+		}
+		key := name
+		if !isCanonical(name) {
+			key = http.CanonicalHeaderKey(name)
+		}
+		if vv, seen := h[key]; seen {
+			h[key] = append(vv, value)
+			continue
+		}
+		values[i] = value
+		h[key] = values[i : i+1 : i+1]
+	}
+	return h, true
+}
+
+// parseResponse reads the application's response head: the common shape
+// (HTTP/1.1, final status, Content-Length or no body, head already
+// buffered) here, anything else with http.ReadResponse. FuzzParseResponse
+// checks both agree.
+func parseResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+	if b, _ := br.Peek(br.Buffered()); len(b) > 0 {
+		if i := bytes.Index(b, crlfcrlf); i >= 0 && headProblem(b[:i+4], 1<<20).status == 0 {
+			if resp, ok := parseResponseFast(b[:i+4], br, req); ok {
+				br.Discard(i + 4)
+				return resp, nil
+			}
+		}
+	}
+	return http.ReadResponse(br, req)
+}
+
+func parseResponseFast(block []byte, br *bufio.Reader, req *http.Request) (*http.Response, bool) {
+	s := string(block)
+	line, rest, _ := strings.Cut(s, "\r\n")
+	proto, status, ok := strings.Cut(line, " ")
+	if !ok || proto != "HTTP/1.1" {
+		return nil, false
+	}
+	status = strings.TrimLeft(status, " ")
+	if len(status) < 3 || (len(status) > 3 && status[3] != ' ') {
+		return nil, false
+	}
+	code, err := strconv.Atoi(status[:3])
+	if err != nil || code < 200 || status[0] == '+' || status[0] == '-' {
+		return nil, false
+	}
+	h, ok := parseFields(rest)
+	if !ok || len(h["Transfer-Encoding"]) > 0 || len(h["Trailer"]) > 0 || len(h["Pragma"]) > 0 {
+		return nil, false
+	}
+	resp := &http.Response{
+		Status: status, StatusCode: code, Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Body: http.NoBody, Request: req,
+	}
+	length := int64(-1)
+	if cl := h["Content-Length"]; len(cl) > 0 {
+		n, err := strconv.ParseUint(cl[0], 10, 63)
+		if err != nil || cl[0][0] == '+' {
+			return nil, false
+		}
+		for _, v := range cl[1:] {
+			if v != cl[0] {
+				return nil, false
+			}
+		}
+		if len(cl) > 1 {
+			h["Content-Length"] = cl[:1]
+		}
+		length = int64(n)
+	}
+	switch {
+	case req != nil && req.Method == http.MethodHead:
+		resp.ContentLength = length
+	case code == http.StatusNoContent || code == http.StatusNotModified:
+	case length < 0:
+		return nil, false // close-delimited: ReadResponse knows how
+	case length > 0:
+		resp.ContentLength = length
+		resp.Body = &fixedBody{LimitedReader: io.LimitedReader{R: br, N: length}}
+	}
+	if httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
+		resp.Close = true
+		delete(h, "Connection") // as ReadResponse does
+	}
+	return resp, true
 }
 
 // fixedBody is a Content-Length request body read straight from the

@@ -77,3 +77,47 @@ func TestParseRequestFallsBack(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseResponse checks the fast response parser against
+// http.ReadResponse, for GET and HEAD.
+func FuzzParseResponse(f *testing.F) {
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello"), false)
+	f.Add([]byte("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"), false)
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"), true)
+	f.Add([]byte("HTTP/1.1 404\r\nx-a: 1\r\nX-A: 2\r\nContent-Length: 0\r\n\r\n"), false)
+	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), false)
+	f.Fuzz(func(t *testing.T, in []byte, head bool) {
+		i := bytes.Index(in, crlfcrlf)
+		if i < 0 || headProblem(in[:i+4], 1<<20).status != 0 {
+			return
+		}
+		req := &http.Request{Method: "GET"}
+		if head {
+			req.Method = "HEAD"
+		}
+		fast, ok := parseResponseFast(in[:i+4], bufio.NewReader(bytes.NewReader(in[i+4:])), req)
+		if !ok {
+			return
+		}
+		std, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(in)), req)
+		if err != nil {
+			t.Fatalf("fast parser accepted what ReadResponse refuses (%v): %q", err, in[:i+4])
+		}
+		type view struct {
+			Status        string
+			StatusCode    int
+			Proto         string
+			ContentLength int64
+			Close         bool
+			Header        http.Header
+			Body          string
+		}
+		v := func(r *http.Response) view {
+			b, _ := io.ReadAll(r.Body)
+			return view{r.Status, r.StatusCode, r.Proto, r.ContentLength, r.Close, r.Header, string(b)}
+		}
+		if diff := cmp.Diff(v(std), v(fast)); diff != "" {
+			t.Errorf("parse of %q (-ReadResponse +fast):\n%s", in, diff)
+		}
+	})
+}
