@@ -30,8 +30,13 @@ PORTCULLIS_BENCH_PERF="$OUT/agent.perf" \
 	go test -count=1 -run '^$' -bench Proxies -benchtime 1x -timeout 30m ./test/e2e/
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "== where the agent's CPU goes (perf, 16 connections through Portcullis; self time by symbol)"
-perf report -i "$OUT/agent.perf" --stdio --no-children --sort symbol 2>/dev/null |
-	grep -E '^ +[0-9.]+%' | head -40 | tee "$OUT/profile.txt"
+echo "== where the agent's CPU goes (perf, 16 connections through Portcullis)"
+echo "-- kernel vs agent binary (self time)"
+perf report -i "$OUT/agent.perf" --stdio --sort dso 2>/dev/null |
+	grep -E '^ +[0-9.]+%' | awk '{printf "  %8s  %s\n", $2, $3}' | tee "$OUT/profile.txt"
+echo "-- agent functions, inclusive of what they call (children %, self %)"
+perf report -i "$OUT/agent.perf" --stdio --children --sort symbol 2>/dev/null |
+	grep -E '^ +[0-9.]+%' | grep -v '\[k\]' | grep -vE 'runtime\.(goexit|mstart)|gowrap' |
+	awk '{printf "  %8s %8s  %s\n", $1, $2, $4}' | head -40 | tee -a "$OUT/profile.txt"
 echo
 echo "table: $OUT/table.txt, profile: $OUT/profile.txt (perf report -i $OUT/agent.perf)"
