@@ -229,8 +229,18 @@ func TestSubscribers(t *testing.T) {
 			t.Fatalf("fast subscriber did not receive record %d", i)
 		}
 	}
+	// The writer may offer the last record to the slow subscriber after the
+	// fast one got it; Close waits for the writer.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
 	if d := slow.Dropped(); d != n-3 {
 		t.Errorf("slow subscriber dropped %d, want %d", d, n-3)
+	}
+	if st := l.Stats(); st.SubscriberDrops != n-3 {
+		t.Errorf("Stats().SubscriberDrops = %d, want %d", st.SubscriberDrops, n-3)
 	}
 	slow.Close()
 	slow.Close() // idempotent
