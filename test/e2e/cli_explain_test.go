@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // liveOutcome is what a request got through the datapath, or what explain
@@ -26,16 +28,108 @@ func (o liveOutcome) String() string {
 	return fmt.Sprintf("deny %d %s", o.Status, o.Reason)
 }
 
+// explained is what `explain -o json` says about a request.
+type explained struct {
+	Decision    string `json:"decision"`
+	Reason      string `json:"reason"`
+	TokenReason string `json:"token_reason"`
+	Status      int    `json:"status"`
+	Mode        string `json:"mode"`
+	Captured    bool   `json:"captured"`
+	WouldDeny   bool   `json:"would_deny"`
+}
+
+// outcome is what explain says happens on the wire.
+func (x explained) outcome() liveOutcome {
+	o := liveOutcome{Allow: x.Decision == "allow", Status: x.Status}
+	if !o.Allow {
+		o.Reason = x.effectiveReason()
+	}
+	return o
+}
+
+// effectiveReason is the reason the live path gives for a refusal: explain
+// reports the policy's reason (token_missing, token_invalid) and, apart,
+// why the token was refused; the live path answers a refused token with
+// the latter (agent/authz).
+func (x explained) effectiveReason() string {
+	if x.TokenReason != "" {
+		return x.TokenReason
+	}
+	return x.Reason
+}
+
+// record is the decision record explain implies for a captured request:
+// the policy's decision (in audit mode, what enforcing would have done),
+// and the status of the refusal sent, none when the request was forwarded
+// (agent/audit.Record).
+func (x explained) record() decisionLine {
+	deny, status := x.Decision != "allow", x.Status
+	if x.Mode == "audit" {
+		deny, status = x.WouldDeny, 0
+	}
+	if !deny {
+		return decisionLine{Decision: "allow"}
+	}
+	return decisionLine{Decision: "deny", Reason: x.effectiveReason(), Status: status}
+}
+
 var errorDescription = regexp.MustCompile(`error_description="([^"]*)"`)
+
+// explainPolicies are added to the demo's: an enforced Deny policy (one
+// rule for everyone, one with a token condition that turns allowed
+// requests into refusals) and an audit-mode policy on a port the demo does
+// not capture.
+const explainPolicies = `
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: orders-api}
+  mode: Enforce
+  action: Deny
+  rules:
+  - to:
+      ports: [8080]
+      paths: ["/admin"]
+  - to:
+      ports: [8080]
+      methods: [GET]
+      paths: ["/orders/42"]
+    when:
+      issuers: [{name: entra}]
+      roles: {anyOf: [Orders.Read]}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: direct-audit, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: orders-api}
+  mode: Audit
+  action: Allow
+  rules:
+  - to:
+      ports: [8081]
+      methods: [GET]
+    when:
+      issuers: [{name: entra}]
+      roles: {anyOf: [Orders.Read]}
+`
 
 // TestCLIExplainAgreesWithLivePath is the property that explain is the
 // live path's decision without the request: for every request of a
 // generated set (methods, paths, ports, callers: the host, the frontend pod
 // with its client ID, the attacker pod; tokens: none, with the role,
 // without it, wrong audience, expired, the frontend's app token bound to
-// its workload), the real request through the captured pod port and
+// its workload), the real request through the pod's port and
 // `portcullis explain --source … --token …` against the same agent end in
-// the same decision, status and reason.
+// the same decision, status and reason, and the agent's decision record
+// for the request (streamed by `decisions --follow`) is the one explain
+// implies. It holds for the demo's policies, then for a set with Deny
+// rules and an audit-mode policy.
 func TestCLIExplainAgreesWithLivePath(t *testing.T) {
 	e := newEnv(t, demoPods(e2eApp))
 	e.setPolicies(e.demoPolicies())
@@ -44,6 +138,29 @@ func TestCLIExplainAgreesWithLivePath(t *testing.T) {
 	tok := mintCLITokens(t)
 	orders := e.pods["orders-api"]
 	hc := hostClient(t)
+
+	// A first decision, then the follower: its first line is that
+	// decision, which tells the test the stream is subscribed.
+	if resp, _ := do(t, hc, http.MethodGet, orders.URL(appPort, "/orders/warm-up"), "", nil); resp.StatusCode != 401 {
+		t.Fatalf("GET /orders/warm-up: got %d, want 401", resp.StatusCode)
+	}
+	waitDecisions(t, c, 1)
+	f := c.start(t, "decisions", "--follow", "-o", "json")
+	nextRecord := func(t *testing.T, name string) decisionLine {
+		t.Helper()
+		line, err := f.nextLine()
+		if err != nil {
+			t.Fatalf("%s: decision record: %v", name, err)
+		}
+		var d decisionLine
+		if err := json.Unmarshal([]byte(line), &d); err != nil {
+			t.Fatalf("decision line %q: %v", line, err)
+		}
+		return d
+	}
+	if d := nextRecord(t, "GET /orders/warm-up"); d.Path != "/orders/warm-up" {
+		t.Fatalf("first followed decision: got %+v, want the one for /orders/warm-up", d)
+	}
 
 	type caller struct {
 		name   string // pod name, "" for the host netns
@@ -64,40 +181,99 @@ func TestCLIExplainAgreesWithLivePath(t *testing.T) {
 			requests = append(requests, request{m, p, appPort})
 		}
 	}
-	// A port no policy names is not captured: explain must say the
-	// request goes through.
+	// A port the demo's policies do not name: not captured, so explain
+	// must say the request goes through (and there is no record); the
+	// second policy set captures it in audit mode.
 	requests = append(requests, request{http.MethodGet, "/orders/42", directPort}, request{http.MethodPost, "/orders", directPort})
 
-	cases, allows := 0, 0
-	for _, r := range requests {
-		for _, from := range callers {
-			for _, tk := range tokens {
-				name := fmt.Sprintf("%s :%d%s from %s with token %s", r.method, r.port, r.path, podName(e.pods[from.name]), tk.name)
-				live := liveRequest(t, e, hc, from.name, r.method, orders.URL(r.port, r.path), tk.token)
-				args := []string{"explain", "--workload", "shop/orders-api", "--port", strconv.Itoa(int(r.port)),
-					"--method", r.method, "--path", r.path, "-o", "json"}
-				if from.source != "" {
-					args = append(args, "--source", from.source)
-				}
-				if tk.token != "" {
-					args = append(args, "--token", tk.token)
-				}
-				got := explainOutcome(t, c, name, args)
-				cases++
-				if live.Allow {
-					allows++
-				}
-				if got != live {
-					t.Errorf("%s: explain says %v, the live path did %v", name, got, live)
+	check := func(t *testing.T) {
+		cases, allows, records := 0, 0, 0
+		for _, r := range requests {
+			for _, from := range callers {
+				for _, tk := range tokens {
+					name := fmt.Sprintf("%s :%d%s from %s with token %s", r.method, r.port, r.path, podName(e.pods[from.name]), tk.name)
+					live := liveRequest(t, e, hc, from.name, r.method, orders.URL(r.port, r.path), tk.token)
+					args := []string{"explain", "--workload", "shop/orders-api", "--port", strconv.Itoa(int(r.port)),
+						"--method", r.method, "--path", r.path, "-o", "json"}
+					if from.source != "" {
+						args = append(args, "--source", from.source)
+					}
+					if tk.token != "" {
+						args = append(args, "--token", tk.token)
+					}
+					x := explainRequest(t, c, name, args)
+					cases++
+					if live.Allow {
+						allows++
+					}
+					if got := x.outcome(); got != live {
+						t.Errorf("%s: explain says %v, the live path did %v", name, got, live)
+					}
+					if !x.Captured {
+						continue // no record; a stray one shows up as the next request's
+					}
+					records++
+					got := nextRecord(t, name)
+					if got.Method != r.method || got.Path != r.path {
+						t.Fatalf("%s: the next decision record is for %s %s: records out of step with requests", name, got.Method, got.Path)
+					}
+					want := x.record()
+					want.Source, want.Method, want.Path = got.Source, got.Method, got.Path // compared by the audit tests
+					if got != want {
+						t.Errorf("%s: decision record %+v, explain implies %+v", name, got, want)
+					}
 				}
 			}
 		}
+		// The set must exercise both outcomes, or the property says little.
+		if allows == 0 || allows == cases {
+			t.Errorf("%d of %d requests allowed: the generated set should have both outcomes", allows, cases)
+		}
+		t.Logf("%d requests, %d allowed, %d decision records", cases, allows, records)
 	}
-	// The set must exercise both outcomes, or the property says little.
-	if allows == 0 || allows == cases {
-		t.Errorf("%d of %d requests allowed: the generated set should have both outcomes", allows, cases)
+
+	t.Run("demo policies", check)
+
+	e.setPolicies(e.demoPolicies() + explainPolicies)
+	waitCaptured(t, c, "shop/orders-api", appPort, directPort)
+	// Capture applies to new connections: the datapath passes packets of
+	// established sockets, so a kept-alive connection to directPort from
+	// the first round would still reach the app directly, unseen.
+	hc.CloseIdleConnections()
+	t.Run("deny and audit policies", check)
+}
+
+// waitCaptured polls the agent until workload's captured ports are ports
+// (a new policy set is in force and the datapath follows it).
+func waitCaptured(t *testing.T, c *cli, workload string, ports ...uint32) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		r := c.run(t, "", "workloads", "-o", "json")
+		var got struct {
+			Workloads []struct {
+				Namespace     string   `json:"namespace"`
+				Name          string   `json:"name"`
+				CapturedPorts []uint32 `json:"captured_ports"`
+			} `json:"workloads"`
+		}
+		if err := json.Unmarshal([]byte(r.Stdout), &got); err != nil {
+			t.Fatalf("workloads: exit %d, output %q: %v", r.Code, r.Stdout, err)
+		}
+		var captured []uint32
+		for _, w := range got.Workloads {
+			if w.Namespace+"/"+w.Name == workload {
+				captured = w.CapturedPorts
+			}
+		}
+		if slices.Equal(captured, ports) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s captures ports %v after %v, want %v", workload, captured, waitTimeout, ports)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	t.Logf("%d requests, %d allowed", cases, allows)
 }
 
 // liveRequest sends one request to url from the pod named from (curl in
@@ -128,33 +304,21 @@ func liveRequest(t *testing.T, e *env, hc *http.Client, from, method, url, token
 	return o
 }
 
-// explainOutcome runs explain and reads its decision; the exit code must
-// agree with it (0 allow, 1 deny).
-func explainOutcome(t *testing.T, c *cli, name string, args []string) liveOutcome {
+// explainRequest runs explain and reads its answer; the exit code must
+// agree with the decision (0 allow, 1 deny).
+func explainRequest(t *testing.T, c *cli, name string, args []string) explained {
 	t.Helper()
 	r := c.run(t, "", args...)
-	var resp struct {
-		Decision    string `json:"decision"`
-		Reason      string `json:"reason"`
-		TokenReason string `json:"token_reason"`
-		Status      int    `json:"status"`
-	}
-	if err := json.Unmarshal([]byte(r.Stdout), &resp); err != nil {
+	var x explained
+	if err := json.Unmarshal([]byte(r.Stdout), &x); err != nil {
 		t.Fatalf("%s: explain: exit %d, output %q, stderr %q: %v", name, r.Code, r.Stdout, r.Stderr, err)
 	}
-	o := liveOutcome{Allow: resp.Decision == "allow", Status: resp.Status}
-	if !o.Allow {
-		// Explain gives the policy's reason (token_missing,
-		// token_invalid) and, apart, why the token was refused; the live
-		// path answers a refused token with the latter (agent/authz).
-		o.Reason = resp.Reason
-		if resp.TokenReason != "" {
-			o.Reason = resp.TokenReason
-		}
+	wantCode := 1
+	if x.Decision == "allow" {
+		wantCode = 0
 	}
-	wantCode := map[bool]int{true: 0, false: 1}[o.Allow]
 	if r.Code != wantCode {
-		t.Errorf("%s: explain decided %q but exited %d, want %d", name, resp.Decision, r.Code, wantCode)
+		t.Errorf("%s: explain decided %q but exited %d, want %d", name, x.Decision, r.Code, wantCode)
 	}
-	return o
+	return x
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -29,7 +30,6 @@ import (
 
 // cliProc is a CLI left running (decisions --follow), read line by line.
 type cliProc struct {
-	t      *testing.T
 	cmd    *exec.Cmd
 	lines  chan string
 	done   chan struct{}
@@ -40,7 +40,7 @@ type cliProc struct {
 // it if it still runs.
 func (c *cli) start(t *testing.T, args ...string) *cliProc {
 	t.Helper()
-	p := &cliProc{t: t, lines: make(chan string, 1024), done: make(chan struct{})}
+	p := &cliProc{lines: make(chan string, 1024), done: make(chan struct{})}
 	p.cmd = exec.Command(c.bin, append([]string{"--socket", c.socket}, args...)...)
 	p.cmd.Env = c.environ()
 	p.cmd.Stderr = &p.stderr
@@ -73,28 +73,36 @@ func (c *cli) start(t *testing.T, args ...string) *cliProc {
 }
 
 // next returns the next line of output, within waitTimeout.
-func (p *cliProc) next() string {
-	p.t.Helper()
+func (p *cliProc) next(t *testing.T) string {
+	t.Helper()
+	line, err := p.nextLine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return line
+}
+
+// nextLine is next, with an error for the caller to put in context.
+func (p *cliProc) nextLine() (string, error) {
 	select {
 	case line, ok := <-p.lines:
 		if !ok {
-			p.t.Fatalf("portcullis exited (%v) before the line the test waits for; stderr %q", p.cmd.ProcessState, p.stderr.String())
+			return "", fmt.Errorf("portcullis exited (%v) before the line the test waits for; stderr %q", p.cmd.ProcessState, p.stderr.String())
 		}
-		return line
+		return line, nil
 	case <-time.After(waitTimeout):
-		p.t.Fatalf("no line from portcullis within %v; stderr %q", waitTimeout, p.stderr.String())
+		return "", fmt.Errorf("no line from portcullis within %v; stderr %q", waitTimeout, p.stderr.String())
 	}
-	return ""
 }
 
 // exit waits for the process to end within waitTimeout and returns its
 // exit code.
-func (p *cliProc) exit() int {
-	p.t.Helper()
+func (p *cliProc) exit(t *testing.T) int {
+	t.Helper()
 	select {
 	case <-p.done:
 	case <-time.After(waitTimeout):
-		p.t.Fatalf("portcullis still running %v later; stderr %q", waitTimeout, p.stderr.String())
+		t.Fatalf("portcullis still running %v later; stderr %q", waitTimeout, p.stderr.String())
 	}
 	return p.cmd.ProcessState.ExitCode()
 }
@@ -119,7 +127,7 @@ func TestCLIDecisionsFollow(t *testing.T) {
 	f := c.start(t, "decisions", "--follow", "--deny-only", "--workload", "shop/orders-api", "-o", "json")
 	read := func() decisionLine {
 		t.Helper()
-		line := f.next()
+		line := f.next(t)
 		var d decisionLine
 		if err := json.Unmarshal([]byte(line), &d); err != nil {
 			t.Fatalf("decision line %q: %v", line, err)
@@ -147,7 +155,7 @@ func TestCLIDecisionsFollow(t *testing.T) {
 	if err := f.cmd.Process.Signal(os.Interrupt); err != nil {
 		t.Fatalf("interrupt portcullis: %v", err)
 	}
-	if code := f.exit(); code != 0 {
+	if code := f.exit(t); code != 0 {
 		t.Errorf("decisions --follow after an interrupt: exit %d, want 0; stderr %q", code, f.stderr.String())
 	}
 	var rest []string
@@ -364,7 +372,7 @@ func TestCLIUnreachable(t *testing.T) {
 		// A follower ends with the agent. (Today it exits 0 with "no
 		// decisions match": the server ends follow streams with OK on
 		// shutdown; see /work/notes/clie2e.md.)
-		code := f.exit()
+		code := f.exit(t)
 		t.Logf("decisions --follow when the agent stopped: exit %d, stderr %q", code, f.stderr.String())
 		if _, err := os.Lstat(c.socket); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("socket after the agent stopped: got %v, want it removed", err)
