@@ -159,6 +159,9 @@ const (
 	ReasonMethodNotAllowed Reason = "method_not_allowed"
 	// ReasonInternal: the authorizer could not decide (fail closed).
 	ReasonInternal Reason = "internal_error"
+	// ReasonUpstreamUnavailable: the request was allowed but the application
+	// could not be reached (502). Not a decision: never audited.
+	ReasonUpstreamUnavailable Reason = "upstream_unavailable"
 )
 
 // Decision is the Authorizer's answer.

@@ -237,7 +237,7 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 	resp, err := rt.RoundTrip(out)
 	if err != nil {
 		s.cfg.Logger.Debug("forward h2", "error", err)
-		writeRefusal2(w, grpc, http.StatusBadGateway, "upstream_unavailable")
+		writeRefusal2(w, grpc, http.StatusBadGateway, ReasonUpstreamUnavailable)
 		return
 	}
 	defer resp.Body.Close()

@@ -358,7 +358,7 @@ func staleConnErr(err error) bool {
 
 func (h *h1conn) badGateway(req *http.Request) bool {
 	keep := !req.Close && req.ContentLength == 0
-	writeRefusal1(h.bw, http.StatusBadGateway, "upstream_unavailable", !keep)
+	writeRefusal1(h.bw, http.StatusBadGateway, ReasonUpstreamUnavailable, !keep)
 	return keep
 }
 
