@@ -51,7 +51,7 @@ kube-tools: ## build kube-apiserver, etcd, kubectl, helm for the Kubernetes test
 test: lint verify-generated kube-tools test-unit fuzz ## everything CI runs: lint, generated-code check, all tests (as root), fuzzing
 
 bench: ## benchmarks (datapath, token validation, policy evaluation)
-	$(GO) test -run '^$$' -bench . -benchmem -count=1 $(PKGS)
+	$(GO) test -p 1 -run '^$$' -bench . -benchmem -count=1 $(PKGS)
 
 bench-proxies: build ## proxy benchmark (root): direct vs Portcullis vs HAProxy jwt_verify under wrk, with a perf profile
 	tools/bench/run.sh

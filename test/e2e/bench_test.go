@@ -30,9 +30,9 @@ var (
 	benchDuration = envDuration("PORTCULLIS_BENCH_DURATION", 5*time.Second)
 	benchRounds   = envInt("PORTCULLIS_BENCH_ROUNDS", 3)
 	// benchNoCacheConfig is agent YAML that disables the verified-token
-	// cache. The agent has no such setting yet (tokencheck.Config's
-	// CacheEntries < 0 does it): until it has, target (c) is skipped.
-	benchNoCacheConfig = os.Getenv("PORTCULLIS_BENCH_NOCACHE_CONFIG")
+	// cache (target c); PORTCULLIS_BENCH_NOCACHE_CONFIG overrides it, and
+	// "off" skips the target.
+	benchNoCacheConfig = envString("PORTCULLIS_BENCH_NOCACHE_CONFIG", "tokens:\n  cacheEntries: -1\n")
 )
 
 // Pinning: the servers (app, agent, HAProxy) share serverCPU, as a node
@@ -45,6 +45,13 @@ const (
 func envDuration(name string, def time.Duration) time.Duration {
 	if d, err := time.ParseDuration(os.Getenv(name)); err == nil && d > 0 {
 		return d
+	}
+	return def
+}
+
+func envString(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
 	}
 	return def
 }
@@ -170,10 +177,10 @@ func BenchmarkProxies(b *testing.B) {
 		{name: "direct", url: orders.URL(directPort, "/hello"), proxy: func() int { return 0 }},
 		{name: "portcullis", url: orders.URL(appPort, "/hello"), proxy: agentPID},
 	}
-	if benchNoCacheConfig != "" {
+	if benchNoCacheConfig != "off" {
 		targets = append(targets, benchTarget{name: "no-cache", url: orders.URL(appPort, "/hello"), proxy: agentPID, agentExtra: benchNoCacheConfig})
 	} else {
-		b.Log("target (c) cache disabled: skipped, the agent config has no switch for tokencheck.Config.CacheEntries (< 0 disables it); set PORTCULLIS_BENCH_NOCACHE_CONFIG to the YAML that does")
+		b.Log("target (c) cache disabled: skipped (PORTCULLIS_BENCH_NOCACHE_CONFIG=off)")
 	}
 	haPID, haURL := startHAProxy(b, e, orders)
 	targets = append(targets, benchTarget{name: "haproxy", url: haURL, proxy: func() int { return haPID }})
