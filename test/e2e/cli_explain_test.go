@@ -121,8 +121,8 @@ spec:
 
 // TestCLIExplainAgreesWithLivePath is the property that explain is the
 // live path's decision without the request: for every request of a
-// generated set (methods, paths, ports, callers: the host, the frontend pod
-// with its client ID, the attacker pod; tokens: none, with the role,
+// generated set (methods, paths, ports, callers: the host over IPv4 and
+// IPv6, the frontend pod with its client ID, the attacker pod; tokens: none, with the role,
 // without it, wrong audience, expired, the frontend's app token bound to
 // its workload), the real request through the pod's port and
 // `portcullis explain --source … --token …` against the same agent end in
@@ -165,8 +165,9 @@ func TestCLIExplainAgreesWithLivePath(t *testing.T) {
 	type caller struct {
 		name   string // pod name, "" for the host netns
 		source string // explain --source
+		ipv6   bool   // to the pod's IPv6 address
 	}
-	callers := []caller{{"", ""}, {"frontend", "shop/frontend"}, {"attacker", "shop/attacker"}}
+	callers := []caller{{"", "", false}, {"", "", true}, {"frontend", "shop/frontend", false}, {"attacker", "shop/attacker", false}}
 	tokens := []struct{ name, token string }{
 		{"none", ""}, {"read", tok.read}, {"no role", tok.noRole}, {"wrong audience", tok.wrongAud},
 		{"expired", tok.expired}, {"frontend app", tok.frontend},
@@ -192,7 +193,11 @@ func TestCLIExplainAgreesWithLivePath(t *testing.T) {
 			for _, from := range callers {
 				for _, tk := range tokens {
 					name := fmt.Sprintf("%s :%d%s from %s with token %s", r.method, r.port, r.path, podName(e.pods[from.name]), tk.name)
-					live := liveRequest(t, e, hc, from.name, r.method, orders.URL(r.port, r.path), tk.token)
+					url := orders.URL(r.port, r.path)
+					if from.ipv6 {
+						name, url = name+" over IPv6", orders.URL6(r.port, r.path)
+					}
+					live := liveRequest(t, e, hc, from.name, r.method, url, tk.token)
 					args := []string{"explain", "--workload", "shop/orders-api", "--port", strconv.Itoa(int(r.port)),
 						"--method", r.method, "--path", r.path, "-o", "json"}
 					if from.source != "" {

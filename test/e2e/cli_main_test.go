@@ -157,8 +157,8 @@ var cliPatterns = []struct {
 }{
 	// RFC 3339 times (tables, JSON, token claims).
 	{regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)`), "$$TIME"},
-	// protojson durations ("93.5s").
-	{regexp.MustCompile(`"-?\d+(\.\d+)?s"`), `"$$DUR"`},
+	// protojson durations ("93.5s" in JSON, 93.5s in YAML).
+	{regexp.MustCompile(`-?\b\d+\.\d+s\b`), "$$DUR"},
 	// The CLI's ages: "12m", "1h5m", "3d2h", "0s", "in 48m", "30s ago".
 	{regexp.MustCompile(`\b(\d+[dhms])+\b`), "$$DUR"},
 	// Unix times of token claims (exp, iat, nbf: ten digits).

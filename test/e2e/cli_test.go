@@ -178,6 +178,7 @@ func TestCLISubcommands(t *testing.T) {
 	runSteps([]step{
 		{name: "status", args: []string{"status"}},
 		{name: "status_json", args: []string{"status", "-o", "json"}},
+		{name: "status_yaml", args: []string{"status", "-o", "yaml"}},
 		{name: "workloads", args: []string{"workloads"}},
 		{name: "workloads_json", args: []string{"workloads", "-o", "json"}},
 		{name: "policies", args: []string{"policies"}},
