@@ -98,6 +98,8 @@ type Source struct {
 
 	// Owned by the worker goroutine.
 	reported map[string]*reported
+	scan     map[string]*procfs.Pod // last Scan of a Scanner locator
+	scanAt   time.Time
 
 	mu      sync.Mutex
 	running bool
@@ -456,7 +458,7 @@ func (s *Source) syncPod(key string, h identity.Handler) (retry bool) {
 		if prev != nil && prev.loc != nil && s.cfg.Locator.Alive(prev.loc.SandboxPID, prev.loc.SandboxStartTime) {
 			loc = prev.loc
 		} else {
-			loc, err = s.cfg.Locator.Find(string(pod.UID))
+			loc, err = s.find(string(pod.UID))
 			if err != nil {
 				// Not started yet, or its sandbox is gone: what was
 				// reported no longer exists. Retry with backoff.
@@ -484,6 +486,45 @@ func (s *Source) syncPod(key string, h identity.Handler) (retry bool) {
 	s.reported[key] = &reported{ev: ev, loc: loc}
 	h(copyEvent(ev))
 	return false
+}
+
+// scanner is implemented by locators that can find every pod in one pass
+// (*procfs.Scanner).
+type scanner interface {
+	Scan() (map[string]*procfs.Pod, error)
+}
+
+// scanMaxAge bounds how old a shared /proc scan may be to answer a lookup.
+const scanMaxAge = 100 * time.Millisecond
+
+// find locates a pod. With a scanner, one /proc pass answers every lookup
+// made within scanMaxAge (the initial sync of a node with a hundred pods
+// reads /proc once, not a hundred times); an answer whose sandbox has died
+// since, or a miss in a scan that is not fresh, is checked with a new scan.
+func (s *Source) find(uid string) (*procfs.Pod, error) {
+	sc, ok := s.cfg.Locator.(scanner)
+	if !ok {
+		return s.cfg.Locator.Find(uid)
+	}
+	for attempt := 0; attempt < 2; attempt++ {
+		fresh := false
+		if s.scan == nil || time.Since(s.scanAt) > scanMaxAge {
+			pods, err := sc.Scan()
+			if err != nil {
+				return nil, err
+			}
+			s.scan, s.scanAt, fresh = pods, time.Now(), true
+		}
+		p, ok := s.scan[uid]
+		if ok && s.cfg.Locator.Alive(p.SandboxPID, p.SandboxStartTime) {
+			return p, nil
+		}
+		if fresh {
+			break
+		}
+		s.scan = nil // stale: look again
+	}
+	return nil, fmt.Errorf("find pod %s: %w", uid, procfs.ErrNotFound)
 }
 
 // workload builds the workload of a local pod from the informers' state.

@@ -398,3 +398,67 @@ func TestNewRequiresNodeName(t *testing.T) {
 		t.Errorf("New without NodeName: got nil error")
 	}
 }
+
+// scanningLocator is a fakeLocator that can also scan every pod at once, and
+// counts how it is used.
+type scanningLocator struct {
+	*fakeLocator
+	mu           sync.Mutex
+	scans, finds int
+}
+
+func (s *scanningLocator) Scan() (map[string]*procfs.Pod, error) {
+	s.mu.Lock()
+	s.scans++
+	s.mu.Unlock()
+	s.fakeLocator.mu.Lock()
+	defer s.fakeLocator.mu.Unlock()
+	out := make(map[string]*procfs.Pod, len(s.pods))
+	for k, v := range s.pods {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (s *scanningLocator) Find(uid string) (*procfs.Pod, error) {
+	s.mu.Lock()
+	s.finds++
+	s.mu.Unlock()
+	return s.fakeLocator.Find(uid)
+}
+
+// TestInitialSyncScansOnce checks that locating the node's pods at start
+// reads /proc once, not once per pod.
+func TestInitialSyncScansOnce(t *testing.T) {
+	h := newHarness(t)
+	h.namespace("many", nil)
+	for i := range 20 {
+		p := h.pod(podSpec{ns: "many", name: fmt.Sprintf("p%02d", i), node: node, ip: fmt.Sprintf("10.3.0.%d", i+1)})
+		h.loc.run(string(p.UID), 1000+i)
+	}
+	loc := &scanningLocator{fakeLocator: h.loc}
+	src, err := New(h.client, Config{NodeName: node, Locator: loc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(h.ctx)
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, func(ev identity.Event) { h.events <- ev }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	added := 0
+	for ev := h.next(); ev.Type != identity.EventSynced; ev = h.next() {
+		if ev.Type == identity.EventAdded && ev.Workload.NetnsPath != "" {
+			added++
+		}
+	}
+	loc.mu.Lock()
+	defer loc.mu.Unlock()
+	if added != 20 || loc.finds != 0 || loc.scans > 2 {
+		t.Errorf("initial sync: %d pods added with %d scans and %d finds; want 20 with 1 (at most 2) scans and no finds", added, loc.scans, loc.finds)
+	}
+}
