@@ -2,7 +2,9 @@ package procfs
 
 import (
 	"errors"
+	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -217,4 +219,29 @@ func FuzzParsePodCgroup(f *testing.F) {
 		}
 		ParseCgroupFile([]byte(path))
 	})
+}
+
+// BenchmarkScanHost scans this machine's /proc: the cost of one pass,
+// which identity/kube shares between the lookups of a burst.
+func BenchmarkScanHost(b *testing.B) {
+	s, err := NewScanner(Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		b.Fatal(err)
+	}
+	procs := 0
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err == nil {
+			procs++
+		}
+	}
+	for b.Loop() {
+		if _, err := s.Scan(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(procs), "processes")
 }
