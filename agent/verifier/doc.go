@@ -12,12 +12,14 @@
 // the seams where the datapath, tokencheck and the policy engine plug in;
 // the package itself knows nothing of tokens or policy.
 //
-// The HTTP/1.1 path is hand-rolled on top of net/http's parser
-// (http.ReadRequest, http.ReadResponse): one goroutine per connection, pooled
-// upstream connections, no per-request goroutines for bodiless requests, and
-// a strict pre-parse of the raw header block that refuses request-smuggling
+// The HTTP/1.1 path is hand-rolled: one goroutine per connection, pooled
+// upstream connections, no per-request goroutines for bodiless requests, a
+// strict pre-parse of the raw header block that refuses request-smuggling
 // shapes net/http would otherwise normalise (Content-Length with
-// Transfer-Encoding, differing duplicate Content-Length, obs-fold, bare LF).
+// Transfer-Encoding, differing duplicate Content-Length, obs-fold, bare LF),
+// then a lean parser for the common head shapes with net/http's
+// (http.ReadRequest, http.ReadResponse) for everything else; fuzz tests
+// hold the two to the same results.
 // Bodies are re-framed, never passed through raw, so the application cannot
 // be desynchronised. HTTP/2 uses golang.org/x/net/http2 on both sides.
 //
