@@ -116,43 +116,57 @@ func TestHTTP1Decisions(t *testing.T) {
 func TestHeadersStrippedAndSet(t *testing.T) {
 	app := startApp(t, http.HandlerFunc(echoHeaders))
 	h := start(t, appAddr(app), Config{})
-	c := h1Client(t)
-	resp := get(t, c, "http://"+h.addr+"/", tokGood, map[string]string{
-		"X-Portcullis-Source": "spiffe://cluster.local/ns/kube-system/sa/admin",
-		"X_Portcullis_Source": "spoof",
-		"X-Portcullis-Other":  "spoof",
-		"X-Claim-Oid":         "someone-else",
-		"X-Forwarded-For":     "6.6.6.6",
-		"X-Forwarded-Host":    "evil",
-		"Forwarded":           "for=6.6.6.6",
-		"Connection":          "X-Hop",
-		"X-Hop":               "hop-by-hop",
-		"X-Keep":              "kept",
-	})
-	defer resp.Body.Close()
-	var got http.Header
-	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string][]string{
-		"X-Portcullis-Source": {frontendSource.ID},
-		"X_portcullis_source": nil,
-		"X-Portcullis-Other":  nil,
-		"X-Claim-Oid":         {"oid-1"},
-		"X-Bad":               nil, // CR/LF in an authorizer value: dropped
-		"Injected":            nil,
-		"X-Forwarded-For":     {"127.0.0.1"},
-		"X-Forwarded-Host":    {h.addr},
-		"X-Forwarded-Proto":   {"http"},
-		"Forwarded":           {"for=127.0.0.1;proto=http"},
-		"X-Hop":               nil,
-		"X-Keep":              {"kept"},
-		"Authorization":       {"Bearer " + tokGood},
-	}
-	for k, v := range want {
-		if diff := cmp.Diff(v, got[k]); diff != "" {
-			t.Errorf("application saw %s (-want +got):\n%s", k, diff)
-		}
+	for _, tt := range []struct {
+		name   string
+		client *http.Client
+		h1     bool
+	}{
+		{"http1", h1Client(t), true},
+		{"h2c", h2cClient(t), false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			sent := map[string]string{
+				"X-Portcullis-Source": "spiffe://cluster.local/ns/kube-system/sa/admin",
+				"X_Portcullis_Source": "spoof",
+				"X-Portcullis-Other":  "spoof",
+				"X-Claim-Oid":         "someone-else",
+				"X-Forwarded-For":     "6.6.6.6",
+				"X-Forwarded-Host":    "evil",
+				"Forwarded":           "for=6.6.6.6",
+				"X-Keep":              "kept",
+			}
+			if tt.h1 {
+				// Connection-specific headers do not exist in HTTP/2.
+				sent["Connection"] = "X-Hop"
+				sent["X-Hop"] = "hop-by-hop"
+			}
+			resp := get(t, tt.client, "http://"+h.addr+"/", tokGood, sent)
+			defer resp.Body.Close()
+			var got http.Header
+			if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+				t.Fatal(err)
+			}
+			want := map[string][]string{
+				"X-Portcullis-Source": {frontendSource.ID},
+				"X_portcullis_source": nil,
+				"X-Portcullis-Other":  nil,
+				"X-Claim-Oid":         {"oid-1"},
+				"X-Bad":               nil, // CR/LF in an authorizer value: dropped
+				"Injected":            nil,
+				"X-Forwarded-For":     {"127.0.0.1"},
+				"X-Forwarded-Host":    {h.addr},
+				"X-Forwarded-Proto":   {"http"},
+				"Forwarded":           {"for=127.0.0.1;proto=http"},
+				"X-Hop":               nil,
+				"X-Keep":              {"kept"},
+				"Authorization":       {"Bearer " + tokGood},
+			}
+			for k, v := range want {
+				if diff := cmp.Diff(v, got[k]); diff != "" {
+					t.Errorf("application saw %s (-want +got):\n%s", k, diff)
+				}
+			}
+		})
 	}
 }
 
