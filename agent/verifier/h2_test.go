@@ -169,14 +169,19 @@ func TestGRPC(t *testing.T) {
 			t.Errorf("token %q: status %v %q, want %v containing %q", tt.token, st.Code(), st.Message(), tt.code, tt.message)
 		}
 	}
+	twoTokens := metadata.AppendToOutgoingContext(withToken(""), "authorization", "Bearer "+tokGood, "authorization", "Bearer "+tokGood)
+	if _, err := client.Check(twoTokens, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unauthenticated ||
+		!strings.Contains(status.Convert(err).Message(), "multiple_tokens") {
+		t.Errorf("two authorization headers: %v, want Unauthenticated multiple_tokens", err)
+	}
 	var grpcRecs int
 	for _, r := range h.audit.all() {
 		if r.Protocol == "grpc" && (r.Path == "/grpc.health.v1.Health/Check" || r.Path == "/grpc.health.v1.Health/Watch") {
 			grpcRecs++
 		}
 	}
-	if grpcRecs != 5 {
-		t.Errorf("grpc audit records = %d, want 5", grpcRecs)
+	if grpcRecs != 6 {
+		t.Errorf("grpc audit records = %d, want 6", grpcRecs)
 	}
 }
 
