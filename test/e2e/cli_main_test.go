@@ -78,10 +78,31 @@ type cli struct {
 }
 
 // newCLI is the CLI pointed at e's agent socket (--socket, as the agent
-// config the harness writes names it).
+// config the harness writes names it). The agent must be started: newCLI
+// waits for the socket.
 func newCLI(t testing.TB, e *env) *cli {
 	t.Helper()
-	return &cli{bin: portcullisBin(t), socket: filepath.Join(e.dir, "debug.sock")}
+	c := &cli{bin: portcullisBin(t), socket: filepath.Join(e.dir, "debug.sock")}
+	c.waitSocket(t)
+	return c
+}
+
+// waitSocket waits until the agent has created its debug socket. The agent
+// says it is ready (/readyz) before it opens the socket, and there is no
+// other signal, so this polls within waitTimeout.
+func (c *cli) waitSocket(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		_, err := os.Lstat(c.socket)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("debug socket not there %v after the agent was ready: %v", waitTimeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // run runs the CLI with args after --socket and waits for it, within

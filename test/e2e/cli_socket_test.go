@@ -383,6 +383,7 @@ func TestCLIUnreachable(t *testing.T) {
 
 		// A killed agent leaves its socket behind: nobody accepts on it.
 		e.agent.Start()
+		c.waitSocket(t)
 		e.agent.Kill()
 		r = c.run(t, "", "policies", "-o", "json")
 		golden(t, "unreachable_killed", n, r)
