@@ -51,9 +51,6 @@ type Metrics struct {
 	upstreamSeconds prometheus.Histogram
 	connections     *prometheus.CounterVec
 	openConns       prometheus.Gauge
-	tokenCache      *prometheus.CounterVec
-	jwksRefreshes   *prometheus.CounterVec
-	jwksAge         *prometheus.GaugeVec
 	enrolledPods    prometheus.Gauge
 }
 
@@ -94,18 +91,6 @@ func New(bi BuildInfo) *Metrics {
 			Namespace: Namespace, Subsystem: "verifier", Name: "open_connections",
 			Help: "Captured connections currently open.",
 		}),
-		tokenCache: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: Namespace, Subsystem: "tokencheck", Name: "cache_lookups_total",
-			Help: "Verified-token cache lookups by result (hit|miss).",
-		}, []string{"result"}),
-		jwksRefreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: Namespace, Subsystem: "tokencheck", Name: "jwks_refreshes_total",
-			Help: "Signing-key set fetches by configured issuer and result (success|failure).",
-		}, []string{"issuer", "result"}),
-		jwksAge: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: Namespace, Subsystem: "tokencheck", Name: "jwks_age_seconds",
-			Help: "Age of the signing-key set in use, by configured issuer.",
-		}, []string{"issuer"}),
 		enrolledPods: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "agent", Name: "enrolled_pods",
 			Help: "Pods on this node whose inbound connections are captured.",
@@ -132,7 +117,7 @@ func New(bi BuildInfo) *Metrics {
 	})
 	build.Set(1)
 	reg.MustRegister(m.requests, m.decisionSeconds, m.upstreamSeconds, m.connections, m.openConns,
-		m.tokenCache, m.jwksRefreshes, m.jwksAge, m.enrolledPods, build,
+		m.enrolledPods, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -184,48 +169,6 @@ func (m *Metrics) ConnClosed() {
 	if m != nil {
 		m.openConns.Dec()
 	}
-}
-
-// TokenCache counts a verified-token cache lookup.
-func (m *Metrics) TokenCache(hit bool) {
-	if m == nil {
-		return
-	}
-	if hit {
-		m.tokenCache.WithLabelValues("hit").Inc()
-	} else {
-		m.tokenCache.WithLabelValues("miss").Inc()
-	}
-}
-
-// JWKSRefresh counts a key-set fetch for the configured issuer name.
-func (m *Metrics) JWKSRefresh(issuer string, ok bool) {
-	if m == nil {
-		return
-	}
-	result := "success"
-	if !ok {
-		result = "failure"
-	}
-	m.jwksRefreshes.WithLabelValues(issuer, result).Inc()
-}
-
-// SetJWKSAge sets the age of issuer's key set.
-func (m *Metrics) SetJWKSAge(issuer string, age time.Duration) {
-	if m == nil {
-		return
-	}
-	m.jwksAge.WithLabelValues(issuer).Set(age.Seconds())
-}
-
-// ForgetIssuer removes the series of an issuer that is no longer configured.
-func (m *Metrics) ForgetIssuer(issuer string) {
-	if m == nil {
-		return
-	}
-	m.jwksAge.DeleteLabelValues(issuer)
-	m.jwksRefreshes.DeleteLabelValues(issuer, "success")
-	m.jwksRefreshes.DeleteLabelValues(issuer, "failure")
 }
 
 // SetEnrolledPods sets the number of captured pods.
