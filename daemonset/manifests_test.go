@@ -510,3 +510,52 @@ func TestApplyToAPIServer(t *testing.T) {
 		t.Errorf("agent reads config maps: got %v, want Forbidden", err)
 	}
 }
+
+// TestHelmInstall installs the chart into a real API server as the README
+// says (namespace created beforehand), checks the objects, then uninstalls.
+func TestHelmInstall(t *testing.T) {
+	env := kubeenv.Start(t, kubeenv.Options{})
+	helm := kubeenv.HelmPath()
+	if helm == "" {
+		if os.Getenv(kubeenv.RequireEnv) == "1" {
+			t.Fatalf("helm not in %s; %s=1 forbids skipping", kubeenv.BinDir(), kubeenv.RequireEnv)
+		}
+		t.Skipf("helm not in %s (run test/kubeenv/build.sh)", kubeenv.BinDir())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if _, err := env.Kubectl(ctx, "create", "namespace", "portcullis"); err != nil {
+		t.Fatal(err)
+	}
+	helmRun := func(args ...string) {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, helm, append(args, "--kubeconfig", env.Kubeconfig)...)
+		// Helm keeps caches and its registry config under HOME.
+		cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	helmRun("install", "portcullis", "helm/portcullis", "--namespace", "portcullis")
+
+	cs := kubernetes.NewForConfigOrDie(env.Config())
+	ds, err := cs.AppsV1().DaemonSets("portcullis").Get(ctx, "portcullis-agent", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("get DaemonSet after helm install: %v", err)
+	}
+	if got := ds.Labels["app.kubernetes.io/managed-by"]; got != "Helm" {
+		t.Errorf("DaemonSet managed-by label: got %q, want Helm", got)
+	}
+	if _, err := cs.RbacV1().ClusterRoles().Get(ctx, "portcullis-agent", metav1.GetOptions{}); err != nil {
+		t.Errorf("get ClusterRole: %v", err)
+	}
+	out, err := env.Kubectl(ctx, "get", "crd", "accesspolicies.portcullis.dev", "-o", "name")
+	if err != nil || !strings.Contains(string(out), "accesspolicies.portcullis.dev") {
+		t.Errorf("CRDs from the chart's crds/: %v %s", err, out)
+	}
+
+	helmRun("uninstall", "portcullis", "--namespace", "portcullis")
+	if _, err := cs.AppsV1().DaemonSets("portcullis").Get(ctx, "portcullis-agent", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("DaemonSet after helm uninstall: got %v, want NotFound", err)
+	}
+}
