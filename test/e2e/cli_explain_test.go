@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -129,7 +130,8 @@ spec:
 // the same decision, status and reason, and the agent's decision record
 // for the request (streamed by `decisions --follow`) is the one explain
 // implies. It holds for the demo's policies, then for a set with Deny
-// rules and an audit-mode policy.
+// rules and an audit-mode policy. For the tokens the agent accepts (and
+// none), offline explain against the agent's own policy files agrees too.
 func TestCLIExplainAgreesWithLivePath(t *testing.T) {
 	e := newEnv(t, demoPods(e2eApp))
 	e.setPolicies(e.demoPolicies())
@@ -168,9 +170,14 @@ func TestCLIExplainAgreesWithLivePath(t *testing.T) {
 		ipv6   bool   // to the pod's IPv6 address
 	}
 	callers := []caller{{"", "", false}, {"", "", true}, {"frontend", "shop/frontend", false}, {"attacker", "shop/attacker", false}}
-	tokens := []struct{ name, token string }{
-		{"none", ""}, {"read", tok.read}, {"no role", tok.noRole}, {"wrong audience", tok.wrongAud},
-		{"expired", tok.expired}, {"frontend app", tok.frontend},
+	// offline: offline explain reads a token without checking signature,
+	// expiry or audience, so only tokens the agent accepts can agree.
+	tokens := []struct {
+		name, token string
+		offline     bool
+	}{
+		{"none", "", true}, {"read", tok.read, true}, {"no role", tok.noRole, true},
+		{"wrong audience", tok.wrongAud, false}, {"expired", tok.expired, false}, {"frontend app", tok.frontend, true},
 	}
 	type request struct {
 		method, path string
@@ -188,7 +195,7 @@ func TestCLIExplainAgreesWithLivePath(t *testing.T) {
 	requests = append(requests, request{http.MethodGet, "/orders/42", directPort}, request{http.MethodPost, "/orders", directPort})
 
 	check := func(t *testing.T) {
-		cases, allows, records := 0, 0, 0
+		cases, allows, records, offlineRuns := 0, 0, 0, 0
 		for _, r := range requests {
 			for _, from := range callers {
 				for _, tk := range tokens {
@@ -214,6 +221,21 @@ func TestCLIExplainAgreesWithLivePath(t *testing.T) {
 					if got := x.outcome(); got != live {
 						t.Errorf("%s: explain says %v, the live path did %v", name, got, live)
 					}
+					if tk.offline && !from.ipv6 {
+						// The same question offline, against the agent's
+						// policy files, with what the agent knows of the
+						// pods given as flags.
+						off := slices.Concat(args, []string{"--policies", filepath.Join(e.dir, "policies"), "--labels", "app=orders-api"})
+						if from.name == "frontend" {
+							off = append(off, "--source-client-id", frontendClient)
+						}
+						y := explainRequest(t, c, name+" (offline)", off)
+						offlineRuns++
+						if y.outcome() != x.outcome() || y.Captured != x.Captured {
+							t.Errorf("%s: offline explain says %v (captured %t), online %v (captured %t)",
+								name, y.outcome(), y.Captured, x.outcome(), x.Captured)
+						}
+					}
 					if !x.Captured {
 						continue // no record; a stray one shows up as the next request's
 					}
@@ -234,7 +256,7 @@ func TestCLIExplainAgreesWithLivePath(t *testing.T) {
 		if allows == 0 || allows == cases {
 			t.Errorf("%d of %d requests allowed: the generated set should have both outcomes", allows, cases)
 		}
-		t.Logf("%d requests, %d allowed, %d decision records", cases, allows, records)
+		t.Logf("%d requests, %d allowed, %d decision records, %d offline explains", cases, allows, records, offlineRuns)
 	}
 
 	t.Run("demo policies", check)
