@@ -39,7 +39,7 @@ type Allocator struct {
 	mu     sync.RWMutex
 	byName map[string]*entry
 	byID   map[identity.ID]string
-	next   identity.ID   // next never-used ID; last+1 when the fresh range is exhausted
+	next   uint64        // next never-used ID; above last once the fresh range is used up
 	free   []identity.ID // freed IDs, oldest first
 }
 
@@ -55,7 +55,7 @@ func New(cfg Config) (*Allocator, error) {
 	if a.last < a.first {
 		return nil, fmt.Errorf("new id allocator: last id %d below first %d", a.last, a.first)
 	}
-	a.next = a.first
+	a.next = uint64(a.first)
 	return a, nil
 }
 
@@ -70,12 +70,9 @@ func (a *Allocator) Acquire(name string) (identity.ID, error) {
 	}
 	var id identity.ID
 	switch {
-	case a.next <= a.last && a.next >= a.first:
-		id = a.next
+	case a.next <= uint64(a.last):
+		id = identity.ID(a.next)
 		a.next++
-		if a.next == 0 { // wrapped past the top of uint32
-			a.next = a.last + 1
-		}
 	case len(a.free) > 0:
 		id = a.free[0]
 		a.free = a.free[1:]

@@ -78,7 +78,8 @@ func (c *Cache) Delete(owner string) {
 	delete(c.owned, owner)
 }
 
-// Len returns the number of addresses in the cache.
+// Len returns the number of addresses in the cache. It walks the whole map:
+// for tests and metrics, not the data path.
 func (c *Cache) Len() int {
 	n := 0
 	c.m.Range(func(any, any) bool { n++; return true })

@@ -81,9 +81,8 @@ type Config struct {
 
 // Source watches the API server. Create it with New and run it with Run.
 type Source struct {
-	cfg    Config
-	client kubernetes.Interface
-	log    *slog.Logger
+	cfg Config
+	log *slog.Logger
 
 	localFactory   informers.SharedInformerFactory
 	clusterFactory informers.SharedInformerFactory
@@ -136,7 +135,7 @@ func New(client kubernetes.Interface, cfg Config) (*Source, error) {
 		}
 		cfg.Locator = sc
 	}
-	s := &Source{cfg: cfg, client: client, log: cfg.Logger, reported: map[string]*reported{}}
+	s := &Source{cfg: cfg, log: cfg.Logger, reported: map[string]*reported{}}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
