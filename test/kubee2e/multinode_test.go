@@ -1,0 +1,384 @@
+package kubee2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+const (
+	// frontendClient is the frontend ServiceAccount's Workload ID.
+	frontendClient = "aaaaaaaa-0000-4000-8000-00000000f00d"
+	// otherClient is an application that is not the frontend.
+	otherClient = "bbbbbbbb-0000-4000-8000-00000000beef"
+)
+
+// policies are the shop's Issuer and AccessPolicy; readRole is the role
+// GET /orders/* requires (the propagation rounds flip it).
+func policies(readRole string) string {
+	return fmt.Sprintf(`apiVersion: portcullis.dev/v1alpha1
+kind: Issuer
+metadata: {name: entra, namespace: shop}
+spec:
+  azureAD:
+    tenantID: 72f988bf-0000-4000-8000-000000000001
+    authorityHost: {{IDP}}
+    audiences: [api://orders]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: orders-api, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: orders-api}
+  mode: Enforce
+  action: Allow
+  rules:
+  - to:
+      ports: [8080]
+      methods: [GET]
+      paths: ["/orders/*"]
+    when:
+      issuers: [{name: entra}]
+      roles: {anyOf: [%s]}
+  - to:
+      ports: [8080]
+      methods: [POST]
+      paths: ["/orders"]
+    when:
+      issuers: [{name: entra}]
+      roles: {anyOf: [Orders.Write]}
+      tokenBoundToSource: true
+  - from:
+      workloads: [shop/frontend, shop/batch]
+    to:
+      ports: [8080]
+      methods: [GET]
+      paths: ["/whoami"]
+`, readRole)
+}
+
+// TestMultiNode runs three agents as nodes node-a, node-b and node-c of one
+// cluster (one real API server) and checks, with traffic between pods on one
+// bridge: attribution of same-node callers by the eBPF socket record and of
+// cross-node callers by the IP cache, tokenBoundToSource with the Workload
+// ID annotation, policy propagation to every node, an agent restart that
+// keeps the gate closed and re-syncs from the API, and a pod deleted through
+// the API leaving nothing enrolled.
+func TestMultiNode(t *testing.T) {
+	c := newCluster(t)
+	c.serviceAccount("frontend", frontendClient)
+	c.serviceAccount("batch", "")
+	c.serviceAccount("attacker", "")
+	c.serviceAccount("orders", "")
+	c.apply(policies("Orders.Read"))
+
+	orders := map[string]string{"node-a": "orders-a", "node-b": "orders-b", "node-c": "orders-c"}
+	for node, name := range orders {
+		c.addPod(podSpec{Name: name, Node: node, ServiceAccount: "orders", Labels: map[string]string{"app": "orders-api"}, Server: true})
+	}
+	frontend := c.addPod(podSpec{Name: "frontend", Node: "node-a", ServiceAccount: "frontend", Labels: map[string]string{"app": "frontend"}})
+	attacker := c.addPod(podSpec{Name: "attacker", Node: "node-a", ServiceAccount: "attacker", Labels: map[string]string{"app": "attacker"}})
+	// batch's Pod status claims an address that is not its own: the IP
+	// cache cannot attribute its calls; only the socket record can.
+	batch := c.addPod(podSpec{Name: "batch", Node: "node-a", ServiceAccount: "batch", Labels: map[string]string{"app": "batch"},
+		StatusIP: netip.MustParseAddr("192.0.2.77")})
+	ordersA, ordersB, ordersC := c.pods["orders-a"], c.pods["orders-b"], c.pods["orders-c"]
+
+	start := time.Now()
+	for _, node := range []string{"node-a", "node-b", "node-c"} {
+		c.startAgent(node)
+	}
+	t.Logf("three agents ready %v after start", time.Since(start).Round(time.Millisecond))
+	for node, name := range orders {
+		waitFor(t, fmt.Sprintf("%s enrols shop/%s", node, name), func() (bool, string) {
+			got := c.agents[node].enrolled()
+			return slices.Equal(got, []string{"shop/" + name}), fmt.Sprintf("enrolled %q", got)
+		})
+	}
+
+	t.Run("attribution", func(t *testing.T) {
+		tests := []struct {
+			name     string
+			from     *kpod
+			to       *kpod
+			status   int
+			source   string
+			viaProof string
+		}{
+			// Same node: the caller's cgroup is registered with node-a's
+			// datapath, the socket record names it.
+			{"same node frontend", frontend, ordersA, 200, spiffeID("frontend"), "socket record"},
+			// batch's status address is wrong: only the socket record
+			// can know it.
+			{"same node batch", batch, ordersA, 200, spiffeID("batch"), "socket record"},
+			// Cross node: node-b's datapath has no record of node-a's
+			// cgroups; the IP cache built from the Pods says who calls.
+			{"cross node frontend", frontend, ordersB, 200, spiffeID("frontend"), "IP cache"},
+			{"cross node frontend to c", frontend, ordersC, 200, spiffeID("frontend"), "IP cache"},
+			// ... and when the Pod's address is wrong, node-b cannot
+			// attribute the call: anonymous, refused.
+			{"cross node batch", batch, ordersB, 403, "", "IP cache (miss)"},
+			{"cross node attacker", attacker, ordersB, 403, "", "IP cache"},
+			{"same node attacker", attacker, ordersA, 403, "", "socket record"},
+		}
+		for _, tt := range tests {
+			got := c.call(tt.from, "GET", tt.to.url("/whoami"), "")
+			if got.Status != tt.status || got.Echo.Source != tt.source {
+				t.Errorf("%s (%s): GET %s/whoami from %s: got %d %q (%s), want %d %q",
+					tt.name, tt.viaProof, tt.to.spec.Name, tt.from.spec.Name, got.Status, got.Echo.Source, got.Err, tt.status, tt.source)
+			}
+		}
+	})
+
+	t.Run("tokenBoundToSource", func(t *testing.T) {
+		own := c.mint(frontendClient, "Orders.Write")
+		other := c.mint(otherClient, "Orders.Write")
+		tests := []struct {
+			name   string
+			from   *kpod
+			to     *kpod
+			token  string
+			status int
+		}{
+			{"frontend's own token, same node", frontend, ordersA, own, 200},
+			{"frontend's own token, cross node", frontend, ordersB, own, 200},
+			{"frontend with another app's token", frontend, ordersB, other, 403},
+			{"frontend's token replayed by attacker, cross node", attacker, ordersB, own, 403},
+			{"frontend's token replayed by attacker, same node", attacker, ordersA, own, 403},
+			{"frontend's token replayed by batch (no client ID)", batch, ordersA, own, 403},
+		}
+		for _, tt := range tests {
+			got := c.call(tt.from, "POST", tt.to.url("/orders"), tt.token)
+			if got.Status != tt.status {
+				t.Errorf("%s: got %d (%s), want %d", tt.name, got.Status, got.Err, tt.status)
+			}
+		}
+		// The annotation is read live: removing it unbinds the token.
+		sa, err := c.client.CoreV1().ServiceAccounts("shop").Get(c.ctx(), "frontend", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		delete(sa.Annotations, clientIDAnnotation)
+		if _, err := c.client.CoreV1().ServiceAccounts("shop").Update(c.ctx(), sa, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for _, to := range []*kpod{ordersA, ordersB} {
+			waitFor(t, "POST to "+to.spec.Name+" refused without the annotation", func() (bool, string) {
+				got := c.call(frontend, "POST", to.url("/orders"), own)
+				return got.Status == 403, fmt.Sprintf("status %d", got.Status)
+			})
+		}
+		sa.Annotations = map[string]string{clientIDAnnotation: frontendClient}
+		sa.ResourceVersion = ""
+		if _, err := c.client.CoreV1().ServiceAccounts("shop").Update(c.ctx(), sa, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for _, to := range []*kpod{ordersA, ordersB} {
+			waitFor(t, "POST to "+to.spec.Name+" allowed again", func() (bool, string) {
+				got := c.call(frontend, "POST", to.url("/orders"), own)
+				return got.Status == 200, fmt.Sprintf("status %d", got.Status)
+			})
+		}
+	})
+
+	t.Run("propagation", func(t *testing.T) {
+		testPropagation(t, c, []*kpod{ordersA, ordersB, ordersC})
+	})
+
+	t.Run("restart", func(t *testing.T) {
+		a := c.agents["node-a"]
+		reader := c.mint(otherClient, "Orders.Read")
+		hc := &http.Client{Timeout: 5 * time.Second}
+		if got := status(hc, ordersA.url("/orders/1"), reader); got != 200 {
+			t.Fatalf("before restart: got %d, want 200", got)
+		}
+		a.kill()
+		// Gate closed while no agent runs: connections to the captured
+		// port do not reach the app; uncaptured pods are unaffected.
+		if err := dialOnce(ordersA, time.Second); err == nil {
+			t.Errorf("node-a down: connect to %s:%d succeeded, want refused or dropped", ordersA.spec.Name, appPort)
+		}
+		// The cluster changes while node-a's agent is down: the read
+		// role flips. The restarted agent must enforce the new set.
+		c.apply(policies("Orders.Audit"))
+		if err := dialOnce(ordersA, time.Second); err == nil {
+			t.Errorf("node-a down after policy change: connect succeeded, want refused or dropped")
+		}
+		a.start()
+		if got := status(hc, ordersA.url("/orders/1"), reader); got != 403 {
+			t.Errorf("after restart with the new policy: got %d, want 403", got)
+		}
+		if got := status(hc, ordersA.url("/orders/1"), ""); got != 401 {
+			t.Errorf("after restart without token: got %d, want 401", got)
+		}
+		c.apply(policies("Orders.Read"))
+		waitFor(t, "node-a allows readers again", func() (bool, string) {
+			got := status(hc, ordersA.url("/orders/1"), reader)
+			return got == 200, fmt.Sprintf("status %d", got)
+		})
+		if got := c.call(frontend, "GET", ordersA.url("/whoami"), ""); got.Status != 200 || got.Echo.Source != spiffeID("frontend") {
+			t.Errorf("after restart, frontend → orders-a: got %d %q, want 200 %q", got.Status, got.Echo.Source, spiffeID("frontend"))
+		}
+		if diff := cmp.Diff([]string{"shop/orders-a"}, a.enrolled()); diff != "" {
+			t.Errorf("node-a enrolment after restart (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("pod deleted", func(t *testing.T) {
+		a := c.agents["node-c"]
+		if n, _ := a.metric("portcullis_agent_enrolled_pods"); n != 1 {
+			t.Fatalf("node-c enrolled pods before delete: got %v, want 1", n)
+		}
+		c.deletePod(ordersC)
+		waitFor(t, "node-c unenrols orders-c", func() (bool, string) {
+			n, _ := a.metric("portcullis_agent_enrolled_pods")
+			m := a.bpfMaps()
+			return n == 0 && len(m.GetEnrolled()) == 0, fmt.Sprintf("metric %v, enrolment map %v", n, m.GetEnrolled())
+		})
+		// Nothing of the pod stays in the datapath: its port is no
+		// longer captured (the app answers directly, no verifier
+		// header), and no socket record names its identity.
+		hc := &http.Client{Timeout: 5 * time.Second}
+		resp, err := hc.Get(ordersC.url("/orders/1"))
+		if err != nil {
+			t.Fatalf("GET orders-c after unenrolment: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("GET orders-c without token after unenrolment: got %d, want 200 (uncaptured)", resp.StatusCode)
+		}
+		for _, s := range a.bpfMaps().GetSockets() {
+			if strings.Contains(s.GetIdentity(), "orders") {
+				t.Errorf("node-c still has a socket record of %s", s.GetIdentity())
+			}
+		}
+		// The other nodes forget its address.
+		for _, node := range []string{"node-a", "node-b"} {
+			if got := c.agents[node].enrolled(); len(got) != 1 {
+				t.Errorf("%s enrolment changed: %q", node, got)
+			}
+		}
+	})
+}
+
+// testPropagation flips the role GET /orders/* requires, 20 times, with
+// kubectl apply, and measures on every node the time from kubectl returning
+// to the first request that gets the new decision (each node probed by its
+// own keep-alive client, in parallel).
+func testPropagation(t *testing.T, c *cluster, targets []*kpod) {
+	const rounds = 20
+	reader := c.mint(otherClient, "Orders.Read")
+	clients := make([]*http.Client, len(targets))
+	for i := range clients {
+		clients[i] = &http.Client{Timeout: 5 * time.Second}
+	}
+	var perNode, slowest, fromStart []time.Duration
+	for r := range rounds {
+		role, want := "Orders.Audit", 403
+		if r%2 == 1 {
+			role, want = "Orders.Read", 200
+		}
+		t0 := time.Now()
+		c.apply(policies(role))
+		t1 := time.Now()
+		lat := make([]time.Duration, len(targets))
+		errs := make([]error, len(targets))
+		var wg sync.WaitGroup
+		for i, p := range targets {
+			wg.Go(func() {
+				for {
+					got := status(clients[i], p.url("/orders/1"), reader)
+					if got == want {
+						lat[i] = time.Since(t1)
+						return
+					}
+					if time.Since(t1) > 10*time.Second {
+						errs[i] = fmt.Errorf("round %d: %s still answers %d 10s after kubectl apply, want %d", r, p.spec.Name, got, want)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		perNode = append(perNode, lat...)
+		slowest = append(slowest, slices.Max(lat))
+		fromStart = append(fromStart, slices.Max(lat)+t1.Sub(t0))
+	}
+	t.Logf("policy propagation over %d kubectl applies × %d nodes (from kubectl apply returning to the node's first request with the new decision): per node p50 %v p99 %v; every node p50 %v p99 %v max %v; from kubectl start, every node p50 %v p99 %v",
+		rounds, len(targets), pct(perNode, 50), pct(perNode, 99), pct(slowest, 50), pct(slowest, 99), slices.Max(slowest), pct(fromStart, 50), pct(fromStart, 99))
+	if m := slices.Max(slowest); m > time.Second {
+		t.Errorf("slowest propagation to every node %v, want ≤ 1s", m)
+	}
+}
+
+// pct returns the p-th percentile of d (nearest rank, rounded).
+func pct(d []time.Duration, p int) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[(len(s)-1)*p/100].Round(100 * time.Microsecond)
+}
+
+// status GETs url from the host with a bearer token (none when empty) and
+// returns the status, 0 on a transport error.
+func status(hc *http.Client, url, token string) int {
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		return 0
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// dialOnce opens (and closes) a TCP connection to p's app port from the
+// host, within timeout.
+func dialOnce(p *kpod, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", netip.AddrPortFrom(p.net.IPv4, appPort).String())
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+// waitFor polls cond until it holds, failing the test after waitTimeout
+// with cond's last explanation. The agents offer no push signal for these
+// states.
+func waitFor(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %v: %s", what, waitTimeout, why)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
