@@ -30,8 +30,8 @@ const (
 type Config struct {
 	// Mode is local or kubernetes. Zero: local.
 	Mode Mode `json:"mode,omitempty"`
-	// NodeName names this node (Kubernetes: from the downward API). Zero: the
-	// host name.
+	// NodeName names this node. Zero: $NODE_NAME (the DaemonSet sets it from
+	// the downward API's spec.nodeName), else the host name.
 	NodeName string `json:"nodeName,omitempty"`
 	// TrustDomain is the SPIFFE trust domain of workload identities. Zero:
 	// cluster.local.
@@ -194,6 +194,9 @@ func Load(path string) (*Config, error) {
 func (c *Config) Default() {
 	if c.Mode == "" {
 		c.Mode = ModeLocal
+	}
+	if c.NodeName == "" {
+		c.NodeName = os.Getenv("NODE_NAME")
 	}
 	if c.NodeName == "" {
 		c.NodeName, _ = os.Hostname()

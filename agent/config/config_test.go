@@ -75,3 +75,15 @@ func TestLoadErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestNodeNameFromDownwardAPI(t *testing.T) {
+	t.Setenv("NODE_NAME", "node-7")
+	p := writeFile(t, t.TempDir(), "agent.yaml", "mode: kubernetes\n")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if got, want := c.NodeName, "node-7"; got != want {
+		t.Errorf("NodeName: got %q, want %q", got, want)
+	}
+}
