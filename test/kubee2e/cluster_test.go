@@ -55,7 +55,7 @@ func spiffeID(sa string) string {
 // cluster is one API server, one devidp, one pod network shared by every
 // "node", and the agents.
 type cluster struct {
-	t      *testing.T
+	t      testing.TB
 	env    *kubeenv.Env
 	client kubernetes.Interface
 	idp    *idp.IDP
@@ -72,7 +72,7 @@ type cluster struct {
 
 // newCluster starts the control plane with the CRDs and the DaemonSet's
 // namespace and RBAC, the namespace shop, and devidp.
-func newCluster(t *testing.T) *cluster {
+func newCluster(t testing.TB) *cluster {
 	t.Helper()
 	testenv.RequirePrivileged(t)
 	kubeenv.RequireBinaries(t)
@@ -349,6 +349,9 @@ type agent struct {
 	logPath string
 	cmd     *exec.Cmd
 	done    chan struct{}
+	// readyAfter is how long the last start took, from the process
+	// starting to /readyz answering 200.
+	readyAfter time.Duration
 }
 
 // startAgent runs an agent in Kubernetes mode as node, with the agent's
@@ -396,13 +399,19 @@ log:
 			b, _ := os.ReadFile(a.logPath)
 			c.t.Logf("agent %s log (tail):\n%s", node, tail(string(b), 60))
 		}
-		if err := os.RemoveAll(a.pinDir); err != nil {
-			c.t.Errorf("remove pins of %s: %v", node, err)
-		}
+		c.removePins(a)
 	})
 	a.start()
 	c.agents[node] = a
 	return a
+}
+
+// removePins removes what the agent left pinned (it keeps its datapath on
+// exit: fail closed).
+func (c *cluster) removePins(a *agent) {
+	if err := os.RemoveAll(a.pinDir); err != nil {
+		c.t.Errorf("remove pins of %s: %v", a.node, err)
+	}
 }
 
 // start runs the agent process and waits for /readyz.
@@ -419,14 +428,25 @@ func (a *agent) start() {
 	if err := a.cmd.Start(); err != nil {
 		t.Fatalf("start agent %s: %v", a.node, err)
 	}
+	started := time.Now()
 	done := make(chan struct{})
 	a.done = done
 	cmd := a.cmd
 	go func() { _ = cmd.Wait(); close(done) }()
-	if err := waitReady(a.admin, done, waitTimeout); err != nil {
+	if err := waitReady(a.admin, done, a.readyTimeout()); err != nil {
 		b, _ := os.ReadFile(a.logPath)
 		t.Fatalf("agent %s: %v; log:\n%s", a.node, err, tail(string(b), 40))
 	}
+	a.readyAfter = time.Since(started)
+}
+
+// readyTimeout bounds the agent's start: waitTimeout, or 5 minutes for
+// the scale benchmark's big cluster.
+func (a *agent) readyTimeout() time.Duration {
+	if _, ok := a.c.t.(*testing.B); ok {
+		return 5 * time.Minute
+	}
+	return waitTimeout
 }
 
 // waitReady polls /readyz (the agent offers no other signal) until 200,

@@ -14,6 +14,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/dynamic"
 )
 
 const (
@@ -273,9 +276,13 @@ func TestMultiNode(t *testing.T) {
 }
 
 // testPropagation flips the role GET /orders/* requires, 20 times, with
-// kubectl apply, and measures on every node the time from kubectl returning
-// to the first request that gets the new decision (each node probed by its
-// own keep-alive client, in parallel).
+// kubectl apply, while every node is probed by its own keep-alive client
+// (in parallel, from before kubectl starts). For each node it records the
+// first request answered with the new decision and reports that time
+// measured from kubectl apply returning, and from the test's own watch of
+// the AccessPolicy seeing the change (≈ the API server committing it:
+// kubectl itself takes 0.3–2 s on a busy 2-core machine, and the agents'
+// watches often deliver before kubectl has exited).
 func testPropagation(t *testing.T, c *cluster, targets []*kpod) {
 	const rounds = 20
 	reader := c.mint(otherClient, "Orders.Read")
@@ -283,47 +290,88 @@ func testPropagation(t *testing.T, c *cluster, targets []*kpod) {
 	for i := range clients {
 		clients[i] = &http.Client{Timeout: 5 * time.Second}
 	}
-	var perNode, slowest, fromStart []time.Duration
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	gvr := schema.GroupVersionResource{Group: "portcullis.dev", Version: "v1alpha1", Resource: "accesspolicies"}
+	w, err := dynamic.NewForConfigOrDie(c.env.Config()).Resource(gvr).Namespace("shop").Watch(ctx,
+		metav1.ListOptions{FieldSelector: "metadata.name=orders-api", ResourceVersion: "0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	changed := make(chan time.Time, rounds+10)
+	go func() {
+		for ev := range w.ResultChan() {
+			if ev.Type == watch.Modified {
+				changed <- time.Now()
+			}
+		}
+	}()
+	// ResourceVersion "0" replays the current object as Added first:
+	// nothing to drain.
+
+	var fromReturn, fromWatch, everyReturn, everyWatch []time.Duration
+	early := 0 // node enforcing before kubectl apply had returned
 	for r := range rounds {
 		role, want := "Orders.Audit", 403
 		if r%2 == 1 {
 			role, want = "Orders.Read", 200
 		}
-		t0 := time.Now()
-		c.apply(policies(role))
-		t1 := time.Now()
-		lat := make([]time.Duration, len(targets))
+		enforced := make([]time.Time, len(targets))
 		errs := make([]error, len(targets))
+		t0 := time.Now()
 		var wg sync.WaitGroup
 		for i, p := range targets {
 			wg.Go(func() {
 				for {
 					got := status(clients[i], p.url("/orders/1"), reader)
 					if got == want {
-						lat[i] = time.Since(t1)
+						enforced[i] = time.Now()
 						return
 					}
-					if time.Since(t1) > 10*time.Second {
-						errs[i] = fmt.Errorf("round %d: %s still answers %d 10s after kubectl apply, want %d", r, p.spec.Name, got, want)
+					if time.Since(t0) > 15*time.Second {
+						errs[i] = fmt.Errorf("round %d: %s still answers %d 15s after kubectl apply started, want %d", r, p.spec.Name, got, want)
 						return
 					}
+					time.Sleep(time.Millisecond) // probe interval; the decision has no push signal
 				}
 			})
 		}
+		c.apply(policies(role))
+		t1 := time.Now()
 		wg.Wait()
 		for _, err := range errs {
 			if err != nil {
 				t.Fatal(err)
 			}
 		}
-		perNode = append(perNode, lat...)
-		slowest = append(slowest, slices.Max(lat))
-		fromStart = append(fromStart, slices.Max(lat)+t1.Sub(t0))
+		var tw time.Time
+		select {
+		case tw = <-changed:
+		case <-time.After(waitTimeout):
+			t.Fatalf("round %d: the test's watch saw no change", r)
+		}
+		var slowR, slowW time.Duration
+		for _, e := range enforced {
+			if e.Before(t1) {
+				early++
+			}
+			dr, dw := max(e.Sub(t1), 0), max(e.Sub(tw), 0)
+			fromReturn, fromWatch = append(fromReturn, dr), append(fromWatch, dw)
+			slowR, slowW = max(slowR, dr), max(slowW, dw)
+		}
+		everyReturn, everyWatch = append(everyReturn, slowR), append(everyWatch, slowW)
 	}
-	t.Logf("policy propagation over %d kubectl applies × %d nodes (from kubectl apply returning to the node's first request with the new decision): per node p50 %v p99 %v; every node p50 %v p99 %v max %v; from kubectl start, every node p50 %v p99 %v",
-		rounds, len(targets), pct(perNode, 50), pct(perNode, 99), pct(slowest, 50), pct(slowest, 99), slices.Max(slowest), pct(fromStart, 50), pct(fromStart, 99))
-	if m := slices.Max(slowest); m > time.Second {
-		t.Errorf("slowest propagation to every node %v, want ≤ 1s", m)
+	t.Logf("policy propagation, %d kubectl applies × %d nodes, to the first request with the new decision (negative clamped to 0):", rounds, len(targets))
+	t.Logf("  from kubectl apply returning: per node p50 %v p99 %v; every node p50 %v p99 %v (%d of %d enforced before kubectl returned)",
+		pct(fromReturn, 50), pct(fromReturn, 99), pct(everyReturn, 50), pct(everyReturn, 99), early, len(fromReturn))
+	t.Logf("  from the change reaching a watch: per node p50 %v p99 %v; every node p50 %v p99 %v",
+		pct(fromWatch, 50), pct(fromWatch, 99), pct(everyWatch, 50), pct(everyWatch, 99))
+	if m := slices.Max(everyReturn); m > time.Second {
+		t.Errorf("slowest propagation to every node after kubectl returned: %v, want ≤ 1s", m)
+	}
+	if m := slices.Max(everyWatch); m > time.Second {
+		t.Errorf("slowest propagation to every node after the change was watched: %v, want ≤ 1s", m)
 	}
 }
 
@@ -368,7 +416,7 @@ func dialOnce(p *kpod, timeout time.Duration) error {
 // waitFor polls cond until it holds, failing the test after waitTimeout
 // with cond's last explanation. The agents offer no push signal for these
 // states.
-func waitFor(t *testing.T, what string, cond func() (bool, string)) {
+func waitFor(t testing.TB, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for {
