@@ -176,13 +176,67 @@ func TestAgentEnrolsPodFromAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	startNodePod(t, string(pod.UID), "10.78.0.2", "10.78.0.1")
+	np := startNodePod(t, string(pod.UID), "10.78.0.2", "10.78.0.1")
 	waitMetric("portcullis_agent_enrolled_pods", 1)
+
+	// An app in the pod answers 200 to anyone who reaches it.
+	app := exec.Command("ip", "netns", "exec", np.netns, "/usr/bin/python3", "-m", "http.server", "--bind", "10.78.0.2", "8080")
+	app.Dir = t.TempDir()
+	if err := app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
+	// gate reports how a request from the host fares: the status code, or
+	// 0 when the connection is refused, dropped or reset.
+	gate := func() int {
+		c := &http.Client{Timeout: 500 * time.Millisecond}
+		resp, err := c.Get("http://10.78.0.2:8080/")
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	// Enrolled in an enforced namespace with no policy: default deny. The
+	// app may take a moment to listen; the verifier answers regardless.
+	if got := gate(); got == http.StatusOK {
+		t.Fatalf("request to the enrolled pod: got 200 from the app, want a refusal")
+	} else {
+		t.Logf("enrolled: %d", got)
+	}
+
+	// The agent crashes: the pinned datapath keeps the gate closed until a
+	// new agent re-syncs from the API and adopts the pod again.
+	_ = a.cmd.Process.Kill()
+	_ = a.cmd.Wait()
+	for range 5 {
+		if got := gate(); got == http.StatusOK {
+			t.Fatalf("request while the agent is down: got 200 from the app, want nothing through")
+		} else {
+			t.Logf("agent down: %d", got)
+		}
+	}
+	a.restart(t)
+	waitMetric("portcullis_agent_enrolled_pods", 1)
+	if got := gate(); got == http.StatusOK {
+		t.Fatalf("request after the agent restarted: got 200 from the app, want a refusal")
+	} else {
+		t.Logf("agent restarted: %d", got)
+	}
 
 	if err := kubeenv.DeletePodNow(ctx, cs, "shop", "orders-api"); err != nil {
 		t.Fatal(err)
 	}
 	waitMetric("portcullis_agent_enrolled_pods", 0)
+	// Unenrolled, the pod is no longer captured: the app itself answers,
+	// which also shows the refusals above were the gate, not a dead app.
+	deadline0 := time.Now().Add(15 * time.Second)
+	for got := gate(); got != http.StatusOK; got = gate() {
+		if time.Now().After(deadline0) {
+			t.Fatalf("request after unenrolment: got %d, want 200 from the app", got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	// Nothing of the pod is left pinned.
 	deadline := time.Now().Add(10 * time.Second)
 	for after := listTree(t, pinDir); after != before; after = listTree(t, pinDir) {

@@ -38,6 +38,19 @@ type agentProc struct {
 	admin string // host:port of /metrics
 	cmd   *exec.Cmd
 	log   string
+	out   *os.File
+}
+
+// restart starts the agent again with the same configuration, after its
+// process ended (killed by the test, for instance).
+func (a *agentProc) restart(tb testing.TB) {
+	tb.Helper()
+	cmd := exec.Command(a.cmd.Path, a.cmd.Args[1:]...)
+	cmd.Stdout, cmd.Stderr = a.out, a.out
+	if err := cmd.Start(); err != nil {
+		tb.Fatalf("restart %s: %v", a.node, err)
+	}
+	a.cmd = cmd
 }
 
 // generation scrapes portcullis_policy_generation.
@@ -118,10 +131,15 @@ log:
 		}
 		a.cmd = exec.Command(bin, "--config="+cfgPath)
 		a.cmd.Stdout, a.cmd.Stderr = logf, logf
+		a.out = logf
 		if err := a.cmd.Start(); err != nil {
 			tb.Fatal(err)
 		}
 		tb.Cleanup(func() {
+			if a.cmd.ProcessState != nil {
+				logf.Close()
+				return
+			}
 			_ = a.cmd.Process.Signal(syscall.SIGTERM)
 			done := make(chan struct{})
 			go func() { _ = a.cmd.Wait(); close(done) }()
