@@ -207,11 +207,9 @@ func (e *Engine) convert(v *setView, in policy.Input, d policy.Decision) verifie
 	}
 	if !out.Allow {
 		out.Status = int(status)
-		if d.TokenReason != "" && d.TokenReason != tokencheck.ReasonNone {
-			// 401s say why the token was refused (expired, wrong_audience…),
-			// which is what a client developer needs to fix it.
-			out.Reason = verifier.Reason(d.TokenReason)
-		}
+		// 401s say why the token was refused (expired, wrong_audience…),
+		// which is what a client developer needs to fix it.
+		out.Reason = verifier.Reason(d.ReportedReason())
 	} else {
 		out.Reason = verifier.ReasonNone
 	}

@@ -145,6 +145,11 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 		return nil, err
 	}
 
+	// The debug API first, so it answers from the moment /readyz can say
+	// ready; it copes with no policy set and no workloads yet.
+	if err := a.startDebug(ctx); err != nil {
+		return nil, err
+	}
 	if err := a.startAdmin(); err != nil {
 		return nil, err
 	}
@@ -157,9 +162,6 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 		if err := a.startKubernetes(ctx); err != nil {
 			return nil, err
 		}
-	}
-	if err := a.startDebug(ctx); err != nil {
-		return nil, err
 	}
 	admin := "off"
 	if a.adminAddr != nil {

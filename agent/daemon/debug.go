@@ -17,6 +17,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/agent/audit"
 	"github.com/portcullis-mesh/portcullis/agent/debugapi"
 	debugv1 "github.com/portcullis-mesh/portcullis/agent/debugapi/debugv1"
+	"github.com/portcullis-mesh/portcullis/agent/enforcer"
 	"github.com/portcullis-mesh/portcullis/bpf"
 	"github.com/portcullis-mesh/portcullis/identity"
 	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
@@ -201,15 +202,12 @@ func (b *backend) Issuers(ctx context.Context) ([]*debugv1.Issuer, error) {
 	var out []*debugv1.Issuer
 	for _, is := range b.a.tokens.Issuers() {
 		for _, s := range is.Sources {
-			pi := &debugv1.Issuer{Name: is.Ref, Kind: "ClusterIssuer", Issuer: s.Issuer, JwksUri: s.JWKSURI, KeyIds: s.KeyIDs, LastError: s.LastError, Healthy: s.HasKeys && !s.Stale}
+			pi := &debugv1.Issuer{Name: is.Ref, Issuer: s.Issuer, JwksUri: s.JWKSURI, KeyIds: s.KeyIDs, LastError: s.LastError, Healthy: s.HasKeys && !s.Stale}
 			if sp, ok := specs[is.Ref]; ok {
-				if sp.Namespace != "" {
-					pi.Kind = "Issuer"
-				}
 				if sp.Spec.AzureAD != nil {
-					pi.Audiences = sp.Spec.AzureAD.Audiences
+					pi.Kind, pi.Audiences = "azureAD", sp.Spec.AzureAD.Audiences
 				} else if sp.Spec.OIDC != nil {
-					pi.Audiences = sp.Spec.OIDC.Audiences
+					pi.Kind, pi.Audiences = "oidc", sp.Spec.OIDC.Audiences
 				}
 			}
 			if s.HasKeys {
@@ -264,15 +262,22 @@ func (b *backend) BPFMaps(ctx context.Context) (*debugv1.DumpBPFMapsResponse, er
 	if err != nil {
 		return nil, fmt.Errorf("enrolled pods: %w", err)
 	}
+	byKey := map[string]enforcer.WorkloadStatus{}
+	for _, w := range b.a.enforcer.Workloads() {
+		byKey[w.Workload.Key()] = w
+	}
 	for _, p := range pods {
 		ep := &debugv1.EnrolledPod{Workload: p.Key, NetnsCookie: p.NetnsCookie, ListenerPort: uint32(dp.ListenerPort())}
+		if w, ok := byKey[p.Key]; ok {
+			ep.CgroupId, ep.IdentityId = w.CgroupID, uint32(w.ID)
+		}
 		for _, port := range p.Ports.Ports {
 			ep.Ports = append(ep.Ports, uint32(port))
 		}
 		resp.Enrolled = append(resp.Enrolled, ep)
 	}
 	ids := map[identity.ID]string{}
-	for _, w := range b.a.enforcer.Workloads() {
+	for _, w := range byKey {
 		ids[w.ID] = w.Identity
 	}
 	conns, err := dp.Connections()

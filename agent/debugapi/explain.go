@@ -93,7 +93,7 @@ func Explain(set *policy.Set, req *debugv1.ExplainRequest, env ExplainEnv) *debu
 	d := ex.Decision
 	resp := &debugv1.ExplainResponse{
 		Decision:    d.Outcome.String(),
-		Reason:      string(d.Reason),
+		Reason:      d.ReportedReason(),
 		Status:      uint32(d.Status),
 		Policy:      d.Policy,
 		Rule:        int32(d.Rule),

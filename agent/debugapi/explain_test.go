@@ -85,10 +85,10 @@ func TestExplainAgreesWithEvaluate(t *testing.T) {
 							want := policy.Evaluate(set, Input(req, env))
 							name := fmt.Sprintf("%s %s :%d from %q labels %v claims %v reason %q", method, path, port, src, labels, tok.claims != nil, tok.reason)
 							if got.GetDecision() != want.Outcome.String() || got.GetStatus() != uint32(want.Status) ||
-								got.GetReason() != string(want.Reason) || got.GetPolicy() != want.Policy || got.GetRule() != int32(want.Rule) {
+								got.GetReason() != want.ReportedReason() || got.GetPolicy() != want.Policy || got.GetRule() != int32(want.Rule) {
 								t.Errorf("%s: explain says %s %d %s %s#%d, evaluate says %s %d %s %s#%d", name,
 									got.GetDecision(), got.GetStatus(), got.GetReason(), got.GetPolicy(), got.GetRule(),
-									want.Outcome, want.Status, want.Reason, want.Policy, want.Rule)
+									want.Outcome, want.Status, want.ReportedReason(), want.Policy, want.Rule)
 							}
 							for _, rt := range got.GetTrace() {
 								if rt.GetDetail() == "" {

@@ -49,14 +49,10 @@ func (x explained) outcome() liveOutcome {
 	return o
 }
 
-// effectiveReason is the reason the live path gives for a refusal: explain
-// reports the policy's reason (token_missing, token_invalid) and, apart,
-// why the token was refused; the live path answers a refused token with
-// the latter (agent/authz).
+// effectiveReason is the reason the live path gives for a refusal. Explain
+// reports the same one (policy.Decision.ReportedReason: why the token was
+// refused when that decided), so it is explain's own reason field.
 func (x explained) effectiveReason() string {
-	if x.TokenReason != "" {
-		return x.TokenReason
-	}
 	return x.Reason
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"github.com/portcullis-mesh/portcullis/bpf/cgroupv2"
 	"maps"
 	"net/http"
 	"strings"
@@ -96,6 +97,9 @@ func cliNormaliser(t *testing.T, e *env, kid string) *normaliser {
 		n.set(p.IPv6.String(), "$IP6("+name+")")
 		n.set(p.NetnsPath, "$NETNS("+name+")")
 		n.set(p.CgroupPath, "$CGROUP("+name+")")
+		if id, err := cgroupv2.ID(p.CgroupPath); err == nil {
+			n.setNumber(id, "$CGROUP_ID("+name+")")
+		}
 	}
 	n.set(kid, "$KID")
 	n.setNumber(netnsCookie(t, e.pods["orders-api"].NetnsPath), "$NETNS_COOKIE(orders-api)")

@@ -48,3 +48,14 @@ func (s *Set) Selects(key string, w Workload) bool {
 	}
 	return false
 }
+
+// ReportedReason is the reason a refusal is reported with (audit records,
+// metrics, RFC 6750 error_description, explain): why the token was refused
+// when that decided (expired, wrong_audience, missing_token, …), else the
+// policy's Reason. One function, so that explain and the live path agree.
+func (d Decision) ReportedReason() string {
+	if d.TokenReason != "" {
+		return string(d.TokenReason)
+	}
+	return string(d.Reason)
+}
