@@ -127,6 +127,7 @@ func headProblem(b []byte, maxCount int) refusal {
 		count, hosts  int
 		te, http10    bool
 		cl            []byte
+		clSeen        bool
 		clConflicting bool
 	)
 	first := true
@@ -171,10 +172,15 @@ func headProblem(b []byte, maxCount int) refusal {
 		case 14:
 			if bytes.EqualFold(name, []byte("content-length")) {
 				value = bytes.TrimSpace(value)
-				if cl != nil && !bytes.Equal(cl, value) {
+				if len(value) == 0 {
+					// An empty Content-Length means 0 to some parsers and
+					// "absent" to others (TrimSpace even returns nil for it).
+					return smuggling
+				}
+				if clSeen && !bytes.Equal(cl, value) {
 					clConflicting = true
 				}
-				cl = value
+				cl, clSeen = value, true
 			}
 		case 17:
 			if bytes.EqualFold(name, []byte("transfer-encoding")) {
@@ -185,7 +191,7 @@ func headProblem(b []byte, maxCount int) refusal {
 			}
 		}
 	}
-	if clConflicting || (te && (cl != nil || http10)) {
+	if clConflicting || (te && (clSeen || http10)) {
 		return smuggling
 	}
 	if hosts > 1 {
