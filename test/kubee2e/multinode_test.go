@@ -243,6 +243,11 @@ func TestMultiNode(t *testing.T) {
 		if n, _ := a.metric("portcullis_agent_enrolled_pods"); n != 1 {
 			t.Fatalf("node-c enrolled pods before delete: got %v, want 1", n)
 		}
+		// orders-c as a caller: node-b knows it through the IP cache.
+		reader := c.mint(otherClient, "Orders.Read")
+		if got := c.call(ordersC, "GET", ordersB.url("/orders/1"), reader); got.Status != 200 || got.Echo.Source != spiffeID("orders") {
+			t.Fatalf("orders-c → orders-b before delete: got %d %q (%s), want 200 %q", got.Status, got.Echo.Source, got.Err, spiffeID("orders"))
+		}
 		c.deletePod(ordersC)
 		waitFor(t, "node-c unenrols orders-c", func() (bool, string) {
 			n, _ := a.metric("portcullis_agent_enrolled_pods")
@@ -266,10 +271,14 @@ func TestMultiNode(t *testing.T) {
 				t.Errorf("node-c still has a socket record of %s", s.GetIdentity())
 			}
 		}
-		// The other nodes forget its address.
+		// The other nodes forget its address: its calls are anonymous now.
+		waitFor(t, "node-b forgets orders-c's address", func() (bool, string) {
+			got := c.call(ordersC, "GET", ordersB.url("/orders/1"), reader)
+			return got.Status == 200 && got.Echo.Source == "anonymous", fmt.Sprintf("%d %q %s", got.Status, got.Echo.Source, got.Err)
+		})
 		for _, node := range []string{"node-a", "node-b"} {
-			if got := c.agents[node].enrolled(); len(got) != 1 {
-				t.Errorf("%s enrolment changed: %q", node, got)
+			if diff := cmp.Diff([]string{"shop/orders-" + node[len("node-"):]}, c.agents[node].enrolled()); diff != "" {
+				t.Errorf("%s enrolment changed (-want +got):\n%s", node, diff)
 			}
 		}
 	})

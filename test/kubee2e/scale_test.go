@@ -29,7 +29,7 @@ const (
 	scaleLocalPods  = 10 // pods with real processes on the agent's node
 	scaleIdle       = 30 * time.Second
 	scaleChurn      = 30 * time.Second
-	scaleChurnRate  = 20 // pod updates per second during the churn phase
+	scaleChurnRate  = 100 // pod updates per second during the churn phase
 )
 
 // BenchmarkAgentScale runs one agent in Kubernetes mode against a real API
