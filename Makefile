@@ -8,7 +8,7 @@ BIN := bin
 PKGS := ./...
 FUZZTIME ?= 10s
 
-.PHONY: help build demo demo-down kube-tools bench-proxies generate verify-generated test test-unit fuzz bench lint clean
+.PHONY: help build demo demo-down kube-tools bench-proxies image generate verify-generated test test-unit fuzz bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -55,6 +55,11 @@ bench: ## benchmarks (datapath, token validation, policy evaluation)
 
 bench-proxies: build ## proxy benchmark (root): direct vs Portcullis vs HAProxy jwt_verify under wrk, with a perf profile
 	tools/bench/run.sh
+
+image: ## OCI image archive bin/portcullis-agent.oci.tar without a container engine (go-containerregistry)
+	@mkdir -p $(BIN)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags="-s -w" -o $(BIN)/ ./agent/cmd/portcullis-agent ./tools/portcullis
+	cd daemonset/image && $(GO) run . -agent ../../$(BIN)/portcullis-agent -cli ../../$(BIN)/portcullis -o ../../$(BIN)/portcullis-agent.oci.tar
 
 clean: ## remove build outputs
 	rm -rf $(BIN)
