@@ -54,8 +54,9 @@ func run(t *testing.T, name string, args ...string) {
 // named network namespace with a veth, and a sandbox process named pause in
 // a kubelet-style cgroup named after the API-assigned pod UID.
 type nodePod struct {
-	netns   string
-	sandbox *exec.Cmd
+	netns    string
+	hostVeth string
+	sandbox  *exec.Cmd
 }
 
 func startNodePod(t *testing.T, uid, ip, hostIP string) *nodePod {
@@ -65,8 +66,8 @@ func startNodePod(t *testing.T, uid, ip, hostIP string) *nodePod {
 		t.Fatal(err)
 	}
 	sfx := hex.EncodeToString(b[:])
-	np := &nodePod{netns: "pcke-" + sfx}
 	hostVeth, podVeth := "pckh"+sfx, "pckp"+sfx
+	np := &nodePod{netns: "pcke-" + sfx, hostVeth: hostVeth}
 	run(t, "ip", "netns", "add", np.netns)
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", np.netns).Run() })
 	run(t, "ip", "link", "add", hostVeth, "type", "veth", "peer", "name", podVeth)
