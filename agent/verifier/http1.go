@@ -31,9 +31,12 @@ type h1conn struct {
 	// MultiReader: reading c directly is then no longer safe to reason
 	// about, so request bodies are not spliced.
 	grown bool
-	// req and rec are reused for every request of the connection.
+	// req, rec and the parse scratch are reused for every request of the
+	// connection.
 	req Request
 	rec audit.Record
+	rqs reqScratch
+	rss respScratch
 }
 
 var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
@@ -68,7 +71,7 @@ func (h *h1conn) serve() {
 		} else if ref.reason != "" {
 			return // read error or timeout: nothing to answer
 		}
-		req, err := parseRequest(h.br, headLen)
+		req, err := parseRequest(h.br, headLen, &h.rqs)
 		if err != nil {
 			h.refuseProtocol(refusal{http.StatusBadRequest, ReasonMalformedRequest}, nil)
 			return
@@ -376,7 +379,7 @@ func (h *h1conn) readResponse(uc *upConn, req *http.Request) (*http.Response, er
 		if _, err := uc.br.Peek(1); err != nil {
 			return nil, err
 		}
-		resp, err := parseResponse(uc.br, req)
+		resp, err := parseResponse(uc.br, req, &h.rss)
 		if err != nil {
 			return nil, err
 		}

@@ -19,12 +19,12 @@ import (
 // is parsed here with one string for the whole block (keys and values are
 // substrings of it) instead of one allocation per header field; anything
 // else goes to http.ReadRequest. FuzzParseRequest checks both agree.
-func parseRequest(br *bufio.Reader, headLen int) (*http.Request, error) {
+func parseRequest(br *bufio.Reader, headLen int, sc *reqScratch) (*http.Request, error) {
 	b, err := br.Peek(headLen)
 	if err != nil {
 		return nil, err
 	}
-	req, ok := parseFast(b, br)
+	req, ok := parseFast(b, br, sc)
 	if !ok {
 		return http.ReadRequest(br)
 	}
@@ -32,10 +32,33 @@ func parseRequest(br *bufio.Reader, headLen int) (*http.Request, error) {
 	return req, nil
 }
 
+// reqScratch and respScratch hold what parsing one head of the common shape
+// allocates, for the next head of the same connection to reuse: nothing of
+// an exchange outlives it (Authorizer must not retain the request), and a
+// connection carries one exchange at a time. A nil scratch allocates.
+type reqScratch struct {
+	req  http.Request
+	body fixedBody
+	hs   headScratch
+}
+
+type respScratch struct {
+	resp http.Response
+	body fixedBody
+	hs   headScratch
+}
+
+// headScratch is a header map and the backing array of its values.
+type headScratch struct {
+	h      http.Header
+	values []string
+}
+
 // parseFast parses block, a header block ending in CRLF CRLF, whose body
-// (if any) follows in br. ok is false when the request is not of the common
-// shape or is invalid; the caller then lets http.ReadRequest decide.
-func parseFast(block []byte, br *bufio.Reader) (req *http.Request, ok bool) {
+// (if any) follows in br, into sc (when not nil). ok is false when the
+// request is not of the common shape or is invalid; the caller then lets
+// http.ReadRequest decide.
+func parseFast(block []byte, br *bufio.Reader, sc *reqScratch) (req *http.Request, ok bool) {
 	s := string(block)
 	line, rest, _ := strings.Cut(s, "\r\n")
 	method, line, ok1 := strings.Cut(line, " ")
@@ -47,14 +70,24 @@ func parseFast(block []byte, br *bufio.Reader) (req *http.Request, ok bool) {
 	if err != nil {
 		return nil, false
 	}
-	h, ok := parseFields(rest)
+	var hs *headScratch
+	if sc != nil {
+		hs = &sc.hs
+	}
+	h, ok := parseFields(rest, hs)
 	if !ok {
 		return nil, false
 	}
 	if len(h["Transfer-Encoding"]) > 0 || len(h["Host"]) > 1 {
 		return nil, false
 	}
-	req = &http.Request{
+	var body *fixedBody
+	if sc != nil {
+		req, body = &sc.req, &sc.body
+	} else {
+		req = new(http.Request)
+	}
+	*req = http.Request{
 		Method: method, URL: u, RequestURI: uri,
 		Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, Body: http.NoBody,
@@ -74,7 +107,11 @@ func parseFast(block []byte, br *bufio.Reader) (req *http.Request, ok bool) {
 		}
 		if n > 0 {
 			req.ContentLength = int64(n)
-			req.Body = &fixedBody{LimitedReader: io.LimitedReader{R: br, N: int64(n)}}
+			if body == nil {
+				body = new(fixedBody)
+			}
+			*body = fixedBody{LimitedReader: io.LimitedReader{R: br, N: int64(n)}}
+			req.Body = body
 		}
 	}
 	req.Close = httpguts.HeaderValuesContainsToken(h["Connection"], "close")
@@ -82,14 +119,29 @@ func parseFast(block []byte, br *bufio.Reader) (req *http.Request, ok bool) {
 }
 
 // parseFields parses header lines (each ending in CRLF, then an empty
-// line) whose names and values are substrings of rest.
-func parseFields(rest string) (http.Header, bool) {
+// line) whose names and values are substrings of rest, into hs's map and
+// values when hs is not nil (what they held before is cleared).
+func parseFields(rest string, hs *headScratch) (http.Header, bool) {
 	n := strings.Count(rest, "\r\n") - 1 // lines minus the empty one
 	if n < 0 {
 		return nil, false
 	}
-	h := make(http.Header, n)
-	values := make([]string, n)
+	var h http.Header
+	var values []string
+	switch {
+	case hs == nil:
+		h, values = make(http.Header, n), make([]string, n)
+	default:
+		if hs.h == nil {
+			hs.h = make(http.Header, n)
+		}
+		if cap(hs.values) < n {
+			hs.values = make([]string, n)
+		}
+		h, values = hs.h, hs.values[:n]
+		clear(h)
+		clear(values)
+	}
 	for i := 0; i < n; i++ {
 		var kv string
 		kv, rest, _ = strings.Cut(rest, "\r\n")
@@ -119,10 +171,10 @@ func parseFields(rest string) (http.Header, bool) {
 // (HTTP/1.1, final status, Content-Length or no body, head already
 // buffered) here, anything else with http.ReadResponse. FuzzParseResponse
 // checks both agree.
-func parseResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) {
+func parseResponse(br *bufio.Reader, req *http.Request, sc *respScratch) (*http.Response, error) {
 	if b, _ := br.Peek(br.Buffered()); len(b) > 0 {
 		if i := bytes.Index(b, crlfcrlf); i >= 0 && headProblem(b[:i+4], 1<<20).status == 0 {
-			if resp, ok := parseResponseFast(b[:i+4], br, req); ok {
+			if resp, ok := parseResponseFast(b[:i+4], br, req, sc); ok {
 				br.Discard(i + 4)
 				return resp, nil
 			}
@@ -131,7 +183,9 @@ func parseResponse(br *bufio.Reader, req *http.Request) (*http.Response, error) 
 	return http.ReadResponse(br, req)
 }
 
-func parseResponseFast(block []byte, br *bufio.Reader, req *http.Request) (*http.Response, bool) {
+// parseResponseFast parses block, a response header block, into sc (when
+// not nil); ok is false when http.ReadResponse must decide.
+func parseResponseFast(block []byte, br *bufio.Reader, req *http.Request, sc *respScratch) (*http.Response, bool) {
 	s := string(block)
 	line, rest, _ := strings.Cut(s, "\r\n")
 	proto, status, ok := strings.Cut(line, " ")
@@ -146,11 +200,22 @@ func parseResponseFast(block []byte, br *bufio.Reader, req *http.Request) (*http
 	if err != nil || code < 200 || status[0] == '+' || status[0] == '-' {
 		return nil, false
 	}
-	h, ok := parseFields(rest)
+	var hs *headScratch
+	if sc != nil {
+		hs = &sc.hs
+	}
+	h, ok := parseFields(rest, hs)
 	if !ok || len(h["Transfer-Encoding"]) > 0 || len(h["Trailer"]) > 0 || len(h["Pragma"]) > 0 {
 		return nil, false
 	}
-	resp := &http.Response{
+	var resp *http.Response
+	var body *fixedBody
+	if sc != nil {
+		resp, body = &sc.resp, &sc.body
+	} else {
+		resp = new(http.Response)
+	}
+	*resp = http.Response{
 		Status: status, StatusCode: code, Proto: proto, ProtoMajor: 1, ProtoMinor: 1,
 		Header: h, Body: http.NoBody, Request: req,
 	}
@@ -178,7 +243,11 @@ func parseResponseFast(block []byte, br *bufio.Reader, req *http.Request) (*http
 		return nil, false // close-delimited: ReadResponse knows how
 	case length > 0:
 		resp.ContentLength = length
-		resp.Body = &fixedBody{LimitedReader: io.LimitedReader{R: br, N: length}}
+		if body == nil {
+			body = new(fixedBody)
+		}
+		*body = fixedBody{LimitedReader: io.LimitedReader{R: br, N: length}}
+		resp.Body = body
 	}
 	if httpguts.HeaderValuesContainsToken(h["Connection"], "close") {
 		resp.Close = true

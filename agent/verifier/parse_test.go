@@ -22,6 +22,9 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.1\r\nHost:\r\nX:\r\nY: \t\r\nZ: a\tb\xff\r\nx_y-z: 1\r\nCONTENT-length: 007\r\n\r\n1234567"))
 	f.Add([]byte("POST /x HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\nContent-Length: +5\r\n\r\n12345"))
 	f.Add([]byte("POST /x HTTP/1.1\r\nHost: h:80\r\nContent-Length:  0 \r\nExpect: 100-continue\r\n\r\n"))
+	// One scratch for every input, as a connection reuses it for every
+	// request: what an earlier input left in it must not show.
+	var sc reqScratch
 	f.Fuzz(func(t *testing.T, in []byte) {
 		i := bytes.Index(in, crlfcrlf)
 		if i < 0 {
@@ -31,7 +34,7 @@ func FuzzParseRequest(f *testing.F) {
 		if headProblem(head, 100).status != 0 {
 			return
 		}
-		fast, ok := parseFast(head, bufio.NewReader(bytes.NewReader(in[i+4:])))
+		fast, ok := parseFast(head, bufio.NewReader(bytes.NewReader(in[i+4:])), &sc)
 		if !ok {
 			return
 		}
@@ -68,10 +71,10 @@ func TestParseRequestFallsBack(t *testing.T) {
 		"GET / HTTP/1.0\r\n\r\n",                                                    // HTTP/1.0 keep-alive rules
 		"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", // chunked
 	} {
-		if _, ok := parseFast([]byte(raw[:bytes.Index([]byte(raw), crlfcrlf)+4]), bufio.NewReader(bytes.NewReader(nil))); ok {
+		if _, ok := parseFast([]byte(raw[:bytes.Index([]byte(raw), crlfcrlf)+4]), bufio.NewReader(bytes.NewReader(nil)), nil); ok {
 			t.Errorf("parseFast took %q, want the ReadRequest fallback", raw)
 		}
-		req, err := parseRequest(bufio.NewReader(bytes.NewReader([]byte(raw))), bytes.Index([]byte(raw), crlfcrlf)+4)
+		req, err := parseRequest(bufio.NewReader(bytes.NewReader([]byte(raw))), bytes.Index([]byte(raw), crlfcrlf)+4, nil)
 		if err != nil || req.Method == "" {
 			t.Errorf("parseRequest(%q) = %v, %v; want the fallback's request", raw, req, err)
 		}
@@ -86,6 +89,7 @@ func FuzzParseResponse(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"), true)
 	f.Add([]byte("HTTP/1.1 404\r\nx-a: 1\r\nX-A: 2\r\nContent-Length: 0\r\n\r\n"), false)
 	f.Add([]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), false)
+	var sc respScratch // reused by every input, as by a connection
 	f.Fuzz(func(t *testing.T, in []byte, head bool) {
 		i := bytes.Index(in, crlfcrlf)
 		if i < 0 || headProblem(in[:i+4], 1<<20).status != 0 {
@@ -95,7 +99,7 @@ func FuzzParseResponse(f *testing.F) {
 		if head {
 			req.Method = "HEAD"
 		}
-		fast, ok := parseResponseFast(in[:i+4], bufio.NewReader(bytes.NewReader(in[i+4:])), req)
+		fast, ok := parseResponseFast(in[:i+4], bufio.NewReader(bytes.NewReader(in[i+4:])), req, &sc)
 		if !ok {
 			return
 		}
