@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,18 +12,27 @@ import (
 	"time"
 
 	"github.com/portcullis-mesh/portcullis/bpf/testenv"
+	"github.com/portcullis-mesh/portcullis/identity"
 	"github.com/portcullis-mesh/portcullis/test/kubeenv"
+	"github.com/portcullis-mesh/portcullis/tools/devidp/idp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
 
-// TestCrossNodeCallerFromIPCache: callers whose pods run on another node
-// carry no socket record here, so the agent names them by source address
-// through its IP cache, filled from every Pod in the cluster. The callers'
-// addresses live on this host (secondary addresses of the pod's host-side
-// veth), their Pod objects say node-2.
-func TestCrossNodeCallerFromIPCache(t *testing.T) {
+// remoteCaller is a pod of another node: its Pod object says node-2, its
+// address lives on this host (a secondary address of the server pod's
+// host-side veth), so its connections carry no socket record here.
+type remoteCaller struct {
+	name, ip, clientID string // clientID: the service account's Workload ID annotation
+}
+
+// crossNodeSetup runs one agent as node-1 with policyYAML applied, a server
+// pod shop/orders-api (app=orders-api, 10.81.0.2, an HTTP app on 8080)
+// enrolled on it, and the callers in namespace clients on node-2. It returns
+// a function doing GET / from a caller's address with an optional bearer
+// token, returning the status (0 when the connection fails).
+func crossNodeSetup(t *testing.T, policyYAML string, callers []remoteCaller) func(from, token string) int {
 	testenv.RequirePrivileged(t)
 	root, err := kubeenv.RepoRoot()
 	if err != nil {
@@ -33,7 +43,7 @@ func TestCrossNodeCallerFromIPCache(t *testing.T) {
 		Users:  map[string][]string{agentUser: {"system:serviceaccounts", "system:serviceaccounts:portcullis"}},
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	for _, f := range []string{"namespace.yaml", "rbac.yaml"} {
 		if _, err := env.Kubectl(ctx, "apply", "--server-side", "-f", filepath.Join(root, "daemonset", "manifests", f)); err != nil {
 			t.Fatal(err)
@@ -45,24 +55,8 @@ func TestCrossNodeCallerFromIPCache(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	policy := `
-apiVersion: portcullis.dev/v1alpha1
-kind: AccessPolicy
-metadata: {name: orders-api, namespace: shop}
-spec:
-  selector:
-    matchLabels: {app: orders-api}
-  mode: Enforce
-  action: Allow
-  rules:
-  - from:
-      workloads: [clients/frontend]
-    to:
-      ports: [8080]
-      methods: [GET]
-`
 	f := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(f, []byte(policy), 0o600); err != nil {
+	if err := os.WriteFile(f, []byte(policyYAML), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := env.Kubectl(ctx, "apply", "--server-side", "-f", f); err != nil {
@@ -78,13 +72,20 @@ spec:
 		t.Fatal(err)
 	}
 	np := startNodePod(t, string(server.UID), "10.81.0.2", "10.81.0.1")
-	for name, ip := range map[string]string{"frontend": "10.81.0.3", "attacker": "10.81.0.4"} {
+	for _, c := range callers {
+		sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "clients", Name: c.name}}
+		if c.clientID != "" {
+			sa.Annotations = map[string]string{identity.ClientIDAnnotation: c.clientID}
+		}
+		if _, err := cs.CoreV1().ServiceAccounts("clients").Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := kubeenv.RunningPod(ctx, cs, kubeenv.Pod{
-			Namespace: "clients", Name: name, Node: "node-2", ServiceAccount: name, IPs: []string{ip},
+			Namespace: "clients", Name: c.name, Node: "node-2", ServiceAccount: c.name, IPs: []string{c.ip},
 		}); err != nil {
 			t.Fatal(err)
 		}
-		run(t, "ip", "addr", "add", ip+"/24", "dev", np.hostVeth)
+		run(t, "ip", "addr", "add", c.ip+"/24", "dev", np.hostVeth)
 	}
 	app := exec.Command("ip", "netns", "exec", np.netns, "/usr/bin/python3", "-m", "http.server", "--bind", "10.81.0.2", "8080")
 	app.Dir = t.TempDir()
@@ -93,20 +94,26 @@ spec:
 	}
 	t.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
 
-	get := func(from string) int {
+	get := func(from, token string) int {
 		c := &http.Client{Timeout: time.Second, Transport: &http.Transport{
 			DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}).DialContext,
 		}}
-		resp, err := c.Get("http://10.81.0.2:8080/")
+		req, err := http.NewRequest(http.MethodGet, "http://10.81.0.2:8080/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := c.Do(req)
 		if err != nil {
 			return 0
 		}
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	// First the pod is enrolled (the policy selects it), then the app
-	// listens: the frontend's request goes through. Both by polling: the
-	// agent offers no signal.
+	// The pod is enrolled (the policy selects it) before anything is
+	// asked of it; polling, as the agent offers no signal.
 	hc := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(60 * time.Second)
 	for v, _ := a.metric(hc, "portcullis_agent_enrolled_pods"); v != 1; v, _ = a.metric(hc, "portcullis_agent_enrolled_pods") {
@@ -115,18 +122,120 @@ spec:
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	for got := get("10.81.0.3"); got != http.StatusOK; got = get("10.81.0.3") {
-		if time.Now().After(deadline) {
-			t.Fatalf("frontend (node-2, by IP cache): got %d, want 200", got)
-		}
+	return get
+}
+
+// eventually retries f until it returns want (the app and the agent's
+// caches settle) for up to 30 s, and fails with the last result.
+func eventually(t *testing.T, what string, want int, f func() int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	got := f()
+	for got != want && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
+		got = f()
 	}
+	if got != want {
+		t.Fatalf("%s: got %d, want %d", what, got, want)
+	}
+}
+
+// TestCrossNodeCallerFromIPCache: callers on another node are named by
+// source address through the agent's IP cache, filled from every Pod.
+func TestCrossNodeCallerFromIPCache(t *testing.T) {
+	get := crossNodeSetup(t, `
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: orders-api, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: orders-api}
+  mode: Enforce
+  action: Allow
+  rules:
+  - from:
+      workloads: [clients/frontend]
+    to:
+      ports: [8080]
+      methods: [GET]
+`, []remoteCaller{{name: "frontend", ip: "10.81.0.3"}, {name: "attacker", ip: "10.81.0.4"}})
+
+	eventually(t, "frontend (node-2, named by the IP cache)", http.StatusOK, func() int { return get("10.81.0.3", "") })
 	for from, want := range map[string]int{
 		"10.81.0.4": http.StatusForbidden, // attacker: known, not allowed
 		"10.81.0.1": http.StatusForbidden, // the node's own address: anonymous
 	} {
-		if got := get(from); got != want {
+		if got := get(from, ""); got != want {
 			t.Errorf("request from %s: got %d, want %d", from, got, want)
+		}
+	}
+}
+
+// TestTokenBoundToSource: a token is accepted only when its client (azp)
+// is the caller's own Workload ID client ID, from its service account's
+// azure.workload.identity/client-id annotation; a token stolen from the
+// frontend and replayed by the attacker is refused.
+func TestTokenBoundToSource(t *testing.T) {
+	const frontendClient = "aaaaaaaa-0000-4000-8000-00000000f00d"
+	const attackerClient = "bbbbbbbb-0000-4000-8000-0000000000ff"
+	p, err := idp.New(idp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(p.Handler(""))
+	t.Cleanup(srv.Close)
+
+	get := crossNodeSetup(t, `
+apiVersion: portcullis.dev/v1alpha1
+kind: Issuer
+metadata: {name: entra, namespace: shop}
+spec:
+  azureAD:
+    tenantID: `+idp.DefaultTenant+`
+    authorityHost: `+srv.URL+`
+    audiences: [api://orders]
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: orders-api, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: orders-api}
+  mode: Enforce
+  action: Allow
+  rules:
+  - from:
+      workloads: [clients/frontend, clients/attacker]
+    to:
+      ports: [8080]
+      methods: [GET]
+    when:
+      issuers: [{name: entra}]
+      tokenBoundToSource: true
+`, []remoteCaller{
+		{name: "frontend", ip: "10.81.0.3", clientID: frontendClient},
+		{name: "attacker", ip: "10.81.0.4", clientID: attackerClient},
+	})
+	mint := func(client string) string {
+		tok, err := p.Mint(idp.TokenRequest{Audience: "api://orders", App: true, ClientID: client})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	frontendToken := mint(frontendClient)
+	eventually(t, "frontend with its own token", http.StatusOK, func() int { return get("10.81.0.3", frontendToken) })
+	for _, tc := range []struct {
+		what, from, token string
+		want              int
+	}{
+		{"attacker replaying the frontend's token", "10.81.0.4", frontendToken, http.StatusForbidden},
+		{"attacker with its own token", "10.81.0.4", mint(attackerClient), http.StatusOK},
+		{"frontend with the attacker's token", "10.81.0.3", mint(attackerClient), http.StatusForbidden},
+		{"frontend without a token", "10.81.0.3", "", http.StatusUnauthorized},
+	} {
+		if got := get(tc.from, tc.token); got != tc.want {
+			t.Errorf("%s: got %d, want %d", tc.what, got, tc.want)
 		}
 	}
 }
