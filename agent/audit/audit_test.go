@@ -259,3 +259,15 @@ func (b *syncBuffer) Write(p []byte) (int, error) {
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
+
+// BenchmarkAppendJSON is the per-record encoding cost of the writer.
+//
+//	go test -run '^$' -bench AppendJSON ./agent/audit/
+func BenchmarkAppendJSON(b *testing.B) {
+	rec := sampleRecords()[0]
+	buf := make([]byte, 0, 1024)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = rec.AppendJSON(buf[:0])
+	}
+}

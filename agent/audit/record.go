@@ -124,6 +124,15 @@ func appendField(buf []byte, name, value string) []byte {
 
 const hex = "0123456789abcdef"
 
+// jsonSafe tells the ASCII bytes appendString copies as they are: one table
+// lookup per byte instead of six comparisons.
+var jsonSafe = func() (t [utf8.RuneSelf]bool) {
+	for b := 0x20; b < utf8.RuneSelf; b++ {
+		t[b] = b != '"' && b != '\\' && b != '<' && b != '>' && b != '&'
+	}
+	return t
+}()
+
 // appendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD, and
 // <, > and & are escaped like encoding/json does so records are safe to
 // embed in HTML log viewers.
@@ -133,7 +142,7 @@ func appendString(buf []byte, s string) []byte {
 	for i := 0; i < len(s); {
 		b := s[i]
 		if b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+			if jsonSafe[b] {
 				i++
 				continue
 			}
