@@ -8,6 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/identity"
 	"github.com/portcullis-mesh/portcullis/test/kubeenv"
 	"github.com/portcullis-mesh/portcullis/tools/devidp/idp"
+	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -237,5 +241,109 @@ spec:
 		if got := get(tc.from, tc.token); got != tc.want {
 			t.Errorf("%s: got %d, want %d", tc.what, got, tc.want)
 		}
+	}
+}
+
+// TestSameNodeCallerFromSocketRecord: a caller on the same node is named by
+// the eBPF socket record of its cgroup, not by its address: its Pod object
+// announces an address it does not use, so the IP cache cannot name it.
+func TestSameNodeCallerFromSocketRecord(t *testing.T) {
+	testenv.RequirePrivileged(t)
+	root, err := kubeenv.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := kubeenv.Start(t, kubeenv.Options{
+		CRDDir: filepath.Join(root, "daemonset", "crds"),
+		Users:  map[string][]string{agentUser: {"system:serviceaccounts", "system:serviceaccounts:portcullis"}},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	for _, f := range []string{"namespace.yaml", "rbac.yaml"} {
+		if _, err := env.Kubectl(ctx, "apply", "--server-side", "-f", filepath.Join(root, "daemonset", "manifests", f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cs := kubernetes.NewForConfigOrDie(env.Config())
+	for _, ns := range []string{"shop", "clients"} {
+		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(f, []byte(`
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: orders-api, namespace: shop}
+spec:
+  selector:
+    matchLabels: {app: orders-api}
+  mode: Enforce
+  action: Allow
+  rules:
+  - from:
+      workloads: [clients/frontend]
+    to:
+      ports: [8080]
+      methods: [GET]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Kubectl(ctx, "apply", "--server-side", "-f", f); err != nil {
+		t.Fatal(err)
+	}
+	bridge := "pckb" + strconv.Itoa(os.Getpid()%100000)
+	run(t, "ip", "link", "add", bridge, "type", "bridge")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", bridge).Run() })
+	run(t, "ip", "link", "set", bridge, "up")
+
+	a := startAgents(t, env, 1)[0]
+	pods := map[string]*nodePod{}
+	for _, p := range []struct{ ns, name, sa, apiIP, realIP string }{
+		{"shop", "orders-api", "orders", "10.83.0.2", "10.83.0.2"},
+		{"clients", "frontend", "frontend", "10.83.0.99", "10.83.0.3"}, // the API's address is not the one used
+		{"clients", "attacker", "attacker", "10.83.0.98", "10.83.0.4"},
+	} {
+		pod, err := kubeenv.RunningPod(ctx, cs, kubeenv.Pod{
+			Namespace: p.ns, Name: p.name, Node: a.node, ServiceAccount: p.sa,
+			Labels: map[string]string{"app": p.name}, IPs: []string{p.apiIP},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pods[p.name] = startNodePod(t, string(pod.UID), p.realIP, "bridge:"+bridge)
+	}
+	app := exec.Command("ip", "netns", "exec", pods["orders-api"].netns, "/usr/bin/python3", "-m", "http.server", "--bind", "10.83.0.2", "8080")
+	app.Dir = t.TempDir()
+	if err := app.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = app.Process.Kill(); _ = app.Wait() })
+
+	// curl from inside a caller: its netns and its container cgroup.
+	curl := func(from string) int {
+		np := pods[from]
+		fd, err := unix.Open(np.cgroup, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		cmd := exec.Command("ip", "netns", "exec", np.netns, "curl", "-s", "-o", "/dev/null", "-m", "2", "-w", "%{http_code}", "http://10.83.0.2:8080/")
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+		out, _ := cmd.Output()
+		code, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+		return code
+	}
+	hc := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(60 * time.Second)
+	for v, _ := a.metric(hc, "portcullis_agent_enrolled_pods"); v != 1; v, _ = a.metric(hc, "portcullis_agent_enrolled_pods") {
+		if time.Now().After(deadline) {
+			t.Fatalf("enrolled pods: got %v, want 1", v)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	eventually(t, "frontend on the same node (socket record)", http.StatusOK, func() int { return curl("frontend") })
+	if got := curl("attacker"); got != http.StatusForbidden {
+		t.Errorf("attacker on the same node: got %d, want 403", got)
 	}
 }

@@ -56,9 +56,12 @@ func run(t *testing.T, name string, args ...string) {
 type nodePod struct {
 	netns    string
 	hostVeth string
+	cgroup   string // the sandbox container's cgroup
 	sandbox  *exec.Cmd
 }
 
+// startNodePod lays out a pod with address ip; hostIP is the address of the
+// host side of its veth, or "bridge:<name>" to enslave it to a bridge.
 func startNodePod(t *testing.T, uid, ip, hostIP string) *nodePod {
 	t.Helper()
 	var b [4]byte
@@ -73,7 +76,11 @@ func startNodePod(t *testing.T, uid, ip, hostIP string) *nodePod {
 	run(t, "ip", "link", "add", hostVeth, "type", "veth", "peer", "name", podVeth)
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", hostVeth).Run() })
 	run(t, "ip", "link", "set", podVeth, "netns", np.netns)
-	run(t, "ip", "addr", "add", hostIP+"/24", "dev", hostVeth)
+	if bridge, ok := strings.CutPrefix(hostIP, "bridge:"); ok {
+		run(t, "ip", "link", "set", hostVeth, "master", bridge)
+	} else {
+		run(t, "ip", "addr", "add", hostIP+"/24", "dev", hostVeth)
+	}
 	run(t, "ip", "link", "set", hostVeth, "up")
 	run(t, "ip", "-n", np.netns, "addr", "add", ip+"/24", "dev", podVeth)
 	run(t, "ip", "-n", np.netns, "link", "set", podVeth, "up")
@@ -110,6 +117,7 @@ func startNodePod(t *testing.T, uid, ip, hostIP string) *nodePod {
 	defer unix.Close(fd)
 	// ip netns exec enters the namespace and execs pause: same process, in
 	// the sandbox cgroup from its clone on.
+	np.cgroup = sbDir
 	np.sandbox = exec.Command("ip", "netns", "exec", np.netns, pause, "1000")
 	np.sandbox.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
 	if err := np.sandbox.Start(); err != nil {
