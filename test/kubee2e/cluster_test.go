@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
@@ -198,6 +200,35 @@ type kpod struct {
 
 func (p *kpod) url(path string) string {
 	return "http://" + netip.AddrPortFrom(p.net.IPv4, appPort).String() + path
+}
+
+func (p *kpod) url6(path string) string {
+	return "http://" + netip.AddrPortFrom(p.net.IPv6, appPort).String() + path
+}
+
+// tcxPrograms returns the IDs of the programs attached at TCX ingress of
+// the pod's interface (the capture program when the pod is enrolled).
+func (c *cluster) tcxPrograms(p *kpod) []ebpf.ProgramID {
+	c.t.Helper()
+	var ids []ebpf.ProgramID
+	err := podnet.Do(p.net.NetnsPath, func() error {
+		iface, err := net.InterfaceByName(testenv.PodInterface)
+		if err != nil {
+			return err
+		}
+		res, err := link.QueryPrograms(link.QueryOptions{Target: iface.Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		for _, prog := range res.Programs {
+			ids = append(ids, prog.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		c.t.Fatalf("query TCX programs of %s: %v", p.spec.Name, err)
+	}
+	return ids
 }
 
 // addPod creates the pod's network, its Pod object (Running, with its

@@ -110,6 +110,17 @@ func TestMultiNode(t *testing.T) {
 		})
 	}
 
+	// Each agent attaches capture to its own node's selected pods only.
+	for _, p := range []*kpod{ordersA, ordersB, ordersC, frontend, attacker, batch} {
+		want := 0
+		if p.spec.Labels["app"] == "orders-api" {
+			want = 1
+		}
+		if got := c.tcxPrograms(p); len(got) != want {
+			t.Errorf("%s: %d programs at TCX ingress (%v), want %d", p.spec.Name, len(got), got, want)
+		}
+	}
+
 	t.Run("attribution", func(t *testing.T) {
 		tests := []struct {
 			name     string
@@ -140,6 +151,12 @@ func TestMultiNode(t *testing.T) {
 			if got.Status != tt.status || got.Echo.Source != tt.source {
 				t.Errorf("%s (%s): GET %s/whoami from %s: got %d %q (%s), want %d %q",
 					tt.name, tt.viaProof, tt.to.spec.Name, tt.from.spec.Name, got.Status, got.Echo.Source, got.Err, tt.status, tt.source)
+			}
+		}
+		// IPv6: the IP cache holds every address of the Pod's status.
+		for _, to := range []*kpod{ordersA, ordersB} {
+			if got := c.call(frontend, "GET", to.url6("/whoami"), ""); got.Status != 200 || got.Echo.Source != spiffeID("frontend") {
+				t.Errorf("GET [%s]/whoami from frontend: got %d %q (%s), want 200 %q", to.net.IPv6, got.Status, got.Echo.Source, got.Err, spiffeID("frontend"))
 			}
 		}
 	})
@@ -236,6 +253,9 @@ func TestMultiNode(t *testing.T) {
 		if diff := cmp.Diff([]string{"shop/orders-a"}, a.enrolled()); diff != "" {
 			t.Errorf("node-a enrolment after restart (-want +got):\n%s", diff)
 		}
+		if got := c.tcxPrograms(ordersA); len(got) != 1 {
+			t.Errorf("orders-a after restart: %d programs at TCX ingress (%v), want 1 (re-adopted, not stacked)", len(got), got)
+		}
 	})
 
 	t.Run("pod deleted", func(t *testing.T) {
@@ -265,6 +285,9 @@ func TestMultiNode(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != 200 {
 			t.Errorf("GET orders-c without token after unenrolment: got %d, want 200 (uncaptured)", resp.StatusCode)
+		}
+		if got := c.tcxPrograms(ordersC); len(got) != 0 {
+			t.Errorf("orders-c after deletion: programs %v at TCX ingress, want none", got)
 		}
 		for _, s := range a.bpfMaps().GetSockets() {
 			if strings.Contains(s.GetIdentity(), "orders") {
