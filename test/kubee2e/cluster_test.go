@@ -175,6 +175,8 @@ func (c *cluster) mint(clientID string, roles ...string) string {
 
 // podSpec describes a pod of a test.
 type podSpec struct {
+	// Namespace is the Pod's namespace. Empty: shop.
+	Namespace                  string
 	Name, Node, ServiceAccount string
 	Labels                     map[string]string
 	// Server runs the echo server on appPort; otherwise the pod only
@@ -183,6 +185,9 @@ type podSpec struct {
 	// StatusIP, when valid, is the address the Pod's status claims instead
 	// of the pod's real one.
 	StatusIP netip.Addr
+	// HostNetwork makes a host-network pod: its processes run in the
+	// host's network namespace, its status claims StatusIP. No Server.
+	HostNetwork bool
 }
 
 // kpod is a pod: a Pod object, a netns on the shared bridge, and a sandbox
@@ -235,14 +240,21 @@ func (c *cluster) tcxPrograms(p *kpod) []ebpf.ProgramID {
 // addresses) and its processes.
 func (c *cluster) addPod(s podSpec) *kpod {
 	c.t.Helper()
-	p := &kpod{spec: s, net: c.net.NewPod(c.t, testenv.PodOptions{NoProcess: true})}
-	ips := []string{p.net.IPv4.String(), p.net.IPv6.String()}
+	if s.Namespace == "" {
+		s.Namespace = "shop"
+	}
+	p := &kpod{spec: s}
+	var ips []string
+	if !s.HostNetwork {
+		p.net = c.net.NewPod(c.t, testenv.PodOptions{NoProcess: true})
+		ips = []string{p.net.IPv4.String(), p.net.IPv6.String()}
+	}
 	if s.StatusIP.IsValid() {
 		ips = []string{s.StatusIP.String()}
 	}
 	created, err := kubeenv.RunningPod(c.ctx(), c.client, kubeenv.Pod{
-		Namespace: "shop", Name: s.Name, Node: s.Node, ServiceAccount: s.ServiceAccount,
-		Labels: s.Labels, IPs: ips,
+		Namespace: s.Namespace, Name: s.Name, Node: s.Node, ServiceAccount: s.ServiceAccount,
+		Labels: s.Labels, IPs: ips, HostNetwork: s.HostNetwork,
 	})
 	if err != nil {
 		c.t.Fatal(err)
@@ -252,7 +264,7 @@ func (c *cluster) addPod(s podSpec) *kpod {
 		if !p.deleted {
 			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 			defer cancel()
-			_ = kubeenv.DeletePodNow(ctx, c.client, "shop", s.Name)
+			_ = kubeenv.DeletePodNow(ctx, c.client, s.Namespace, s.Name)
 		}
 	})
 
@@ -304,11 +316,12 @@ func (c *cluster) addPod(s podSpec) *kpod {
 			c.t.Fatalf("server of %s not ready after %v", s.Name, waitTimeout)
 		}
 	}
-	c.pods[s.Name] = p
+	c.pods[s.Namespace+"/"+s.Name] = p
 	return p
 }
 
-// startIn starts cmd in cgroup dir and in p's network namespace.
+// startIn starts cmd in cgroup dir and in p's network namespace (the
+// host's for a host-network pod).
 func (c *cluster) startIn(p *kpod, dir string, cmd *exec.Cmd) {
 	c.t.Helper()
 	cg, err := os.Open(dir)
@@ -317,7 +330,11 @@ func (c *cluster) startIn(p *kpod, dir string, cmd *exec.Cmd) {
 	}
 	defer cg.Close()
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
-	if err := podnet.Do(p.net.NetnsPath, cmd.Start); err != nil {
+	start := cmd.Start
+	if p.net != nil {
+		start = func() error { return podnet.Do(p.net.NetnsPath, cmd.Start) }
+	}
+	if err := start(); err != nil {
 		c.t.Fatalf("start %s in pod %s: %v", cmd.Path, p.spec.Name, err)
 	}
 }
@@ -325,7 +342,7 @@ func (c *cluster) startIn(p *kpod, dir string, cmd *exec.Cmd) {
 // deletePod deletes the Pod object with grace period 0 (no kubelet).
 func (c *cluster) deletePod(p *kpod) {
 	c.t.Helper()
-	if err := kubeenv.DeletePodNow(c.ctx(), c.client, "shop", p.spec.Name); err != nil {
+	if err := kubeenv.DeletePodNow(c.ctx(), c.client, p.spec.Namespace, p.spec.Name); err != nil {
 		c.t.Fatal(err)
 	}
 	p.deleted = true
@@ -577,6 +594,36 @@ func (a *agent) bpfMaps() *debugv1.DumpBPFMapsResponse {
 		a.c.t.Fatalf("dump bpf maps of %s: %v", a.node, err)
 	}
 	return r
+}
+
+// attachStates maps "namespace/name" of every workload the agent knows on
+// its node to its attach state ("attached", "excluded: self", …), through
+// the debug API's ListWorkloads.
+func (a *agent) attachStates() map[string]string {
+	a.c.t.Helper()
+	conn, err := grpc.NewClient("passthrough:///portcullis-agent",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", a.socket)
+		}),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		a.c.t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := debugv1.NewDebugClient(conn).ListWorkloads(ctx, &debugv1.ListWorkloadsRequest{})
+	if err != nil {
+		a.c.t.Fatalf("list workloads of %s: %v", a.node, err)
+	}
+	m := map[string]string{}
+	for _, w := range r.GetWorkloads() {
+		if w.GetAttachState() != "remote" {
+			m[w.GetNamespace()+"/"+w.GetName()] = w.GetAttachState()
+		}
+	}
+	return m
 }
 
 // enrolled lists the workloads in the agent's datapath enrolment map.

@@ -98,7 +98,7 @@ func TestMultiNode(t *testing.T) {
 	// cache cannot attribute its calls; only the socket record can.
 	batch := c.addPod(podSpec{Name: "batch", Node: "node-a", ServiceAccount: "batch", Labels: map[string]string{"app": "batch"},
 		StatusIP: netip.MustParseAddr("192.0.2.77")})
-	ordersA, ordersB, ordersC := c.pods["orders-a"], c.pods["orders-b"], c.pods["orders-c"]
+	ordersA, ordersB, ordersC := c.pods["shop/orders-a"], c.pods["shop/orders-b"], c.pods["shop/orders-c"]
 
 	start := time.Now()
 	for _, node := range []string{"node-a", "node-b", "node-c"} {
@@ -311,14 +311,22 @@ func TestMultiNode(t *testing.T) {
 	t.Run("namespace enforce label", func(t *testing.T) {
 		// portcullis.dev/enforce: enabled on the namespace enrols every pod
 		// of it, selected by a policy or not; removing it releases them.
+		// Never captured, even then: a host-network pod selected by the
+		// policy, and the agent's own pod (config podName) in an enforced
+		// namespace.
+		c.addPod(podSpec{Name: "hostnet", Node: "node-a", ServiceAccount: "orders", Labels: map[string]string{"app": "orders-api"},
+			HostNetwork: true, StatusIP: netip.MustParseAddr("192.0.2.10")})
+		c.addPod(podSpec{Namespace: "portcullis", Name: "portcullis-agent-node-a", Node: "node-a", ServiceAccount: "portcullis-agent"})
 		label := func(v any) {
 			t.Helper()
 			patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"labels": map[string]any{"portcullis.dev/enforce": v}}})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := c.client.CoreV1().Namespaces().Patch(c.ctx(), "shop", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-				t.Fatal(err)
+			for _, ns := range []string{"shop", "portcullis"} {
+				if _, err := c.client.CoreV1().Namespaces().Patch(c.ctx(), ns, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 		enrolledOn := func(node string, want ...string) {
@@ -332,6 +340,11 @@ func TestMultiNode(t *testing.T) {
 		label("enabled")
 		enrolledOn("node-a", "shop/attacker", "shop/batch", "shop/frontend", "shop/orders-a")
 		enrolledOn("node-b", "shop/orders-b")
+		waitFor(t, "node-a reports the excluded pods", func() (bool, string) {
+			got := c.agents["node-a"].attachStates()
+			return got["shop/hostnet"] == "excluded: host_network" && got["portcullis/portcullis-agent-node-a"] == "excluded: self",
+				fmt.Sprintf("workloads %v", got)
+		})
 		if got := c.tcxPrograms(frontend); len(got) != 1 {
 			t.Errorf("frontend in an enforced namespace: %d programs at TCX ingress, want 1", len(got))
 		}
