@@ -219,14 +219,19 @@ func (a *Agent) startLocal(ctx context.Context) error {
 		}
 	}()
 
-	// Workloads: the first complete list is reported synchronously-enough
-	// for Start's caller; Synced ends the GC hold.
 	src := localfile.New(a.cfg.Local.Workloads, 0, a.log.With("component", "workloads"))
+	return a.followWorkloads(ctx, src.Run)
+}
+
+// followWorkloads runs a workload source, feeding the enforcer, and returns
+// once the source has reported every workload that existed when it started
+// (EventSynced), or with the source's error if it ends before that.
+func (a *Agent) followWorkloads(ctx context.Context, run func(context.Context, identity.Handler) error) error {
 	errc := make(chan error, 1)
 	synced := make(chan struct{})
 	var once sync.Once
 	go func() {
-		errc <- src.Run(ctx, func(ev identity.Event) {
+		errc <- run(ctx, func(ev identity.Event) {
 			a.enforcer.Handle(ev)
 			if ev.Type == identity.EventSynced {
 				once.Do(func() { close(synced) })
@@ -246,6 +251,8 @@ func (a *Agent) startLocal(ctx context.Context) error {
 			err = errors.New("workload source ended before its first sync")
 		}
 		return fmt.Errorf("workloads: %w", err)
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

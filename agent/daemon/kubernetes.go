@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,7 +13,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/portcullis-mesh/portcullis/agent/kubepolicy"
-	"github.com/portcullis-mesh/portcullis/identity"
 	"github.com/portcullis-mesh/portcullis/identity/kube"
 	"github.com/portcullis-mesh/portcullis/identity/kube/policywatch"
 	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
@@ -97,33 +95,7 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("workload source: %w", err)
 	}
-	synced := make(chan struct{})
-	var once sync.Once
-	werr := make(chan error, 1)
-	go func() {
-		werr <- src.Run(ctx, func(ev identity.Event) {
-			a.enforcer.Handle(ev)
-			if ev.Type == identity.EventSynced {
-				once.Do(func() { close(synced) })
-			}
-		})
-	}()
-	select {
-	case <-synced:
-		go func() {
-			if err := <-werr; err != nil {
-				a.log.Error("workload source stopped", "error", err)
-			}
-		}()
-		return nil
-	case err := <-werr:
-		if err == nil {
-			err = errors.New("workload source ended before its first sync")
-		}
-		return fmt.Errorf("workloads: %w", err)
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return a.followWorkloads(ctx, src.Run)
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
