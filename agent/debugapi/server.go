@@ -130,7 +130,9 @@ func (s *service) TailDecisions(req *debugv1.TailDecisionsRequest, stream grpc.S
 		case <-ctx.Done():
 			return nil
 		case <-s.stopping:
-			return nil
+			// The agent is going away: say so, so a follower can tell this
+			// from the end of a finite listing (the CLI exits 3).
+			return status.Error(codes.Unavailable, "agent shutting down")
 		case r := <-sub.C():
 			if !f.Match(r) {
 				continue

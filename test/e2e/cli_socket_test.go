@@ -369,11 +369,11 @@ func TestCLIUnreachable(t *testing.T) {
 		}
 
 		e.agent.Stop()
-		// A follower ends with the agent. (Today it exits 0 with "no
-		// decisions match": the server ends follow streams with OK on
-		// shutdown; see /work/notes/clie2e.md.)
-		code := f.exit(t)
-		t.Logf("decisions --follow when the agent stopped: exit %d, stderr %q", code, f.stderr.String())
+		// A follower ends with the agent, as unreachable (exit 3): the
+		// server ends follow streams with Unavailable on shutdown.
+		if code := f.exit(t); code != 3 {
+			t.Errorf("decisions --follow when the agent stopped: exit %d, want 3; stderr %q", code, f.stderr.String())
+		}
 		if _, err := os.Lstat(c.socket); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("socket after the agent stopped: got %v, want it removed", err)
 		}
