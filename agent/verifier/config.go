@@ -44,7 +44,8 @@ type Config struct {
 	// slowloris. Zero means 10s.
 	ReadHeaderTimeout time.Duration
 	// IdleTimeout closes a keep-alive connection that sends no new request
-	// for this long. Zero means 120s.
+	// for this long (for 15/16 of it at least: the deadline of a busy
+	// connection is moved in steps of IdleTimeout/16). Zero means 120s.
 	IdleTimeout time.Duration
 	// MaxConns bounds concurrent connections served for the pod; more are
 	// closed on accept and counted. Zero means 4096.
