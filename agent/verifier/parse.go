@@ -38,6 +38,7 @@ func parseRequest(br *bufio.Reader, headLen int, sc *reqScratch) (*http.Request,
 // connection carries one exchange at a time. A nil scratch allocates.
 type reqScratch struct {
 	req  http.Request
+	url  url.URL
 	body fixedBody
 	hs   headScratch
 }
@@ -66,9 +67,18 @@ func parseFast(block []byte, br *bufio.Reader, sc *reqScratch) (req *http.Reques
 	if !ok1 || !ok2 || proto != "HTTP/1.1" || uri == "" || uri[0] != '/' || !validMethod(method) {
 		return nil, false
 	}
-	u, err := url.ParseRequestURI(uri)
-	if err != nil {
-		return nil, false
+	var u *url.URL
+	if sc != nil {
+		u = &sc.url
+	} else {
+		u = new(url.URL)
+	}
+	if !plainOriginForm(uri, u) {
+		pu, err := url.ParseRequestURI(uri)
+		if err != nil {
+			return nil, false
+		}
+		u = pu
 	}
 	var hs *headScratch
 	if sc != nil {
@@ -117,6 +127,39 @@ func parseFast(block []byte, br *bufio.Reader, sc *reqScratch) (req *http.Reques
 	req.Close = httpguts.HeaderValuesContainsToken(h["Connection"], "close")
 	return req, true
 }
+
+// plainOriginForm sets u to what url.ParseRequestURI makes of uri when uri
+// is the plainest origin form: a path of letters, digits, "-._~/" and an
+// optional non-empty query of visible ASCII other than '#'. Nothing in such
+// a path is unescaped or would be escaped, so Path is uri's path and
+// RawPath stays empty. Anything else returns false (FuzzParseRequest
+// compares the result with net/url's).
+func plainOriginForm(uri string, u *url.URL) bool {
+	path, query, hasQuery := strings.Cut(uri, "?")
+	if hasQuery && query == "" {
+		return false // ForceQuery
+	}
+	for i := 0; i < len(path); i++ {
+		if !plainPathByte[path[i]] {
+			return false
+		}
+	}
+	for i := 0; i < len(query); i++ {
+		if c := query[i]; c <= ' ' || c >= 0x7f || c == '#' {
+			return false
+		}
+	}
+	*u = url.URL{Path: path, RawQuery: query}
+	return true
+}
+
+var plainPathByte = func() (t [256]bool) {
+	for c := range t {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			c == '-' || c == '.' || c == '_' || c == '~' || c == '/'
+	}
+	return t
+}()
 
 // parseFields parses header lines (each ending in CRLF, then an empty
 // line) whose names and values are substrings of rest, into hs's map and

@@ -22,6 +22,8 @@ func FuzzParseRequest(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.1\r\nHost:\r\nX:\r\nY: \t\r\nZ: a\tb\xff\r\nx_y-z: 1\r\nCONTENT-length: 007\r\n\r\n1234567"))
 	f.Add([]byte("POST /x HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\nContent-Length: +5\r\n\r\n12345"))
 	f.Add([]byte("POST /x HTTP/1.1\r\nHost: h:80\r\nContent-Length:  0 \r\nExpect: 100-continue\r\n\r\n"))
+	f.Add([]byte("GET //a/./b~_-.?q=%zz&x=/?y HTTP/1.1\r\nHost: x\r\n\r\n"))
+	f.Add([]byte("GET /a%2Fb?#f HTTP/1.1\r\nHost: x\r\n\r\n"))
 	// One scratch for every input, as a connection reuses it for every
 	// request: what an earlier input left in it must not show.
 	var sc reqScratch
@@ -49,6 +51,8 @@ func FuzzParseRequest(f *testing.F) {
 		}
 		type view struct {
 			Method, RequestURI, URL, Proto, Host string
+			Path, RawPath, RawQuery              string
+			ForceQuery                           bool
 			ContentLength                        int64
 			Close                                bool
 			Header                               http.Header
@@ -56,7 +60,9 @@ func FuzzParseRequest(f *testing.F) {
 		}
 		v := func(r *http.Request) view {
 			b, _ := io.ReadAll(r.Body)
-			return view{r.Method, r.RequestURI, r.URL.String(), r.Proto, r.Host, r.ContentLength, r.Close, r.Header, string(b)}
+			return view{r.Method, r.RequestURI, r.URL.String(), r.Proto, r.Host,
+				r.URL.Path, r.URL.RawPath, r.URL.RawQuery, r.URL.ForceQuery,
+				r.ContentLength, r.Close, r.Header, string(b)}
 		}
 		if diff := cmp.Diff(v(std), v(fast)); diff != "" {
 			t.Errorf("parse of %q (-ReadRequest +fast):\n%s", in, diff)
