@@ -46,7 +46,7 @@ var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 
 func (h *h1conn) serve() {
 	s := h.s
-	h.bw = bufio.NewWriterSize(h.c, 4096)
+	h.bw = bufio.NewWriterSize(newRawIO(h.c), 4096)
 	for first := true; ; first = false {
 		if !first {
 			if !s.setIdle(h.sc, true) {
@@ -150,7 +150,7 @@ func (h *h1conn) readHead() (int, refusal) {
 func (h *h1conn) grow(size int) {
 	b, _ := h.br.Peek(h.br.Buffered())
 	pre := bytes.Clone(b)
-	h.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pre), h.c), size)
+	h.br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(pre), newRawIO(h.c)), size)
 	h.grown = true
 }
 

@@ -315,7 +315,7 @@ func (s *Server) serveConn(sc *srvConn) {
 	}
 
 	c.SetReadDeadline(time.Now().Add(s.cfg.ReadHeaderTimeout))
-	br := bufio.NewReaderSize(c, 4096)
+	br := bufio.NewReaderSize(newRawIO(c), 4096)
 	kind, err := classify(br)
 	if kind != firstHTTP1 && kind != firstH2Preface {
 		// Nothing was or will be sent: reset rather than leave a

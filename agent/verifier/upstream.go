@@ -74,7 +74,8 @@ func (p *pool) dial(ctx context.Context, dst netip.AddrPort) (*upConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial application %s: %w", dst, err)
 	}
-	return &upConn{c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096), dst: dst}, nil
+	rw := newRawIO(c)
+	return &upConn{c: c, br: bufio.NewReaderSize(rw, 4096), bw: bufio.NewWriterSize(rw, 4096), dst: dst}, nil
 }
 
 // probeAfter is the idle time after which a pooled connection is checked
