@@ -23,6 +23,9 @@ const (
 	SockopsForgotten        = Counter(portcullisPcCounterPC_CNT_SOCKOPS_FORGOTTEN)
 	SockopsUpdateError      = Counter(portcullisPcCounterPC_CNT_SOCKOPS_UPDATE_ERROR)
 	SockopsCallbackFlagsErr = Counter(portcullisPcCounterPC_CNT_SOCKOPS_CB_FLAGS_ERROR)
+	AccelPaired             = Counter(portcullisPcCounterPC_CNT_ACCEL_PAIRED)
+	AccelUpdateError        = Counter(portcullisPcCounterPC_CNT_ACCEL_UPDATE_ERROR)
+	AccelTCPOnly            = Counter(portcullisPcCounterPC_CNT_ACCEL_TCP_ONLY)
 	numCounters             = int(portcullisPcCounterPC_CNT_MAX)
 )
 
@@ -58,6 +61,9 @@ var counterNames = [...]string{
 	SockopsForgotten:        "sockops_forgotten",
 	SockopsUpdateError:      "sockops_update_error",
 	SockopsCallbackFlagsErr: "sockops_cb_flags_error",
+	AccelPaired:             "accel_paired",
+	AccelUpdateError:        "accel_update_error",
+	AccelTCPOnly:            "accel_tcp_only",
 }
 
 // Counters reads every counter, summed over CPUs. Values only grow while

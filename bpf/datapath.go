@@ -37,6 +37,15 @@ type Config struct {
 	// ListenerPort is the port of the agent's listener in every enrolled
 	// pod's netns. It is never captured. Zero means DefaultListenerPort.
 	ListenerPort uint16
+	// AccelMark turns on local acceleration (lib/accel.h): connections
+	// from sockets carrying this SO_MARK (the agent's upstream sockets) to
+	// a local application move their bytes socket to socket through a
+	// sockmap instead of TCP/IP over loopback. Bytes redirected that way
+	// are invisible to splice(2) on the receiving socket, so only
+	// applications that do not splice from their sockets may be
+	// accelerated, and the agent must not splice from its upstream
+	// sockets. Zero (the default) turns it off.
+	AccelMark uint32
 }
 
 // Datapath is a loaded (or re-adopted) datapath. Its methods are safe for
@@ -48,7 +57,8 @@ type Datapath struct {
 
 	mu      sync.Mutex
 	sockops link.Link
-	pods    map[string]*podState // by Pod.Key
+	accel   *link.RawAttachProgramOptions // sk_msg attachment, nil when off
+	pods    map[string]*podState          // by Pod.Key
 	closed  bool
 }
 
@@ -56,11 +66,19 @@ type Datapath struct {
 // loaded once per pod (loadCapture).
 type sharedObjects struct {
 	portcullisMaps
-	PcSockops *ebpf.Program `ebpf:"pc_sockops"`
+	PcSockops         *ebpf.Program `ebpf:"pc_sockops"`
+	PcAccelMsgVerdict *ebpf.Program `ebpf:"pc_accel_msg_verdict"`
 }
 
 func (o *sharedObjects) Close() error {
-	return errors.Join(o.portcullisMaps.Close(), o.PcSockops.Close())
+	return errors.Join(o.portcullisMaps.Close(), o.PcSockops.Close(), o.PcAccelMsgVerdict.Close())
+}
+
+// unpinnedMaps hold state of one agent run only: the sockets of local
+// acceleration. Every load starts them empty.
+var unpinnedMaps = map[string]bool{
+	portcullisMapPcSocks:     true,
+	portcullisMapPcUpstreams: true,
 }
 
 // Pin layout below Config.PinDir.
@@ -120,6 +138,9 @@ func (d *Datapath) load() error {
 	if err := spec.Variables[portcullisVarPcListenerPort].Set(d.cfg.ListenerPort); err != nil {
 		return fmt.Errorf("set listener port: %w", err)
 	}
+	if err := spec.Variables[portcullisVarPcAccelMark].Set(d.cfg.AccelMark); err != nil {
+		return fmt.Errorf("set acceleration mark: %w", err)
+	}
 	replacements := make(map[string]*ebpf.Map)
 	defer func() {
 		for _, m := range replacements {
@@ -127,7 +148,7 @@ func (d *Datapath) load() error {
 		}
 	}()
 	for name := range spec.Maps {
-		if strings.HasPrefix(name, ".") {
+		if strings.HasPrefix(name, ".") || unpinnedMaps[name] {
 			continue // .rodata and friends belong to one program load
 		}
 		m, err := ebpf.LoadPinnedMap(d.pin(pinMapPrefix+name), nil)
@@ -136,6 +157,17 @@ func (d *Datapath) load() error {
 		}
 		if err != nil {
 			return fmt.Errorf("load pinned map %s: %w", name, err)
+		}
+		if err := spec.Maps[name].Compatible(m); err != nil {
+			m.Close()
+			if name != portcullisMapPcCounters {
+				return fmt.Errorf("pinned map %s has another layout (pinned by another version; Teardown first): %w", name, err)
+			}
+			// A counter was added: the counters start afresh.
+			if err := os.Remove(d.pin(pinMapPrefix + name)); err != nil {
+				return fmt.Errorf("remove incompatible pinned map %s: %w", name, err)
+			}
+			continue
 		}
 		replacements[name] = m
 	}
@@ -158,6 +190,18 @@ func (d *Datapath) load() error {
 		if err := m.Pin(d.pin(pinMapPrefix + name)); err != nil {
 			d.objs.Close()
 			return fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
+	if d.cfg.AccelMark != 0 {
+		d.accel = &link.RawAttachProgramOptions{
+			Target:  d.objs.PcSocks.FD(),
+			Program: d.objs.PcAccelMsgVerdict,
+			Attach:  ebpf.AttachSkMsgVerdict,
+		}
+		if err := link.RawAttachProgram(*d.accel); err != nil {
+			d.accel = nil
+			d.objs.Close()
+			return fmt.Errorf("attach acceleration program to its sockmap: %w", err)
 		}
 	}
 	// Pinned for operators (bpftool); the link keeps it alive. Capture

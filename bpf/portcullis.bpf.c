@@ -6,6 +6,7 @@
 #include "lib/common.h"
 #include "lib/capture.h"
 #include "lib/sockops.h"
+#include "lib/accel.h"
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
@@ -26,9 +27,24 @@ int pc_sockops(struct bpf_sock_ops *ops)
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		pc_sockops_connect(ops);
 		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		pc_accel_active(ops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		pc_accel_passive(ops);
+		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		pc_sockops_state(ops);
+		pc_accel_closed(ops);
 		break;
 	}
 	return 1;
+}
+
+/* pc_accel_msg_verdict runs for every message sent on a socket in pc_socks
+ * (local acceleration, see lib/accel.h). Loaded only when enabled. */
+SEC("sk_msg")
+int pc_accel_msg_verdict(struct sk_msg_md *msg)
+{
+	return pc_accel_msg(msg);
 }

@@ -51,7 +51,10 @@ const (
 	portcullisPcCounterPC_CNT_SOCKOPS_FORGOTTEN      portcullisPcCounter = 9
 	portcullisPcCounterPC_CNT_SOCKOPS_UPDATE_ERROR   portcullisPcCounter = 10
 	portcullisPcCounterPC_CNT_SOCKOPS_CB_FLAGS_ERROR portcullisPcCounter = 11
-	portcullisPcCounterPC_CNT_MAX                    portcullisPcCounter = 12
+	portcullisPcCounterPC_CNT_ACCEL_PAIRED           portcullisPcCounter = 12
+	portcullisPcCounterPC_CNT_ACCEL_UPDATE_ERROR     portcullisPcCounter = 13
+	portcullisPcCounterPC_CNT_ACCEL_TCP_ONLY         portcullisPcCounter = 14
+	portcullisPcCounterPC_CNT_MAX                    portcullisPcCounter = 15
 )
 
 type portcullisPcPod struct {
@@ -70,19 +73,38 @@ type portcullisPcPortKey struct {
 	Generation  uint32
 }
 
+type portcullisPcSockKey struct {
+	_           structs.HostLayout
+	NetnsCookie uint64
+	Laddr       [4]uint32
+	Raddr       [4]uint32
+	Lport       uint16
+	Rport       uint16
+	Pad         uint32
+}
+
+type portcullisPcUpstream struct {
+	_       structs.HostLayout
+	TcpOnly uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	portcullisMapPcCgroups        = "pc_cgroups"
-	portcullisMapPcConns          = "pc_conns"
-	portcullisMapPcCounters       = "pc_counters"
-	portcullisMapPcPods           = "pc_pods"
-	portcullisMapPcPorts          = "pc_ports"
-	portcullisProgPcCaptureIn     = "pc_capture_in"
-	portcullisProgPcSockops       = "pc_sockops"
-	portcullisVarPcListenerPort   = "pc_listener_port"
-	portcullisVarPcPodNetnsCookie = "pc_pod_netns_cookie"
+	portcullisMapPcCgroups          = "pc_cgroups"
+	portcullisMapPcConns            = "pc_conns"
+	portcullisMapPcCounters         = "pc_counters"
+	portcullisMapPcPods             = "pc_pods"
+	portcullisMapPcPorts            = "pc_ports"
+	portcullisMapPcSocks            = "pc_socks"
+	portcullisMapPcUpstreams        = "pc_upstreams"
+	portcullisProgPcAccelMsgVerdict = "pc_accel_msg_verdict"
+	portcullisProgPcCaptureIn       = "pc_capture_in"
+	portcullisProgPcSockops         = "pc_sockops"
+	portcullisVarPcAccelMark        = "pc_accel_mark"
+	portcullisVarPcListenerPort     = "pc_listener_port"
+	portcullisVarPcPodNetnsCookie   = "pc_pod_netns_cookie"
 )
 
 // loadPortcullis returns the embedded CollectionSpec for portcullis.
@@ -127,25 +149,29 @@ type portcullisSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portcullisProgramSpecs struct {
-	PcCaptureIn *ebpf.ProgramSpec `ebpf:"pc_capture_in"`
-	PcSockops   *ebpf.ProgramSpec `ebpf:"pc_sockops"`
+	PcAccelMsgVerdict *ebpf.ProgramSpec `ebpf:"pc_accel_msg_verdict"`
+	PcCaptureIn       *ebpf.ProgramSpec `ebpf:"pc_capture_in"`
+	PcSockops         *ebpf.ProgramSpec `ebpf:"pc_sockops"`
 }
 
 // portcullisMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portcullisMapSpecs struct {
-	PcCgroups  *ebpf.MapSpec `ebpf:"pc_cgroups"`
-	PcConns    *ebpf.MapSpec `ebpf:"pc_conns"`
-	PcCounters *ebpf.MapSpec `ebpf:"pc_counters"`
-	PcPods     *ebpf.MapSpec `ebpf:"pc_pods"`
-	PcPorts    *ebpf.MapSpec `ebpf:"pc_ports"`
+	PcCgroups   *ebpf.MapSpec `ebpf:"pc_cgroups"`
+	PcConns     *ebpf.MapSpec `ebpf:"pc_conns"`
+	PcCounters  *ebpf.MapSpec `ebpf:"pc_counters"`
+	PcPods      *ebpf.MapSpec `ebpf:"pc_pods"`
+	PcPorts     *ebpf.MapSpec `ebpf:"pc_ports"`
+	PcSocks     *ebpf.MapSpec `ebpf:"pc_socks"`
+	PcUpstreams *ebpf.MapSpec `ebpf:"pc_upstreams"`
 }
 
 // portcullisVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type portcullisVariableSpecs struct {
+	PcAccelMark      *ebpf.VariableSpec `ebpf:"pc_accel_mark"`
 	PcListenerPort   *ebpf.VariableSpec `ebpf:"pc_listener_port"`
 	PcPodNetnsCookie *ebpf.VariableSpec `ebpf:"pc_pod_netns_cookie"`
 }
@@ -170,11 +196,13 @@ func (o *portcullisObjects) Close() error {
 //
 // It can be passed to loadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portcullisMaps struct {
-	PcCgroups  *ebpf.Map `ebpf:"pc_cgroups"`
-	PcConns    *ebpf.Map `ebpf:"pc_conns"`
-	PcCounters *ebpf.Map `ebpf:"pc_counters"`
-	PcPods     *ebpf.Map `ebpf:"pc_pods"`
-	PcPorts    *ebpf.Map `ebpf:"pc_ports"`
+	PcCgroups   *ebpf.Map `ebpf:"pc_cgroups"`
+	PcConns     *ebpf.Map `ebpf:"pc_conns"`
+	PcCounters  *ebpf.Map `ebpf:"pc_counters"`
+	PcPods      *ebpf.Map `ebpf:"pc_pods"`
+	PcPorts     *ebpf.Map `ebpf:"pc_ports"`
+	PcSocks     *ebpf.Map `ebpf:"pc_socks"`
+	PcUpstreams *ebpf.Map `ebpf:"pc_upstreams"`
 }
 
 func (m *portcullisMaps) Close() error {
@@ -184,6 +212,8 @@ func (m *portcullisMaps) Close() error {
 		m.PcCounters,
 		m.PcPods,
 		m.PcPorts,
+		m.PcSocks,
+		m.PcUpstreams,
 	)
 }
 
@@ -191,6 +221,7 @@ func (m *portcullisMaps) Close() error {
 //
 // It can be passed to loadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portcullisVariables struct {
+	PcAccelMark      *ebpf.Variable `ebpf:"pc_accel_mark"`
 	PcListenerPort   *ebpf.Variable `ebpf:"pc_listener_port"`
 	PcPodNetnsCookie *ebpf.Variable `ebpf:"pc_pod_netns_cookie"`
 }
@@ -199,12 +230,14 @@ type portcullisVariables struct {
 //
 // It can be passed to loadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portcullisPrograms struct {
-	PcCaptureIn *ebpf.Program `ebpf:"pc_capture_in"`
-	PcSockops   *ebpf.Program `ebpf:"pc_sockops"`
+	PcAccelMsgVerdict *ebpf.Program `ebpf:"pc_accel_msg_verdict"`
+	PcCaptureIn       *ebpf.Program `ebpf:"pc_capture_in"`
+	PcSockops         *ebpf.Program `ebpf:"pc_sockops"`
 }
 
 func (p *portcullisPrograms) Close() error {
 	return _PortcullisClose(
+		p.PcAccelMsgVerdict,
 		p.PcCaptureIn,
 		p.PcSockops,
 	)

@@ -52,6 +52,15 @@ enum pc_counter {
 	/* sockops: bpf_sock_ops_cb_flags_set failed: the record will only be
 	 * removed by LRU eviction. */
 	PC_CNT_SOCKOPS_CB_FLAGS_ERROR,
+	/* accel: an application socket joined its agent upstream socket in
+	 * pc_socks: the connection is accelerated both ways. */
+	PC_CNT_ACCEL_PAIRED,
+	/* accel: a socket could not join pc_socks or pc_upstreams (map full):
+	 * the connection stays on TCP. */
+	PC_CNT_ACCEL_UPDATE_ERROR,
+	/* accel: an upstream socket sent before its peer was paired: it stays
+	 * on TCP agent-to-application for its lifetime. */
+	PC_CNT_ACCEL_TCP_ONLY,
 	PC_CNT_MAX,
 };
 

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"syscall"
 
 	"github.com/vishvananda/netns"
 )
@@ -112,4 +113,24 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 // Close releases the namespace handle.
 func (d *Dialer) Close() error {
 	return d.ns.Close()
+}
+
+// MarkControl returns a net.Dialer Control function that sets SO_MARK to
+// mark on every socket before it connects (needs CAP_NET_ADMIN). The agent
+// marks its upstream sockets so that the datapath's local acceleration
+// (bpf.Config.AccelMark) knows them.
+func MarkControl(mark uint32) func(network, address string, c syscall.RawConn) error {
+	return func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(mark))
+		})
+		if err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("set SO_MARK: %w", serr)
+		}
+		return nil
+	}
 }
