@@ -7,11 +7,9 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/base64"
-	"math"
 	"math/big"
 	"slices"
 	"strings"
-	"time"
 	"unsafe"
 )
 
@@ -123,122 +121,20 @@ func clip(s string) string {
 	return s
 }
 
-// fill types the claims of m into t.claims, refusing wrong JSON types.
+// fill types the claims of m into t.claims and refuses a token without
+// exp or iss.
 func (t *token) fill(m map[string]any) (Reason, error) {
-	c := &Claims{Raw: m}
-	var bad string
-	str := func(name string) string {
-		v, ok := m[name]
-		if !ok {
-			return ""
-		}
-		s, ok := v.(string)
-		if !ok {
-			bad = name
-		}
-		return s
+	c, ts, err := typeClaims(m)
+	if err != nil {
+		return ReasonMalformed, err
 	}
-	list := func(name string) []string {
-		v, ok := m[name]
-		if !ok {
-			return nil
-		}
-		a, ok := v.([]any)
-		if !ok {
-			bad = name
-			return nil
-		}
-		out := make([]string, len(a))
-		for i, e := range a {
-			s, ok := e.(string)
-			if !ok {
-				bad = name
-				return nil
-			}
-			out[i] = s
-		}
-		return out
-	}
-	num := func(name string) (int64, bool) {
-		v, ok := m[name]
-		if !ok {
-			return 0, false
-		}
-		f, ok := v.(float64)
-		// NumericDate: seconds; refuse what int64 nanoseconds cannot hold.
-		if !ok || math.IsNaN(f) || f < 0 || f > 1<<33 {
-			bad = name
-			return 0, false
-		}
-		return int64(f), true
-	}
-	c.Issuer = str("iss")
-	c.Subject = str("sub")
-	c.ObjectID = str("oid")
-	c.TenantID = str("tid")
-	c.Version = str("ver")
-	c.UPN = str("upn")
-	c.PreferredUsername = str("preferred_username")
-	c.IDType = str("idtyp")
-	azp, appid := str("azp"), str("appid")
-	c.ClientID = azp
-	if c.ClientID == "" {
-		c.ClientID = appid
-	}
-	switch v := m["aud"].(type) {
-	case string:
-		c.Audience = []string{v}
-	case nil:
-		if _, ok := m["aud"]; ok {
-			bad = "aud"
-		}
-	default:
-		c.Audience = list("aud")
-	}
-	c.Roles = list("roles")
-	c.Groups = list("groups")
-	c.WIDs = list("wids")
-	if scp := str("scp"); scp != "" {
-		c.Scopes = strings.Fields(scp)
-	}
-	if names, ok := m["_claim_names"].(map[string]any); ok {
-		if _, ok := names["groups"]; ok {
-			c.GroupOverage = true
-		}
-	}
-	if hg, ok := m["hasgroups"].(bool); ok && hg {
-		c.GroupOverage = true
-	}
-	var hasExp bool
-	t.exp, hasExp = num("exp")
-	t.nbf, t.hasNbf = num("nbf")
-	t.iat, t.hasIat = num("iat")
-	if bad != "" {
-		return refuse(ReasonMalformed, "claim %s has the wrong JSON type", bad)
-	}
-	if !hasExp {
+	if !ts.hasExp {
 		return refuse(ReasonMalformed, "no exp claim")
 	}
 	if c.Issuer == "" {
 		return refuse(ReasonWrongIssuer, "no iss claim")
 	}
-	if c.IDType == "" {
-		// Without the optional idtyp claim: delegated (user) tokens always
-		// carry scp; app-only tokens have none and their sub is the
-		// service principal's oid.
-		if _, hasScp := m["scp"]; !hasScp && c.Subject != "" && c.Subject == c.ObjectID {
-			c.IDType = "app"
-		} else {
-			c.IDType = "user"
-		}
-	}
-	c.ExpiresAt = time.Unix(t.exp, 0)
-	if t.hasNbf {
-		c.NotBefore = time.Unix(t.nbf, 0)
-	}
-	if t.hasIat {
-		c.IssuedAt = time.Unix(t.iat, 0)
-	}
+	t.exp, t.nbf, t.iat, t.hasNbf, t.hasIat = ts.exp, ts.nbf, ts.iat, ts.hasNbf, ts.hasIat
 	c.KeyID = t.hdr.Kid
 	t.claims = c
 	return ReasonNone, nil

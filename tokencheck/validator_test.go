@@ -78,6 +78,14 @@ func TestValidateAcceptsV1AndV2(t *testing.T) {
 			if got.Raw["tid"] != tenantA {
 				t.Errorf("Raw[tid] = %v, want %s", got.Raw["tid"], tenantA)
 			}
+			// explain reads claims with ClaimsFromMap: it must agree with
+			// Validate on everything but what the issuer and key add.
+			fromMap, err := ClaimsFromMap(got.Raw)
+			noErr(t, err, "ClaimsFromMap(Raw)")
+			fromMap.IssuerRef, fromMap.KeyID = got.IssuerRef, got.KeyID
+			if diff := cmp.Diff(got, fromMap); diff != "" {
+				t.Errorf("ClaimsFromMap(Raw) disagrees with Validate (-Validate +ClaimsFromMap):\n%s", diff)
+			}
 			again, r, err := v.Validate(ctxT(t), tok)
 			if err != nil || again != got {
 				t.Errorf("second Validate: got %p (%q, %v), want the cached %p", again, r, err, got)

@@ -3,11 +3,7 @@ package debugapi
 import (
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
-	"time"
-
-	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/portcullis-mesh/portcullis/agent/debugapi/debugv1"
 	"github.com/portcullis-mesh/portcullis/identity"
@@ -183,89 +179,3 @@ func cellOr(s, alt string) string {
 }
 
 func listOf(s []string) string { return "[" + strings.Join(s, " ") + "]" }
-
-// ClaimsFromStruct reads claims given as a JSON object, the way a
-// validated token's payload is read, for explain requests that carry claims
-// instead of a token. issuerRef is the configured issuer taken to have
-// accepted them ("" when unknown).
-func ClaimsFromStruct(s *structpb.Struct, issuerRef string) (*tokencheck.Claims, error) {
-	return ClaimsFromMap(s.AsMap(), issuerRef)
-}
-
-// ClaimsFromMap is ClaimsFromStruct on a decoded JSON object. A claim of
-// the wrong JSON type is an error; a missing one is empty.
-func ClaimsFromMap(m map[string]any, issuerRef string) (*tokencheck.Claims, error) {
-	c := &tokencheck.Claims{Raw: m, IssuerRef: issuerRef}
-	var bad []string
-	str := func(name string) string {
-		v, ok := m[name]
-		if !ok {
-			return ""
-		}
-		s, ok := v.(string)
-		if !ok {
-			bad = append(bad, name)
-		}
-		return s
-	}
-	list := func(name string) []string {
-		switch v := m[name].(type) {
-		case nil:
-			return nil
-		case string:
-			return []string{v}
-		case []any:
-			out := make([]string, 0, len(v))
-			for _, e := range v {
-				s, ok := e.(string)
-				if !ok {
-					bad = append(bad, name)
-					return nil
-				}
-				out = append(out, s)
-			}
-			return out
-		}
-		bad = append(bad, name)
-		return nil
-	}
-	at := func(name string) time.Time {
-		switch v := m[name].(type) {
-		case nil:
-			return time.Time{}
-		case float64:
-			return time.Unix(int64(v), 0)
-		}
-		bad = append(bad, name)
-		return time.Time{}
-	}
-	c.Issuer = str("iss")
-	c.Subject = str("sub")
-	c.ObjectID = str("oid")
-	c.TenantID = str("tid")
-	c.Version = str("ver")
-	c.UPN = str("upn")
-	c.PreferredUsername = str("preferred_username")
-	c.IDType = str("idtyp")
-	c.ClientID = str("azp")
-	if c.ClientID == "" {
-		c.ClientID = str("appid")
-	}
-	c.Audience = list("aud")
-	c.Roles = list("roles")
-	c.Groups = list("groups")
-	c.WIDs = list("wids")
-	c.Scopes = strings.Fields(str("scp"))
-	if names, ok := m["_claim_names"].(map[string]any); ok {
-		_, c.GroupOverage = names["groups"]
-	}
-	if hg, ok := m["hasgroups"].(bool); ok && hg {
-		c.GroupOverage = true
-	}
-	c.ExpiresAt, c.NotBefore, c.IssuedAt = at("exp"), at("nbf"), at("iat")
-	if len(bad) > 0 {
-		slices.Sort(bad)
-		return nil, fmt.Errorf("claims %s have the wrong JSON type", strings.Join(slices.Compact(bad), ", "))
-	}
-	return c, nil
-}

@@ -119,8 +119,11 @@ func DecodeUnverified(raw string) (header, claims map[string]any, err error) {
 // claims of req. A token is validated with v; with a nil v (offline) its
 // claims are decoded without verification and used as if valid, and the
 // verdict says so. Claims given as JSON are taken as valid, accepted by the
-// issuer of set they name (IssuerRefFor). It returns an error only for
-// claims or a token that cannot be read at all.
+// issuer of set they name (IssuerRefFor): no claim is required and none is
+// checked against the issuer. Claims of the wrong JSON type (read by
+// tokencheck.ClaimsFromMap, as Validate reads them) make the token refused
+// as malformed. It returns an error only for a token that cannot be read
+// at all.
 func ResolveToken(ctx context.Context, set *policy.Set, v TokenValidator, req *debugv1.ExplainRequest, env ExplainEnv) (ExplainEnv, error) {
 	var claims map[string]any
 	switch {
@@ -149,10 +152,14 @@ func ResolveToken(ctx context.Context, set *policy.Set, v TokenValidator, req *d
 	if set != nil {
 		ref = IssuerRefFor(set.Issuers(), claims)
 	}
-	c, err := ClaimsFromMap(claims, ref)
+	// Typed exactly as Validate types a token's payload: claims a real
+	// token could not carry make the token refused, as it would be.
+	c, err := tokencheck.ClaimsFromMap(claims)
 	if err != nil {
-		return env, err
+		env.Claims, env.TokenReason, env.Token = nil, tokencheck.ReasonMalformed, Verdict(nil, tokencheck.ReasonMalformed, err)
+		return env, nil
 	}
+	c.IssuerRef = ref
 	env.Claims, env.TokenReason = c, tokencheck.ReasonNone
 	env.Token.IssuerRef = ref
 	if !c.ExpiresAt.IsZero() {

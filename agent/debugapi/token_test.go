@@ -89,6 +89,14 @@ func TestResolveToken(t *testing.T) {
 			wantToken: &debugv1.TokenVerdict{Reason: ReasonNotVerified, IssuerRef: "shop/entra", Detail: "signature not checked offline; claims used as if valid"}},
 		{name: "claims", claims: map[string]any{"iss": "https://other", "tid": "other"}, v: validator, wantClaims: true,
 			wantToken: &debugv1.TokenVerdict{Valid: true, Detail: "claims given, taken as valid"}},
+		// A real token cannot carry roles as one string: Validate refuses
+		// it as malformed, and so does explain.
+		{name: "claims of the wrong type", claims: map[string]any{"iss": "https://other", "roles": "Orders.Read"}, v: validator,
+			wantReason: tokencheck.ReasonMalformed,
+			wantToken:  &debugv1.TokenVerdict{Reason: "malformed", Detail: "claim roles has the wrong JSON type"}},
+		{name: "token offline with claims of the wrong type", token: jws(`{"alg":"RS256"}`, `{"iss":"https://other","exp":null}`),
+			wantReason: tokencheck.ReasonMalformed,
+			wantToken:  &debugv1.TokenVerdict{Reason: "malformed", Detail: "claim exp has the wrong JSON type"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req := &debugv1.ExplainRequest{Workload: base.Workload, Port: base.Port, Method: base.Method, Path: base.Path, Token: tc.token}
