@@ -47,6 +47,7 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	requests        *prometheus.CounterVec
+	requestCtrs     *requestCounters
 	decisionSeconds prometheus.Histogram
 	upstreamSeconds prometheus.Histogram
 	connections     *prometheus.CounterVec
@@ -96,6 +97,7 @@ func New(bi BuildInfo) *Metrics {
 			Help: "Pods on this node whose inbound connections are captured.",
 		}),
 	}
+	m.requestCtrs = newRequestCounters(m.requests, maxCachedRequestLabels)
 	version, revision := bi.Version, bi.Revision
 	if version == "" {
 		version = "devel"
@@ -137,7 +139,7 @@ func (m *Metrics) ObserveRequest(decision, reason, policy, mode string, decision
 	if m == nil {
 		return
 	}
-	m.requests.WithLabelValues(decision, orNone(reason), orNone(policy), mode).Inc()
+	m.requestCtrs.get(requestLabels{decision, reason, policy, mode}).Inc()
 	m.decisionSeconds.Observe(decisionTime.Seconds())
 }
 
