@@ -444,5 +444,9 @@ func (d *Datapath) Teardown() error {
 // PinDir returns the directory holding the datapath's pins.
 func (d *Datapath) PinDir() string { return d.cfg.PinDir }
 
+// AccelMark returns the SO_MARK of locally accelerated sockets, 0 when local
+// acceleration is off.
+func (d *Datapath) AccelMark() uint32 { return d.cfg.AccelMark }
+
 // ListenerPort returns the agent listener port the programs were loaded with.
 func (d *Datapath) ListenerPort() uint16 { return d.cfg.ListenerPort }

@@ -58,6 +58,11 @@ type Config struct {
 	// closed (fail closed) until an agent re-adopts it.
 	TeardownOnExit bool `json:"teardownOnExit,omitempty"`
 
+	// LocalAcceleration moves the bytes between the agent and the
+	// applications it forwards to through a sockmap instead of TCP/IP over
+	// each pod's loopback. Zero: off.
+	LocalAcceleration AccelerationConfig `json:"localAcceleration,omitempty"`
+
 	// Profiling serves net/http/pprof under /debug/pprof/ on AdminAddress.
 	// Zero: off.
 	Profiling bool `json:"profiling,omitempty"`
@@ -75,6 +80,24 @@ type Config struct {
 	// Log configures the agent's own logs.
 	Log LogConfig `json:"log,omitempty"`
 }
+
+// AccelerationConfig configures local acceleration (docs/architecture.md,
+// "Local acceleration").
+type AccelerationConfig struct {
+	// Enabled turns it on for every pod the agent enrols. Bytes redirected
+	// through a sockmap are invisible to splice(2) on the receiving socket:
+	// do not enable it on a node whose applications read their sockets
+	// with splice(2) (some proxies do). Zero: false.
+	Enabled bool `json:"enabled,omitempty"`
+	// Mark is the SO_MARK the agent sets on its sockets to applications,
+	// by which the datapath knows them; they also carry it on the wire of
+	// the pod's loopback. Zero: 0x5043 ("PC"). Change it if the pod
+	// network gives that fwmark a meaning.
+	Mark uint32 `json:"mark,omitempty"`
+}
+
+// DefaultAccelerationMark is AccelerationConfig.Mark's default.
+const DefaultAccelerationMark = 0x5043
 
 // LocalConfig names the files of local mode. Relative paths are resolved
 // against the config file's directory.
@@ -218,6 +241,9 @@ func (c *Config) Default() {
 	}
 	if c.ShutdownGrace.Duration == 0 {
 		c.ShutdownGrace.Duration = 20 * time.Second
+	}
+	if c.LocalAcceleration.Mark == 0 {
+		c.LocalAcceleration.Mark = DefaultAccelerationMark
 	}
 	if c.Audit.Path == "" {
 		c.Audit.Path = "-"

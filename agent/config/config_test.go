@@ -45,6 +45,9 @@ limits:
 	if got, want := *c.Audit.AllowSampleRate, 1.0; got != want {
 		t.Errorf("AllowSampleRate: got %v, want %v", got, want)
 	}
+	if got, want := c.LocalAcceleration, (AccelerationConfig{Mark: DefaultAccelerationMark}); got != want {
+		t.Errorf("LocalAcceleration: got %+v, want %+v (off)", got, want)
+	}
 }
 
 func TestLoadErrors(t *testing.T) {

@@ -104,7 +104,11 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 
 	// The datapath: re-adopt what a previous agent pinned, so enforcement
 	// never lapses across restarts.
-	a.dp, err = bpf.Open(bpf.Config{PinDir: cfg.PinDir, CgroupRoot: cfg.CgroupRoot, ListenerPort: uint16(cfg.ListenerPort)})
+	dpc := bpf.Config{PinDir: cfg.PinDir, CgroupRoot: cfg.CgroupRoot, ListenerPort: uint16(cfg.ListenerPort)}
+	if cfg.LocalAcceleration.Enabled {
+		dpc.AccelMark = cfg.LocalAcceleration.Mark
+	}
+	a.dp, err = bpf.Open(dpc)
 	if err != nil {
 		return nil, fmt.Errorf("open datapath: %w", err)
 	}

@@ -341,6 +341,12 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 	vc.Authorizer = e.cfg.Engine.For(&w.policyW)
 	vc.L4Authorizer = e.cfg.Engine.ForL4(&w.policyW)
 	vc.Sources = verifier.SourceResolverFunc(e.Resolve)
+	if mark := e.dp.AccelMark(); mark != 0 {
+		// Locally accelerated: the datapath knows the agent's upstream
+		// sockets by their mark, and their bytes must not be spliced.
+		dialer.Dialer.Control = podnet.MarkControl(mark)
+		vc.NoSplice = true
+	}
 	vc.Dialer = dialer
 	vc.StripHeaders = e.cfg.Engine.ForwardedHeaders()
 	if e.cfg.Audit != nil {

@@ -50,6 +50,12 @@ type Config struct {
 	// MaxConns bounds concurrent connections served for the pod; more are
 	// closed on accept and counted. Zero means 4096.
 	MaxConns int
+	// NoSplice moves every byte through user space, never with splice(2)
+	// (bodies of 64 KiB and more, upgraded and passthrough connections).
+	// Required when the Dialer's connections are locally accelerated
+	// (bpf.Config.AccelMark): bytes redirected into a socket through a
+	// sockmap are invisible to splice(2) on it. Zero: splice.
+	NoSplice bool
 	// DialTimeout bounds dialing the application. Zero means 5s.
 	DialTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for the application's response

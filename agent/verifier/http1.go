@@ -304,7 +304,7 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 			return false
 		}
 		h.s.setKind(h.sc, kindSplice)
-		splice(h.c, drain(h.br), uc.c, drain(uc.br))
+		splice(h.c, drain(h.br), uc.c, drain(uc.br), h.s.cfg.NoSplice)
 		return false
 	}
 
@@ -569,7 +569,7 @@ func decisionSets(dec *Decision, k string) bool {
 // sendRequestBody streams the request body to the application, re-framed:
 // the same length, or chunked (with trailers) when the client chunked.
 func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request) error {
-	if req.ContentLength >= spliceMin && !h.grown {
+	if req.ContentLength >= spliceMin && !h.grown && !h.s.cfg.NoSplice {
 		if err := spliceN(uc.c, uc.bw, h.c, h.br, req.ContentLength); err != nil {
 			uc.c.Close()
 			return err
@@ -600,7 +600,7 @@ func (h *h1conn) relayBody(resp *http.Response, uc *upConn, fr framing) (werr, r
 	if fr.noBody {
 		return h.bw.Flush(), nil
 	}
-	if !fr.chunked && fr.length >= spliceMin {
+	if !fr.chunked && fr.length >= spliceMin && !h.s.cfg.NoSplice {
 		// resp.Body is bypassed, not closed: closing would read on.
 		if err := spliceN(h.c, h.bw, uc.c, upBuf, fr.length); err != nil {
 			return err, err

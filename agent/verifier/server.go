@@ -461,13 +461,13 @@ func (s *Server) servePassthrough(c net.Conn, ci *connInfo) {
 		return
 	}
 	defer up.Close()
-	splice(c, nil, up, nil)
+	splice(c, nil, up, nil, s.cfg.NoSplice)
 }
 
 // splice copies both ways until both directions end, first flushing bytes
 // already buffered in the readers. Copies between TCP connections use
-// splice(2) inside io.Copy.
-func splice(a net.Conn, abuf []byte, b net.Conn, bbuf []byte) {
+// splice(2) inside io.Copy, unless userSpace (Config.NoSplice).
+func splice(a net.Conn, abuf []byte, b net.Conn, bbuf []byte, userSpace bool) {
 	done := make(chan struct{}, 2)
 	half := func(dst, src net.Conn, pre []byte) {
 		defer func() { done <- struct{}{} }()
@@ -477,7 +477,16 @@ func splice(a net.Conn, abuf []byte, b net.Conn, bbuf []byte) {
 				return
 			}
 		}
-		_, err := io.Copy(dst, src)
+		var err error
+		if userSpace {
+			bp := copyBufPool.Get().(*[]byte)
+			// The anonymous structs hide ReaderFrom and WriterTo, the
+			// paths to splice(2).
+			_, err = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+			copyBufPool.Put(bp)
+		} else {
+			_, err = io.Copy(dst, src)
+		}
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil {
 			cw.CloseWrite()
 		} else {

@@ -93,18 +93,23 @@ func TestStreaming100MB(t *testing.T) {
 		io.Copy(w, r.Body)
 	}))
 	h := start(t, appAddr(app), Config{})
+	// NoSplice takes the user-space copy where Content-Length bodies
+	// would be spliced.
+	hNoSplice := start(t, appAddr(app), Config{NoSplice: true})
 	for _, tt := range []struct {
 		name   string
 		length int64
 		client *http.Client
+		addr   string
 	}{
-		{"http1 chunked", -1, h1Client(t)},
-		{"http1 content-length", size, h1Client(t)},
-		{"h2c", -1, h2cClient(t)},
+		{"http1 chunked", -1, h1Client(t), h.addr},
+		{"http1 content-length", size, h1Client(t), h.addr},
+		{"http1 content-length no splice", size, h1Client(t), hNoSplice.addr},
+		{"h2c", -1, h2cClient(t), h.addr},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			peak := watchHeap(t)
-			req, _ := http.NewRequest("PUT", "http://"+h.addr+"/stream", io.NopCloser(&patternReader{n: size}))
+			req, _ := http.NewRequest("PUT", "http://"+tt.addr+"/stream", io.NopCloser(&patternReader{n: size}))
 			req.ContentLength = tt.length
 			req.Header.Set("Authorization", "Bearer "+tokGood)
 			resp, err := tt.client.Do(req)

@@ -11,9 +11,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -66,10 +68,36 @@ type tokens struct{ read, noRole string }
 // protocolEnv is orders-api running the e2e app behind the agent with
 // readerPolicies in enforce mode.
 func protocolEnv(t *testing.T) (*env, tokens) {
+	return protocolEnvAccel(t, false)
+}
+
+// protocolEnvAccel is protocolEnv with the agent's local acceleration on
+// when accel; then the test must end with checkAccelerated.
+func protocolEnvAccel(t *testing.T, accel bool) (*env, tokens) {
 	e := newEnv(t, demoPods(e2eApp))
 	e.setPolicies(readers("Enforce", "Orders.Read"))
+	if accel {
+		// A mark of this test's own: agents of tests running in parallel
+		// each attach a datapath at the cgroup root.
+		h := fnv.New32a()
+		fmt.Fprintf(h, "%d/%s", os.Getpid(), t.Name())
+		e.agent.Extra = fmt.Sprintf("localAcceleration:\n  enabled: true\n  mark: %d\n", h.Sum32()|1)
+	}
 	e.agent.Start()
 	return e, mintTokens(t)
+}
+
+// checkAccelerated fails the test unless the agent's connections to the
+// application were accelerated and none fell back to TCP.
+func checkAccelerated(t *testing.T, e *env) {
+	t.Helper()
+	const m = "portcullis_datapath_events_total"
+	if got := e.agent.metric(m, `event="accel_paired"`); got == 0 {
+		t.Errorf("%s{event=\"accel_paired\"} = 0: no upstream connection was accelerated", m)
+	}
+	if got := e.agent.metric(m, `event="accel_update_error"`); got != 0 {
+		t.Errorf("%s{event=\"accel_update_error\"} = %v, want 0", m, got)
+	}
 }
 
 // mintTokens mints a token with Orders.Read and one with another role.
@@ -80,9 +108,18 @@ func mintTokens(t *testing.T) tokens {
 	}
 }
 
-func TestProtocols(t *testing.T) {
-	e, tok := protocolEnv(t)
+func TestProtocols(t *testing.T) { testProtocols(t, false) }
+
+// TestProtocolsAccelerated: every protocol works the same with local
+// acceleration on (gRPC and h2c streams, upgrades spliced in user space).
+func TestProtocolsAccelerated(t *testing.T) { testProtocols(t, true) }
+
+func testProtocols(t *testing.T, accel bool) {
+	e, tok := protocolEnvAccel(t, accel)
 	orders := e.pods["orders-api"]
+	if accel {
+		defer checkAccelerated(t, e)
+	}
 
 	t.Run("http1 keep-alive", func(t *testing.T) {
 		c := hostClient(t)
@@ -307,9 +344,19 @@ func websocketEcho(t *testing.T, addr, token, msg string) (int, string) {
 // TestStream100MB streams 100 MB up and 100 MB down through the agent and
 // checks the bytes arrive intact while the agent's peak resident memory
 // stays far below the body size (nothing buffers a body whole).
-func TestStream100MB(t *testing.T) {
+func TestStream100MB(t *testing.T) { testStream100MB(t, false) }
+
+// TestStream100MBAccelerated: with local acceleration the bodies go
+// through user space on the agent's side (never splice(2): the redirected
+// bytes are not in the TCP receive queue) and arrive intact.
+func TestStream100MBAccelerated(t *testing.T) { testStream100MB(t, true) }
+
+func testStream100MB(t *testing.T, accel bool) {
 	const size = 100 << 20
-	e, tok := protocolEnv(t)
+	e, tok := protocolEnvAccel(t, accel)
+	if accel {
+		defer checkAccelerated(t, e)
+	}
 	orders := e.pods["orders-api"]
 	c := hostClient(t)
 	c.Timeout = 2 * time.Minute
