@@ -146,8 +146,9 @@ type benchTarget struct {
 // BenchmarkProxies measures requests/s, p50/p99 latency and server CPU
 // per request of a small GET with a valid token, at 1, 16 and 64
 // connections, (a) straight to the app in its pod, (b) through Portcullis
-// (captured) with the token cache, (c) with the cache disabled (when
-// PORTCULLIS_BENCH_NOCACHE_CONFIG says how) and (d) through HAProxy's
+// (captured) with the token cache, (b') the same with local acceleration,
+// (c) with the cache disabled (when PORTCULLIS_BENCH_NOCACHE_CONFIG says
+// how) and (d) through HAProxy's
 // jwt_verify. Targets alternate round by round; the table of medians and
 // ratios to direct is logged. It runs once whatever b.N is: one run takes
 // minutes.
@@ -182,6 +183,10 @@ func BenchmarkProxies(b *testing.B) {
 	} else {
 		b.Log("target (c) cache disabled: skipped (PORTCULLIS_BENCH_NOCACHE_CONFIG=off)")
 	}
+	// (b') Portcullis with local acceleration (off by default: see
+	// docs/architecture.md for what an application must not do).
+	targets = append(targets, benchTarget{name: "accelerated", url: orders.URL(appPort, "/hello"), proxy: agentPID,
+		agentExtra: "localAcceleration:\n  enabled: true\n"})
 	haPID, haURL := startHAProxy(b, e, orders)
 	targets = append(targets, benchTarget{name: "haproxy", url: haURL, proxy: func() int { return haPID }})
 	// use makes the agent run with the config tg needs (restarting it
