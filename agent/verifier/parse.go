@@ -333,7 +333,30 @@ func validNameString(s string) bool {
 }
 
 // validValue mirrors net/textproto: visible ASCII, SP, HTAB and obs-text.
+// Bearer tokens make values of one or two KiB, so it checks eight bytes at
+// a time and looks at single bytes only in a word that holds a control
+// character (usually an HTAB) or DEL.
 func validValue(v string) bool {
+	const (
+		ones  = 0x0101010101010101
+		highs = 0x8080808080808080
+	)
+	i := 0
+	for ; i+8 <= len(v); i += 8 {
+		w := uint64(v[i]) | uint64(v[i+1])<<8 | uint64(v[i+2])<<16 | uint64(v[i+3])<<24 |
+			uint64(v[i+4])<<32 | uint64(v[i+5])<<40 | uint64(v[i+6])<<48 | uint64(v[i+7])<<56
+		// Nonzero iff a byte is below 0x20, or (d) equals 0x7f.
+		ctl := (w - 0x20*ones) &^ w & highs
+		d := w ^ 0x7f*ones
+		del := (d - ones) &^ d & highs
+		if ctl|del != 0 && !validValueBytes(v[i:i+8]) {
+			return false
+		}
+	}
+	return validValueBytes(v[i:])
+}
+
+func validValueBytes(v string) bool {
 	for i := 0; i < len(v); i++ {
 		c := v[i]
 		if c < 0x20 && c != '\t' || c == 0x7f {
