@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rsa"
 	"crypto/x509"
@@ -255,7 +256,7 @@ func BenchmarkProxies(b *testing.B) {
 	// The table, not b.Log: benchmark logs are truncated.
 	fmt.Print(tbl.String())
 	if out := os.Getenv("PORTCULLIS_BENCH_PERF"); out != "" {
-		profileAgent(b, e, out, script, orders.URL(appPort, "/hello"), appPID)
+		profileAgent(b, e, targets, out, script, orders.URL(appPort, "/hello"), appPID)
 	}
 	if out := os.Getenv("PORTCULLIS_BENCH_OUT"); out != "" {
 		if err := os.WriteFile(out, []byte(tbl.String()), 0o644); err != nil {
@@ -460,16 +461,24 @@ func tenantKeyPEM(b *testing.B, idpURL string) []byte {
 }
 
 // profileAgent records the agent's CPU profile with perf (call graphs,
-// 999 Hz) during a 16-connection wrk run through Portcullis, into out.
-// The agent has no pprof endpoint; perf sees the real binary, kernel
-// included. Summarise with:
+// 999 Hz) during a wrk run through Portcullis with
+// PORTCULLIS_BENCH_PERF_CONNS connections (default 16), into out, with
+// the agent config of target PORTCULLIS_BENCH_PERF_TARGET (default
+// portcullis). The agent has no pprof endpoint; perf sees the real binary,
+// kernel included. Summarise with:
 //
 //	perf report -i out --stdio --no-children --sort symbol | head -60
-func profileAgent(b *testing.B, e *env, out, script, url string, appPID int) {
+func profileAgent(b *testing.B, e *env, targets []benchTarget, out, script, url string, appPID int) {
 	b.Helper()
-	if e.agent.Extra != "" {
+	name := cmp.Or(os.Getenv("PORTCULLIS_BENCH_PERF_TARGET"), "portcullis")
+	i := slices.IndexFunc(targets, func(tg benchTarget) bool { return tg.name == name })
+	if i < 0 || targets[i].proxy() != e.agent.PID() {
+		b.Errorf("PORTCULLIS_BENCH_PERF_TARGET=%s: not a Portcullis target of this run", name)
+		return
+	}
+	if e.agent.Extra != targets[i].agentExtra {
 		e.agent.Stop()
-		e.agent.Extra = ""
+		e.agent.Extra = targets[i].agentExtra
 		e.agent.Start()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -482,7 +491,7 @@ func profileAgent(b *testing.B, e *env, out, script, url string, appPID int) {
 		b.Errorf("start perf: %v", err)
 		return
 	}
-	runWrk(b, script, url, 16, 5*time.Second, appPID, e.agent.PID())
+	runWrk(b, script, url, envInt("PORTCULLIS_BENCH_PERF_CONNS", 16), 5*time.Second, appPID, e.agent.PID())
 	if err := perf.Wait(); err != nil {
 		b.Errorf("perf record: %v: %s", err, perfOut.String())
 	}
