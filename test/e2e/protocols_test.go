@@ -95,6 +95,7 @@ func checkAccelerated(t *testing.T, e *env) {
 	if got := e.agent.metric(m, `event="accel_paired"`); got == 0 {
 		t.Errorf("%s{event=\"accel_paired\"} = 0: no upstream connection was accelerated", m)
 	}
+	t.Logf("accel_paired %v, accel_tcp_only %v", e.agent.metric(m, `event="accel_paired"`), e.agent.metric(m, `event="accel_tcp_only"`))
 	if got := e.agent.metric(m, `event="accel_update_error"`); got != 0 {
 		t.Errorf("%s{event=\"accel_update_error\"} = %v, want 0", m, got)
 	}
