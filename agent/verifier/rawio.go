@@ -27,6 +27,17 @@ import (
 // do not go through rawIO.
 type rawIO struct {
 	rc syscall.RawConn
+	// The callbacks are bound once: a closure made per call would be one
+	// more allocation per read and per write. A rawIO has at most one
+	// Read and one Write in progress (its bufio.Reader and bufio.Writer
+	// each have one owner), so each direction has its own fields.
+	readFn, writeFn func(fd uintptr) bool
+	rb              []byte
+	rn              int
+	rerr            syscall.Errno
+	wb              []byte
+	wn              int
+	werr            syscall.Errno
 }
 
 // newRawIO returns an io.ReadWriter over c's socket, or c itself when c is
@@ -40,28 +51,19 @@ func newRawIO(c net.Conn) io.ReadWriter {
 	if err != nil {
 		return c
 	}
-	return &rawIO{rc: rc}
+	r := &rawIO{rc: rc}
+	r.readFn, r.writeFn = r.read, r.write
+	return r
 }
 
 func (r *rawIO) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := r.rc.Read(func(fd uintptr) bool {
-		for {
-			m, e := sysRead(fd, b)
-			if e == syscall.EINTR {
-				continue
-			}
-			if e == syscall.EAGAIN {
-				return false
-			}
-			n, errno = m, e
-			return true
-		}
-	})
+	r.rb, r.rn, r.rerr = b, 0, 0
+	err := r.rc.Read(r.readFn)
+	n, errno := r.rn, r.rerr
+	r.rb = nil
 	if err != nil {
 		return 0, err
 	}
@@ -74,25 +76,26 @@ func (r *rawIO) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-func (r *rawIO) Write(b []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := r.rc.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			m, e := sysWrite(fd, b[n:])
-			switch e {
-			case 0:
-				n += m
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
+// read is the RawConn.Read callback: false asks the poller to wait.
+func (r *rawIO) read(fd uintptr) bool {
+	for {
+		m, e := sysRead(fd, r.rb)
+		switch e {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
 		}
+		r.rn, r.rerr = m, e
 		return true
-	})
+	}
+}
+
+func (r *rawIO) Write(b []byte) (int, error) {
+	r.wb, r.wn, r.werr = b, 0, 0
+	err := r.rc.Write(r.writeFn)
+	n, errno := r.wn, r.werr
+	r.wb = nil
 	if err != nil {
 		return n, err
 	}
@@ -100,4 +103,22 @@ func (r *rawIO) Write(b []byte) (int, error) {
 		return n, errno
 	}
 	return n, nil
+}
+
+// write is the RawConn.Write callback: false asks the poller to wait.
+func (r *rawIO) write(fd uintptr) bool {
+	for r.wn < len(r.wb) {
+		m, e := sysWrite(fd, r.wb[r.wn:])
+		switch e {
+		case 0:
+			r.wn += m
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			r.werr = e
+			return true
+		}
+	}
+	return true
 }
