@@ -19,6 +19,11 @@ const DefaultTrustDomain = "cluster.local"
 // Workload ID application (client) ID of a workload.
 const ClientIDAnnotation = "azure.workload.identity/client-id"
 
+// LocalAccelerationAnnotation is the pod annotation by which a workload
+// chooses local acceleration ("true" or "false"); without it, the node's
+// default applies. See Acceleration.
+const LocalAccelerationAnnotation = "portcullis.dev/local-acceleration"
+
 // ID is the small integer that names an identity in BPF maps. The zero ID
 // means "no identity known" (a process outside any enrolled pod).
 type ID uint32
@@ -46,6 +51,78 @@ type Workload struct {
 	NetnsPath string
 	// CgroupPath is the pod's cgroup v2 directory; empty for a remote pod.
 	CgroupPath string
+	// LocalAcceleration is the workload's own choice about local
+	// acceleration (LocalAccelerationAnnotation, or localAcceleration in
+	// a workloads file); the zero value leaves it to the node.
+	LocalAcceleration Acceleration
+}
+
+// Acceleration is a workload's choice about local acceleration: the agent
+// moving the bytes between itself and the application through a sockmap
+// rather than TCP over the pod's loopback. It is the application's to make:
+// an application that reads its sockets with splice(2) stalls when
+// accelerated.
+type Acceleration uint8
+
+const (
+	// AccelerationDefault: the workload has no opinion; the node's
+	// default (the agent's localAcceleration.enabled) applies.
+	AccelerationDefault Acceleration = iota
+	// AccelerationOn: accelerate, whatever the node's default.
+	AccelerationOn
+	// AccelerationOff: never accelerate, whatever the node's default.
+	AccelerationOff
+)
+
+// ParseAcceleration parses a LocalAccelerationAnnotation value: "true" or
+// "false". Anything else is an error, and the caller should treat the
+// workload as having no opinion (AccelerationDefault).
+func ParseAcceleration(s string) (Acceleration, error) {
+	switch s {
+	case "true":
+		return AccelerationOn, nil
+	case "false":
+		return AccelerationOff, nil
+	}
+	return AccelerationDefault, fmt.Errorf("parse %s: got %q, want \"true\" or \"false\"", LocalAccelerationAnnotation, s)
+}
+
+// AccelerationOf returns the Acceleration of an optional boolean, as a
+// workloads file states it: nil is AccelerationDefault.
+func AccelerationOf(b *bool) Acceleration {
+	switch {
+	case b == nil:
+		return AccelerationDefault
+	case *b:
+		return AccelerationOn
+	default:
+		return AccelerationOff
+	}
+}
+
+// Enabled resolves the choice against the node's default.
+func (a Acceleration) Enabled(nodeDefault bool) bool {
+	switch a {
+	case AccelerationOn:
+		return true
+	case AccelerationOff:
+		return false
+	default:
+		return nodeDefault
+	}
+}
+
+func (a Acceleration) String() string {
+	switch a {
+	case AccelerationDefault:
+		return "default"
+	case AccelerationOn:
+		return "on"
+	case AccelerationOff:
+		return "off"
+	default:
+		return "unknown"
+	}
 }
 
 // Key returns "namespace/name", the workload's unique key on a node.

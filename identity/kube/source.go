@@ -1,5 +1,7 @@
 // Package kube is the Kubernetes workload source: client-go informers for
-// the pods on this node, every pod's addresses (for the IP cache),
+// the pods on this node (with their identity.LocalAccelerationAnnotation;
+// an invalid value is logged and ignored), every pod's addresses (for the
+// IP cache),
 // service accounts (the Entra Workload ID client ID) and namespaces
 // (labels, enrolment). It reports the node's workloads as identity.Events,
 // located through /proc (identity/procfs), and keeps an ipcache.Cache of
@@ -443,7 +445,8 @@ func (s *Source) syncPod(key string, h identity.Handler) (retry bool) {
 		remove() // recreated under the same name
 	}
 
-	ev := identity.Event{Workload: s.workload(pod)}
+	w, accelErr := s.workload(pod)
+	ev := identity.Event{Workload: w}
 	ev.NamespaceEnforced = ev.Workload.NamespaceLabels[identity.EnforceLabel] == identity.EnforceEnabled
 	switch {
 	case key == s.cfg.AgentPod:
@@ -481,6 +484,10 @@ func (s *Source) syncPod(key string, h identity.Handler) (retry bool) {
 			return false // nothing the handler sees changed
 		}
 		ev.Type = identity.EventUpdated
+	}
+	if accelErr != nil {
+		// Said whenever the pod is reported, not on every recheck.
+		s.log.Warn("pod annotation invalid; the node's default applies", "pod", key, "error", accelErr)
 	}
 	s.reported[key] = &reported{ev: ev, loc: loc}
 	h(copyEvent(ev))
@@ -527,21 +534,36 @@ func (s *Source) find(uid string) (*procfs.Pod, error) {
 }
 
 // workload builds the workload of a local pod from the informers' state.
-func (s *Source) workload(p *corev1.Pod) identity.Workload {
+// The error says the pod's LocalAccelerationAnnotation is invalid (the
+// workload is then reported without a choice); the workload is complete
+// either way.
+func (s *Source) workload(p *corev1.Pod) (identity.Workload, error) {
 	sa := serviceAccount(p)
+	accel, err := acceleration(p)
 	w := identity.Workload{
-		Namespace:      p.Namespace,
-		Name:           p.Name,
-		UID:            string(p.UID),
-		ServiceAccount: sa,
-		ClientID:       s.clientID(p.Namespace, sa),
-		Labels:         maps.Clone(p.Labels),
-		IPs:            podIPs(p),
+		Namespace:         p.Namespace,
+		Name:              p.Name,
+		UID:               string(p.UID),
+		ServiceAccount:    sa,
+		ClientID:          s.clientID(p.Namespace, sa),
+		Labels:            maps.Clone(p.Labels),
+		IPs:               podIPs(p),
+		LocalAcceleration: accel,
 	}
 	if ns, err := s.nsLister.Get(p.Namespace); err == nil {
 		w.NamespaceLabels = maps.Clone(ns.Labels)
 	}
-	return w
+	return w, err
+}
+
+// acceleration reads a pod's LocalAccelerationAnnotation: no annotation, or
+// an invalid one (with an error), is identity.AccelerationDefault.
+func acceleration(p *corev1.Pod) (identity.Acceleration, error) {
+	v, ok := p.Annotations[identity.LocalAccelerationAnnotation]
+	if !ok {
+		return identity.AccelerationDefault, nil
+	}
+	return identity.ParseAcceleration(v)
 }
 
 // copyEvent gives the handler maps and slices of its own.

@@ -308,6 +308,40 @@ func TestSource(t *testing.T) {
 		}
 	})
 
+	t.Run("local acceleration annotation", func(t *testing.T) {
+		p := h.pod(podSpec{ns: "team-a", name: "accel", node: node, ip: "10.1.0.4"})
+		h.loc.run(string(p.UID), 104)
+		if ev := h.settle("team-a/accel"); ev.Type == identity.EventRemoved || ev.Workload.LocalAcceleration != identity.AccelerationDefault {
+			t.Fatalf("got %s with %s, want accel reported with default", ev.Type, ev.Workload.LocalAcceleration)
+		}
+		// Each value in turn; an invalid one is no choice.
+		for _, step := range []struct {
+			value string
+			want  identity.Acceleration
+		}{
+			{"true", identity.AccelerationOn},
+			{"false", identity.AccelerationOff},
+			{"fast please", identity.AccelerationDefault},
+			{"true", identity.AccelerationOn},
+		} {
+			cur, err := h.client.CoreV1().Pods("team-a").Get(h.ctx, "accel", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur.Annotations = map[string]string{identity.LocalAccelerationAnnotation: step.value}
+			if _, err := h.client.CoreV1().Pods("team-a").Update(h.ctx, cur, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if ev := h.next(); ev.Type != identity.EventUpdated || ev.Workload.Name != "accel" || ev.Workload.LocalAcceleration != step.want {
+				t.Fatalf("annotation %q: got %s %s with %s, want accel updated with %s", step.value, ev.Type, ev.Workload.Key(), ev.Workload.LocalAcceleration, step.want)
+			}
+		}
+		h.deletePod("team-a", "accel")
+		if ev := h.next(); ev.Type != identity.EventRemoved || ev.Workload.Name != "accel" {
+			t.Fatalf("got %s %s, want removed accel", ev.Type, ev.Workload.Key())
+		}
+	})
+
 	t.Run("excluded pods", func(t *testing.T) {
 		h.pod(podSpec{ns: "team-a", name: "hostnet", node: node, hostNetwork: true, ip: "192.168.0.10"})
 		ev := h.settle("team-a/hostnet")

@@ -13,11 +13,15 @@ import (
 // tombstone) passes through unchanged.
 
 // stripLocalPod keeps what a pod on this node needs: identity, labels,
-// placement, addresses and lifecycle.
+// the local acceleration annotation, placement, addresses and lifecycle.
 func stripLocalPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
 		return obj, nil
+	}
+	var ann map[string]string
+	if v, ok := p.Annotations[identity.LocalAccelerationAnnotation]; ok {
+		ann = map[string]string{identity.LocalAccelerationAnnotation: v}
 	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
@@ -26,6 +30,7 @@ func stripLocalPod(obj any) (any, error) {
 			UID:               p.UID,
 			ResourceVersion:   p.ResourceVersion,
 			Labels:            p.Labels,
+			Annotations:       ann,
 			DeletionTimestamp: p.DeletionTimestamp,
 		},
 		Spec: corev1.PodSpec{

@@ -14,11 +14,14 @@
 //	  ips: [198.18.0.2, "fd00:18::2"]
 //	  netns: /run/netns/orders-api
 //	  cgroup: /sys/fs/cgroup/unified/demo/orders-api
+//	  localAcceleration: true
 //	namespaces:
 //	  shop: {portcullis.dev/enforce: enabled}
 //
 // A workload without netns is remote (another node): it only names its
-// addresses for the IP cache.
+// addresses for the IP cache. localAcceleration, when present, is the
+// workload's choice about local acceleration (identity.Acceleration); absent,
+// the agent's default applies.
 package localfile
 
 import (
@@ -61,6 +64,9 @@ type Entry struct {
 	// HostNetwork marks a workload that shares the node's netns: never
 	// captured.
 	HostNetwork bool `json:"hostNetwork,omitempty"`
+	// LocalAcceleration is the workload's choice about local acceleration
+	// (identity.Workload.LocalAcceleration). Nil: the agent's default.
+	LocalAcceleration *bool `json:"localAcceleration,omitempty"`
 }
 
 // Parse decodes and validates a workloads file strictly.
@@ -81,7 +87,7 @@ func Parse(name string, data []byte) ([]identity.Event, error) {
 		w := identity.Workload{
 			Namespace: e.Namespace, Name: e.Name, UID: e.UID, ServiceAccount: e.ServiceAccount,
 			ClientID: e.ClientID, Labels: maps.Clone(e.Labels), NamespaceLabels: maps.Clone(f.Namespaces[e.Namespace]),
-			NetnsPath: e.Netns, CgroupPath: e.Cgroup,
+			NetnsPath: e.Netns, CgroupPath: e.Cgroup, LocalAcceleration: identity.AccelerationOf(e.LocalAcceleration),
 		}
 		if seen[w.Key()] {
 			errs = append(errs, fmt.Errorf("%s: %s is listed twice", at, w.Key()))
@@ -230,5 +236,6 @@ func same(a, b identity.Event) bool {
 	return a.Exclusion == b.Exclusion && a.NamespaceEnforced == b.NamespaceEnforced &&
 		x.UID == y.UID && x.ServiceAccount == y.ServiceAccount && x.ClientID == y.ClientID &&
 		maps.Equal(x.Labels, y.Labels) && maps.Equal(x.NamespaceLabels, y.NamespaceLabels) &&
-		slices.Equal(x.IPs, y.IPs) && x.NetnsPath == y.NetnsPath && x.CgroupPath == y.CgroupPath
+		slices.Equal(x.IPs, y.IPs) && x.NetnsPath == y.NetnsPath && x.CgroupPath == y.CgroupPath &&
+		x.LocalAcceleration == y.LocalAcceleration
 }

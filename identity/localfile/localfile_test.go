@@ -39,12 +39,67 @@ func TestParse(t *testing.T) {
 	}
 }
 
+func TestParseLocalAcceleration(t *testing.T) {
+	evs, err := Parse("w.yaml", []byte(`
+workloads:
+- {namespace: a, name: fast, localAcceleration: true}
+- {namespace: a, name: plain, localAcceleration: false}
+- {namespace: a, name: unset}
+`))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	got := map[string]identity.Acceleration{}
+	for _, ev := range evs {
+		got[ev.Workload.Name] = ev.Workload.LocalAcceleration
+	}
+	want := map[string]identity.Acceleration{
+		"fast":  identity.AccelerationOn,
+		"plain": identity.AccelerationOff,
+		"unset": identity.AccelerationDefault,
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("LocalAcceleration by workload (-want +got):\n%s", diff)
+	}
+}
+
+// TestDiffLocalAcceleration: a workload's acceleration choice changing is
+// an update, like any other field of it.
+func TestDiffLocalAcceleration(t *testing.T) {
+	parse := func(body string) []identity.Event {
+		t.Helper()
+		evs, err := Parse("w.yaml", []byte(body))
+		if err != nil {
+			t.Fatalf("Parse: %v", err)
+		}
+		return evs
+	}
+	for _, tc := range []struct {
+		name, prev, next string
+		want             []string
+	}{
+		{"unset to on", "{namespace: a, name: x}", "{namespace: a, name: x, localAcceleration: true}", []string{"updated a/x on"}},
+		{"on to off", "{namespace: a, name: x, localAcceleration: true}", "{namespace: a, name: x, localAcceleration: false}", []string{"updated a/x off"}},
+		{"off to unset", "{namespace: a, name: x, localAcceleration: false}", "{namespace: a, name: x}", []string{"updated a/x default"}},
+		{"unchanged", "{namespace: a, name: x, localAcceleration: true}", "{namespace: a, name: x, localAcceleration: true}", nil},
+	} {
+		var got []string
+		for _, ev := range Diff(parse("workloads: ["+tc.prev+"]"), parse("workloads: ["+tc.next+"]")) {
+			got = append(got, ev.Type.String()+" "+ev.Workload.Key()+" "+ev.Workload.LocalAcceleration.String())
+		}
+		if diff := cmp.Diff(tc.want, got); diff != "" {
+			t.Errorf("%s: Diff (-want +got):\n%s", tc.name, diff)
+		}
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	for _, tc := range []struct{ body, want string }{
 		{"workloads:\n- {name: x}\n", "workloads[0]: namespace and name are required"},
 		{"workloads:\n- {namespace: a, name: x}\n- {namespace: a, name: x}\n", "a/x is listed twice"},
 		{"workloads:\n- {namespace: a, name: x, ips: [300.1.1.1]}\n", "workloads[0] (a/x): ips:"},
 		{"workload: []\n", `unknown field "workload"`},
+		{"workloads:\n- {namespace: a, name: x, localAcceleration: maybe}\n", "localAcceleration"},
 	} {
 		_, err := Parse("w.yaml", []byte(tc.body))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
