@@ -60,7 +60,8 @@ type Config struct {
 
 	// LocalAcceleration moves the bytes between the agent and the
 	// applications it forwards to through a sockmap instead of TCP/IP over
-	// each pod's loopback. Zero: off.
+	// each pod's loopback: the node's default, which each workload may
+	// override. Zero: off unless a workload asks for it.
 	LocalAcceleration AccelerationConfig `json:"localAcceleration,omitempty"`
 
 	// Profiling serves net/http/pprof under /debug/pprof/ on AdminAddress.
@@ -82,17 +83,26 @@ type Config struct {
 }
 
 // AccelerationConfig configures local acceleration (docs/architecture.md,
-// "Local acceleration").
+// "Local acceleration"). Whether a workload is accelerated is its own
+// choice when it states one (the pod annotation
+// portcullis.dev/local-acceleration: "true" or "false", or
+// localAcceleration in a workloads file), else Enabled. A change of either
+// takes effect at run time, for new connections.
 type AccelerationConfig struct {
-	// Enabled turns it on for every pod the agent enrols. Bytes redirected
-	// through a sockmap are invisible to splice(2) on the receiving socket:
-	// do not enable it on a node whose applications read their sockets
-	// with splice(2) (some proxies do). Zero: false.
+	// Enabled is the default for workloads that state no choice. Bytes
+	// redirected through a sockmap are invisible to splice(2) on the
+	// receiving socket: an application that reads its sockets with
+	// splice(2) (some proxies do) stalls when accelerated. Zero: false,
+	// only workloads that ask for it are accelerated.
 	Enabled bool `json:"enabled,omitempty"`
-	// Mark is the SO_MARK the agent sets on its sockets to applications,
-	// by which the datapath knows them; they also carry it on the wire of
-	// the pod's loopback. Zero: 0x5043 ("PC"). Change it if the pod
-	// network gives that fwmark a meaning.
+	// Mark is the SO_MARK the agent sets on its sockets to accelerated
+	// applications, by which the datapath knows them; they also carry it
+	// on the wire of the pod's loopback. The datapath watches for it even
+	// when no workload is accelerated, so that one can opt in without a
+	// restart: while no socket carries it, the cost is a comparison per
+	// outgoing and a lookup in an empty hash per incoming TCP connection
+	// on the node, and nothing per message. Zero: 0x5043 ("PC"). Change it
+	// if the pod network gives that fwmark a meaning.
 	Mark uint32 `json:"mark,omitempty"`
 }
 

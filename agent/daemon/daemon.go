@@ -104,11 +104,15 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 
 	// The datapath: re-adopt what a previous agent pinned, so enforcement
 	// never lapses across restarts.
-	dpc := bpf.Config{PinDir: cfg.PinDir, CgroupRoot: cfg.CgroupRoot, ListenerPort: uint16(cfg.ListenerPort)}
-	if cfg.LocalAcceleration.Enabled {
-		dpc.AccelMark = cfg.LocalAcceleration.Mark
-	}
-	a.dp, err = bpf.Open(dpc)
+	// The acceleration mark is set whatever the node's default, so that a
+	// workload can opt in at run time; a mark no socket carries costs next
+	// to nothing (config.AccelerationConfig).
+	a.dp, err = bpf.Open(bpf.Config{
+		PinDir:       cfg.PinDir,
+		CgroupRoot:   cfg.CgroupRoot,
+		ListenerPort: uint16(cfg.ListenerPort),
+		AccelMark:    cfg.LocalAcceleration.Mark,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("open datapath: %w", err)
 	}
@@ -137,10 +141,11 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 			IdleTimeout:       cfg.Limits.IdleTimeout.Duration,
 			MaxConns:          cfg.Limits.MaxConnsPerPod,
 		},
-		ShutdownGrace: cfg.ShutdownGrace.Duration,
-		Audit:         a.audit,
-		Metrics:       a.metrics,
-		Logger:        log.With("component", "enforcer"),
+		LocalAcceleration: cfg.LocalAcceleration.Enabled,
+		ShutdownGrace:     cfg.ShutdownGrace.Duration,
+		Audit:             a.audit,
+		Metrics:           a.metrics,
+		Logger:            log.With("component", "enforcer"),
 	})
 	if err != nil {
 		return nil, err

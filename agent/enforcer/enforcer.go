@@ -47,8 +47,13 @@ type Config struct {
 	// Workload, Authorizer, L4Authorizer, Sources, Dialer and StripHeaders
 	// are filled per pod.
 	Verifier verifier.Config
+	// LocalAcceleration is the node's default for workloads that state no
+	// choice of their own (identity.Workload.LocalAcceleration). A workload
+	// is accelerated only when Datapath was opened with an AccelMark. Zero:
+	// only workloads that choose it are accelerated.
+	LocalAcceleration bool
 	// ShutdownGrace bounds how long a pod's in-flight requests may finish
-	// when it is unenrolled. Zero means 10s.
+	// when it is unenrolled or its verifier replaced. Zero means 10s.
 	ShutdownGrace time.Duration
 	// Audit receives decisions; Metrics counts them. Nil means none.
 	Audit   *audit.Logger
@@ -91,11 +96,20 @@ type workload struct {
 }
 
 type enrolled struct {
-	srv      *verifier.Server
-	ln       net.Listener
-	dialer   *podnet.Dialer
+	acc      *acceptor // the listener in the pod's netns
 	since    time.Time
 	netnsKey string
+	*podVerifier
+}
+
+// podVerifier is a verifier serving a pod: the one in charge, or one being
+// replaced that finishes its connections.
+type podVerifier struct {
+	srv    *verifier.Server
+	dialer *podnet.Dialer
+	accel  bool            // its upstream connections are locally accelerated
+	view   *view           // its listener
+	served <-chan struct{} // closed when srv.Serve(view) has returned
 }
 
 // New returns an Enforcer. It adopts nothing yet: pods a previous agent left
@@ -203,6 +217,23 @@ func (e *Enforcer) upsertLocked(ev identity.Event) {
 		e.unenrollLocked(w)
 	}
 	e.reconcileLocked(w)
+	// The verifier's dialer and splicing follow local acceleration: a
+	// change needs a new verifier, on the same listener.
+	if w.pod != nil && w.pod.accel != e.accelerated(w) {
+		e.replaceVerifierLocked(w)
+	}
+}
+
+// accelerated says whether w's upstream connections are to be locally
+// accelerated now.
+func (e *Enforcer) accelerated(w *workload) bool {
+	return accelerate(e.dp.AccelMark(), e.cfg.LocalAcceleration, w.w.LocalAcceleration)
+}
+
+// accelerate resolves a workload's choice against the node's default; no
+// workload is accelerated by a datapath opened without a mark.
+func accelerate(mark uint32, nodeDefault bool, choice identity.Acceleration) bool {
+	return mark != 0 && choice.Enabled(nodeDefault)
 }
 
 func (e *Enforcer) registerLocked(w *workload, src identity.Source) error {
@@ -331,20 +362,44 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 	if err != nil {
 		return fmt.Errorf("listen in netns %s: %w", w.w.NetnsPath, err)
 	}
+	acc := newAcceptor(ln)
+	v, err := e.newVerifierLocked(w)
+	if err != nil {
+		acc.Close()
+		return err
+	}
+	e.serve(key, v, acc.view())
+	if err := e.dp.Enroll(bpf.Pod{Key: key, NetnsPath: w.w.NetnsPath, Ports: ports}); err != nil {
+		acc.Close()
+		_ = v.srv.Close()
+		v.dialer.Close()
+		_ = e.dp.Remove(key)
+		return fmt.Errorf("attach capture: %w", err)
+	}
+	w.pod = &enrolled{acc: acc, since: time.Now(), netnsKey: w.w.NetnsPath, podVerifier: v}
+	w.ports = ports
+	w.err = nil
+	e.log.Info("enrolled workload", "workload", key, "identity", w.w.SPIFFEID(e.cfg.TrustDomain), "ports", portsString(ports), "local_acceleration", v.accel)
+	return nil
+}
+
+// newVerifierLocked returns a verifier for w, not serving yet.
+func (e *Enforcer) newVerifierLocked(w *workload) (*podVerifier, error) {
+	key := w.w.Key()
 	dialer, err := podnet.NewDialer(w.w.NetnsPath)
 	if err != nil {
-		ln.Close()
-		return fmt.Errorf("dialer in netns %s: %w", w.w.NetnsPath, err)
+		return nil, fmt.Errorf("dialer in netns %s: %w", w.w.NetnsPath, err)
 	}
 	vc := e.cfg.Verifier
 	vc.Workload = key
 	vc.Authorizer = e.cfg.Engine.For(&w.policyW)
 	vc.L4Authorizer = e.cfg.Engine.ForL4(&w.policyW)
 	vc.Sources = verifier.SourceResolverFunc(e.Resolve)
-	if mark := e.dp.AccelMark(); mark != 0 {
+	accel := e.accelerated(w)
+	if accel {
 		// Locally accelerated: the datapath knows the agent's upstream
 		// sockets by their mark, and their bytes must not be spliced.
-		dialer.Dialer.Control = podnet.MarkControl(mark)
+		dialer.Dialer.Control = podnet.MarkControl(e.dp.AccelMark())
 		vc.NoSplice = true
 	}
 	vc.Dialer = dialer
@@ -356,26 +411,80 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 	vc.Logger = e.log.With("workload", key)
 	srv, err := verifier.New(vc)
 	if err != nil {
-		ln.Close()
 		dialer.Close()
-		return fmt.Errorf("verifier for %s: %w", key, err)
+		return nil, fmt.Errorf("verifier for %s: %w", key, err)
 	}
+	return &podVerifier{srv: srv, dialer: dialer, accel: accel}, nil
+}
+
+// serve starts v on l.
+func (e *Enforcer) serve(key string, v *podVerifier, l *view) {
+	served := make(chan struct{})
+	v.view, v.served = l, served
 	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, verifier.ErrServerClosed) {
+		defer close(served)
+		// net.ErrClosed: the view was closed for a replacement.
+		if err := v.srv.Serve(l); err != nil && !errors.Is(err, verifier.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			e.log.Error("verifier stopped", "workload", key, "error", err)
 		}
 	}()
-	if err := e.dp.Enroll(bpf.Pod{Key: key, NetnsPath: w.w.NetnsPath, Ports: ports}); err != nil {
-		_ = srv.Close()
-		dialer.Close()
-		_ = e.dp.Remove(key)
-		return fmt.Errorf("attach capture: %w", err)
+}
+
+// replaceVerifierLocked puts a new verifier in charge of an enrolled pod
+// without a gap: capture stays attached and the listener open, the new
+// verifier takes the next connection, and the old one finishes the
+// connections it has (ShutdownGrace), as on unenrolment. On error the old
+// verifier stays in charge; the next update of the workload tries again.
+func (e *Enforcer) replaceVerifierLocked(w *workload) {
+	key := w.w.Key()
+	next, err := e.newVerifierLocked(w)
+	if err != nil {
+		w.err = err
+		e.log.Error("replace verifier", "workload", key, "error", err)
+		return
 	}
-	w.pod = &enrolled{srv: srv, ln: ln, dialer: dialer, since: time.Now(), netnsKey: w.w.NetnsPath}
-	w.ports = ports
-	w.err = nil
-	e.log.Info("enrolled workload", "workload", key, "identity", w.w.SPIFFEID(e.cfg.TrustDomain), "ports", portsString(ports))
-	return nil
+	old := w.pod.podVerifier
+	e.serve(key, next, w.pod.acc.view())
+	w.pod.podVerifier = next
+	old.view.Close()
+	headerTimeout := e.cfg.Verifier.ReadHeaderTimeout
+	if headerTimeout <= 0 {
+		headerTimeout = 10 * time.Second // verifier.Config's default
+	}
+	go retireReplaced(old, headerTimeout, e.cfg.ShutdownGrace)
+	e.log.Info("replaced verifier", "workload", key, "local_acceleration", next.accel)
+}
+
+// retireReplaced shuts down a verifier whose view is closed once nothing it
+// accepted can be lost by it: after its Serve has returned (every
+// connection its view handed out is tracked by then), and headerTimeout
+// (its Config.ReadHeaderTimeout) later, when each of those connections has
+// sent its first request or been closed by the verifier, since Shutdown
+// closes a connection that has sent nothing yet. Its connections then get
+// grace to finish, as on unenrolment.
+func retireReplaced(v *podVerifier, headerTimeout, grace time.Duration) {
+	t := time.NewTimer(headerTimeout)
+	defer t.Stop()
+	select {
+	case <-v.served: // at once, unless Serve is backing off after EMFILE
+	case <-t.C:
+	}
+	t.Reset(headerTimeout)
+	<-t.C
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	retire(ctx, v)
+}
+
+// retire lets v finish its connections until ctx is done, then closes the
+// rest and its dialer.
+func retire(ctx context.Context, v *podVerifier) {
+	if err := v.srv.Shutdown(ctx); err != nil {
+		_ = v.srv.Close()
+	}
+	if v.dialer != nil {
+		v.dialer.Close()
+	}
 }
 
 // unenrollLocked detaches capture first, so new connections reach the app
@@ -393,10 +502,8 @@ func (e *Enforcer) unenrollLocked(w *workload) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ShutdownGrace)
 		defer cancel()
-		if err := p.srv.Shutdown(ctx); err != nil {
-			_ = p.srv.Close()
-		}
-		p.dialer.Close()
+		p.acc.Close()
+		retire(ctx, p.podVerifier)
 	}()
 	e.log.Info("unenrolled workload", "workload", key)
 }
@@ -436,15 +543,18 @@ func (e *Enforcer) Synced() bool {
 
 // WorkloadStatus is one workload as the debug API shows it.
 type WorkloadStatus struct {
-	Workload  identity.Workload
-	Identity  string
-	ID        identity.ID
-	CgroupID  uint64
-	Excluded  identity.Exclusion
-	Enrolled  bool
-	Since     time.Time
-	Ports     bpf.PortSpec
-	LastError string
+	Workload identity.Workload
+	Identity string
+	ID       identity.ID
+	CgroupID uint64
+	Excluded identity.Exclusion
+	Enrolled bool
+	Since    time.Time
+	Ports    bpf.PortSpec
+	// Accelerated: the verifier's upstream connections are locally
+	// accelerated (only while Enrolled).
+	Accelerated bool
+	LastError   string
 }
 
 // Workloads lists the node's workloads, sorted by key.
@@ -455,7 +565,7 @@ func (e *Enforcer) Workloads() []WorkloadStatus {
 	for _, w := range e.workloads {
 		s := WorkloadStatus{Workload: w.w, Identity: w.w.SPIFFEID(e.cfg.TrustDomain), ID: w.id, CgroupID: w.cgroupID, Excluded: w.excl, Ports: w.ports}
 		if w.pod != nil {
-			s.Enrolled, s.Since = true, w.pod.since
+			s.Enrolled, s.Since, s.Accelerated = true, w.pod.since, w.pod.accel
 		}
 		if w.err != nil {
 			s.LastError = w.err.Error()
@@ -494,10 +604,8 @@ func (e *Enforcer) Close(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := p.srv.Shutdown(ctx); err != nil {
-				_ = p.srv.Close()
-			}
-			p.dialer.Close()
+			p.acc.Close()
+			retire(ctx, p.podVerifier)
 		}()
 	}
 	wg.Wait()
