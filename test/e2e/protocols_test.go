@@ -71,20 +71,26 @@ func protocolEnv(t *testing.T) (*env, tokens) {
 	return protocolEnvAccel(t, false)
 }
 
-// protocolEnvAccel is protocolEnv with the agent's local acceleration on
-// when accel; then the test must end with checkAccelerated.
+// protocolEnvAccel is protocolEnv with local acceleration the node's
+// default when accel (orders-api states no choice of its own); then the
+// test must end with checkAccelerated.
 func protocolEnvAccel(t *testing.T, accel bool) (*env, tokens) {
 	e := newEnv(t, demoPods(e2eApp))
 	e.setPolicies(readers("Enforce", "Orders.Read"))
 	if accel {
-		// A mark of this test's own: agents of tests running in parallel
-		// each attach a datapath at the cgroup root.
-		h := fnv.New32a()
-		fmt.Fprintf(h, "%d/%s", os.Getpid(), t.Name())
-		e.agent.Extra = fmt.Sprintf("localAcceleration:\n  enabled: true\n  mark: %d\n", h.Sum32()|1)
+		e.agent.Extra = fmt.Sprintf("localAcceleration:\n  enabled: true\n  mark: %d\n", accelMark(t))
 	}
 	e.agent.Start()
 	return e, mintTokens(t)
+}
+
+// accelMark is an acceleration mark of the test's own: agents of tests
+// running in parallel each attach a datapath at the cgroup root, and each
+// datapath accelerates the sockets that carry its mark.
+func accelMark(t testing.TB) uint32 {
+	h := fnv.New32a()
+	fmt.Fprintf(h, "%d/%s", os.Getpid(), t.Name())
+	return h.Sum32() | 1
 }
 
 // checkAccelerated fails the test unless the agent's connections to the
