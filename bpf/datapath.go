@@ -432,6 +432,10 @@ func (d *Datapath) Teardown() error {
 		errs = append(errs, unpinClose(d.sockops))
 		d.sockops = nil
 	}
+	if d.accel != nil {
+		errs = append(errs, link.RawDetachProgram(link.RawDetachProgramOptions(*d.accel)))
+		d.accel = nil
+	}
 	errs = append(errs, d.objs.Close())
 	errs = append(errs, os.RemoveAll(d.cfg.PinDir))
 	d.closed = true

@@ -81,8 +81,8 @@ func TestDatapathAccelRedirectsMarkedConnections(t *testing.T) {
 			before = counters(t, d)
 			up, app = dialPair(t, pod.NetnsPath, ln, dst, 0)
 			exchange(t, up, app, 1<<20)
-			if got := tcpBytesSent(t, up); got != 1<<20 {
-				t.Errorf("unmarked connection: TCP sent %d bytes, want %d", got, 1<<20)
+			if got := tcpBytesSent(t, up); got < 1<<20 {
+				t.Errorf("unmarked connection: TCP sent %d bytes, want at least %d", got, 1<<20)
 			}
 			if got := counters(t, d)[bpf.AccelPaired] - before[bpf.AccelPaired]; got != 0 {
 				t.Errorf("accel_paired grew by %d on an unmarked connection, want 0", got)
@@ -99,8 +99,8 @@ func TestDatapathAccelRedirectsMarkedConnections(t *testing.T) {
 			before = counters(t, d)
 			up, app = dialPair(t, pod.NetnsPath, hostLn, hostDst, mark)
 			exchange(t, up, app, 1<<20)
-			if got := tcpBytesSent(t, up); got != 1<<20 {
-				t.Errorf("marked connection to another netns: TCP sent %d bytes, want %d", got, 1<<20)
+			if got := tcpBytesSent(t, up); got < 1<<20 {
+				t.Errorf("marked connection to another netns: TCP sent %d bytes, want at least %d", got, 1<<20)
 			}
 			c := counters(t, d)
 			if got := c[bpf.AccelPaired] - before[bpf.AccelPaired]; got != 0 {
@@ -237,7 +237,8 @@ func halfClose(t *testing.T, a, b *net.TCPConn) {
 	}
 }
 
-// tcpBytesSent is tcpi_bytes_sent of c: the payload bytes TCP transmitted.
+// tcpBytesSent is tcpi_bytes_sent of c: the payload bytes TCP transmitted,
+// retransmissions (tail loss probes happen even on a bridge) included.
 func tcpBytesSent(t *testing.T, c *net.TCPConn) uint64 {
 	t.Helper()
 	rc, err := c.SyscallConn()

@@ -52,13 +52,16 @@ struct pc_upstream {
 };
 
 /* pc_upstreams: the agent's upstream sockets by their own key, from
- * ESTABLISHED to CLOSE. LRU so that a missed close cannot fill it. Not
- * pinned. */
+ * ESTABLISHED to CLOSE (a socket only joins once its state callback is on).
+ * Not LRU: evicting a tcp_only entry could reorder its bytes; when full, new
+ * connections stay on TCP. Allocated on demand, so a node where nothing is
+ * accelerated pays nothing. Not pinned. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct pc_sock_key);
 	__type(value, struct pc_upstream);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 } pc_upstreams SEC(".maps");
 
 static __always_inline void pc_accel_v4mapped(__u32 *dst, __u32 addr)
@@ -126,6 +129,12 @@ static __always_inline void pc_accel_active(struct bpf_sock_ops *ops)
 		return;
 	if (!pc_accel_key_ops(ops, &key))
 		return;
+	/* STATE_CB forgets the pc_upstreams entry on close (pc_socks drops
+	 * closed sockets by itself): without it, no entry. */
+	if (bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG)) {
+		pc_count(PC_CNT_SOCKOPS_CB_FLAGS_ERROR);
+		return;
+	}
 	if (bpf_map_update_elem(&pc_upstreams, &key, &up, BPF_ANY)) {
 		pc_count(PC_CNT_ACCEL_UPDATE_ERROR);
 		return;
@@ -135,10 +144,6 @@ static __always_inline void pc_accel_active(struct bpf_sock_ops *ops)
 		pc_count(PC_CNT_ACCEL_UPDATE_ERROR);
 		return;
 	}
-	/* STATE_CB forgets the pc_upstreams entry on close (pc_socks drops
-	 * closed sockets by itself). */
-	if (bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG))
-		pc_count(PC_CNT_SOCKOPS_CB_FLAGS_ERROR);
 }
 
 /* pc_accel_passive runs when an incoming connection is established

@@ -37,6 +37,9 @@ const PodInterface = "eth0"
 // commandTimeout bounds each exchange with a pod process.
 const commandTimeout = 15 * time.Second
 
+// readyTimeout bounds the wait for a new pod's IPv6 address to be usable.
+const readyTimeout = 10 * time.Second
+
 // Network is a bridge in the host netns with an IPv4 and an IPv6 subnet.
 type Network struct {
 	// Bridge is the bridge's name in the host netns.
@@ -387,7 +390,45 @@ func (p *Pod) wire(n *Network, ns netns.NsHandle) error {
 			return fmt.Errorf("add default route via %s: %w", gw, err)
 		}
 	}
-	return nil
+	return waitIPv6Ready(ns, p.IPv6)
+}
+
+// waitIPv6Ready waits until addr has its local route in ns. The kernel
+// inserts that route from its address work queue some time after the
+// address was added, even with IFA_F_NODAD; a connection to addr made before
+// goes out of the pod's interface to resolve the address and fails with
+// EHOSTUNREACH after the neighbour timeout.
+func waitIPv6Ready(ns netns.NsHandle, addr netip.Addr) error {
+	updates := make(chan netlink.RouteUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	var subErr error
+	if err := netlink.RouteSubscribeWithOptions(updates, done, netlink.RouteSubscribeOptions{
+		Namespace:     &ns,
+		ListExisting:  true,
+		ErrorCallback: func(err error) { subErr = err },
+	}); err != nil {
+		return fmt.Errorf("subscribe to route updates: %w", err)
+	}
+	timeout := time.NewTimer(readyTimeout)
+	defer timeout.Stop()
+	for {
+		select {
+		case u, ok := <-updates:
+			if !ok {
+				return fmt.Errorf("route updates ended before %s had its local route: %v", addr, subErr)
+			}
+			if u.Type != unix.RTM_NEWROUTE || u.Route.Type != unix.RTN_LOCAL || u.Dst == nil {
+				continue
+			}
+			dst, _ := netip.AddrFromSlice(u.Dst.IP)
+			if ones, _ := u.Dst.Mask.Size(); dst.Unmap() == addr && ones == 128 {
+				return nil
+			}
+		case <-timeout.C:
+			return fmt.Errorf("%s has no local route after %v", addr, readyTimeout)
+		}
+	}
 }
 
 // deleteNamedNetns unmounts and removes /run/netns/<name>. The removal is
