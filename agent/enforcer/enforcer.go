@@ -45,7 +45,7 @@ type Config struct {
 	IPCache *ipcache.Cache
 	// Verifier is the template of every pod's verifier configuration;
 	// Workload, Authorizer, L4Authorizer, Sources, Dialer and StripHeaders
-	// are filled per pod.
+	// are filled per pod, and NoSplice set for locally accelerated pods.
 	Verifier verifier.Config
 	// LocalAcceleration is the node's default for workloads that state no
 	// choice of their own (identity.Workload.LocalAcceleration). A workload
