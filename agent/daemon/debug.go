@@ -143,13 +143,22 @@ func (b *backend) Workloads(ctx context.Context) ([]*debugv1.Workload, error) {
 		for _, ip := range w.IPs {
 			pw.Ips = append(pw.Ips, ip.String())
 		}
+		pw.LocallyAccelerated = s.Enrolled && s.Accelerated
 		switch {
 		case s.Excluded != identity.NotExcluded:
 			pw.AttachState = "excluded: " + s.Excluded.String()
-		case s.Enrolled && s.Ports.Mode == bpf.CaptureAllExcept:
-			pw.AttachState = "attached (all ports except listed)"
 		case s.Enrolled:
+			var q []string
+			if s.Ports.Mode == bpf.CaptureAllExcept {
+				q = append(q, "all ports except listed")
+			}
+			if s.Accelerated {
+				q = append(q, "locally accelerated")
+			}
 			pw.AttachState = "attached"
+			if len(q) > 0 {
+				pw.AttachState += " (" + strings.Join(q, ", ") + ")"
+			}
 		case s.LastError != "":
 			pw.AttachState = "error"
 		case w.NetnsPath == "":

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -161,5 +162,28 @@ func TestLocalAccelerationPerWorkload(t *testing.T) {
 	}
 	if got := e.agent.metric(events, updateErr); got != 0 {
 		t.Errorf("accel_update_error = %v, want 0", got)
+	}
+
+	// The debug CLI tells an operator which pods are accelerated.
+	res := newCLI(t, e).run(t, "", "workloads", "-o", "json")
+	var out struct {
+		Workloads []struct {
+			Name               string `json:"name"`
+			AttachState        string `json:"attach_state"`
+			LocallyAccelerated bool   `json:"locally_accelerated"`
+		} `json:"workloads"`
+	}
+	if err := json.Unmarshal([]byte(res.Stdout), &out); res.Code != 0 || err != nil {
+		t.Fatalf("portcullis workloads -o json: exit %d, %v: %s%s", res.Code, err, res.Stdout, res.Stderr)
+	}
+	got := map[string]string{}
+	for _, w := range out.Workloads {
+		got[w.Name] = fmt.Sprintf("%s/%t", w.AttachState, w.LocallyAccelerated)
+	}
+	want := map[string]string{"orders-api": "attached/false", "billing-api": "attached (locally accelerated)/true"}
+	for name, w := range want {
+		if got[name] != w {
+			t.Errorf("portcullis workloads: %s is %q, want %q", name, got[name], w)
+		}
 	}
 }

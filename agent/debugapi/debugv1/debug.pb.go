@@ -528,16 +528,19 @@ type Workload struct {
 	CapturedPorts []uint32 `protobuf:"varint,9,rep,packed,name=captured_ports,json=capturedPorts,proto3" json:"captured_ports,omitempty"`
 	NetnsPath     string   `protobuf:"bytes,10,opt,name=netns_path,json=netnsPath,proto3" json:"netns_path,omitempty"`
 	CgroupPath    string   `protobuf:"bytes,11,opt,name=cgroup_path,json=cgroupPath,proto3" json:"cgroup_path,omitempty"`
-	// Attach state, as the agent words it: "attached" (possibly with a
-	// qualifier, e.g. "attached (all ports except listed)"), "not selected"
-	// (no policy selects the pod), "remote" (not on this node), "excluded:
-	// <why>" or "error" (see attach_error).
+	// Attach state, as the agent words it: "attached" (possibly with
+	// qualifiers, e.g. "attached (all ports except listed, locally
+	// accelerated)"), "not selected" (no policy selects the pod), "remote"
+	// (not on this node), "excluded: <why>" or "error" (see attach_error).
 	AttachState string `protobuf:"bytes,12,opt,name=attach_state,json=attachState,proto3" json:"attach_state,omitempty"`
 	// Last attach error, if any.
-	AttachError   string            `protobuf:"bytes,13,opt,name=attach_error,json=attachError,proto3" json:"attach_error,omitempty"`
-	Labels        map[string]string `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AttachError string            `protobuf:"bytes,13,opt,name=attach_error,json=attachError,proto3" json:"attach_error,omitempty"`
+	Labels      map[string]string `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The verifier's connections to the pod's application are locally
+	// accelerated (sockmap; only while attached).
+	LocallyAccelerated bool `protobuf:"varint,15,opt,name=locally_accelerated,json=locallyAccelerated,proto3" json:"locally_accelerated,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Workload) Reset() {
@@ -666,6 +669,13 @@ func (x *Workload) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *Workload) GetLocallyAccelerated() bool {
+	if x != nil {
+		return x.LocallyAccelerated
+	}
+	return false
 }
 
 type ListPoliciesRequest struct {
@@ -2334,7 +2344,7 @@ const file_portcullis_debug_v1_debug_proto_rawDesc = "" +
 	"last_error\x18\x06 \x01(\tR\tlastError\"\x16\n" +
 	"\x14ListWorkloadsRequest\"T\n" +
 	"\x15ListWorkloadsResponse\x12;\n" +
-	"\tworkloads\x18\x01 \x03(\v2\x1d.portcullis.debug.v1.WorkloadR\tworkloads\"\x8e\x04\n" +
+	"\tworkloads\x18\x01 \x03(\v2\x1d.portcullis.debug.v1.WorkloadR\tworkloads\"\xbf\x04\n" +
 	"\bWorkload\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
@@ -2353,7 +2363,8 @@ const file_portcullis_debug_v1_debug_proto_rawDesc = "" +
 	"cgroupPath\x12!\n" +
 	"\fattach_state\x18\f \x01(\tR\vattachState\x12!\n" +
 	"\fattach_error\x18\r \x01(\tR\vattachError\x12A\n" +
-	"\x06labels\x18\x0e \x03(\v2).portcullis.debug.v1.Workload.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x0e \x03(\v2).portcullis.debug.v1.Workload.LabelsEntryR\x06labels\x12/\n" +
+	"\x13locally_accelerated\x18\x0f \x01(\bR\x12locallyAccelerated\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x15\n" +
