@@ -199,6 +199,15 @@ func BenchmarkProxies(b *testing.B) {
 			e.agent.Start()
 			runWrk(b, script, tg.url, 16, time.Second, appPID, tg.proxy())
 		}
+		if tg.name == "accelerated" {
+			// Measure what the row says: the warm-up's upstream
+			// connections must have been accelerated.
+			const m = "portcullis_datapath_events_total"
+			paired, tcpOnly := e.agent.metric(m, `event="accel_paired"`), e.agent.metric(m, `event="accel_tcp_only"`)
+			if paired == 0 || tcpOnly != 0 || e.agent.metric(m, `event="accel_update_error"`) != 0 {
+				b.Fatalf("accelerated target: accel_paired %v, accel_tcp_only %v: connections to the app not accelerated", paired, tcpOnly)
+			}
+		}
 	}
 
 	// Every target must answer 200 before it is measured.
