@@ -64,21 +64,13 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } pc_upstreams SEC(".maps");
 
-static __always_inline void pc_accel_v4mapped(__u32 *dst, __u32 addr)
-{
-	dst[0] = 0;
-	dst[1] = 0;
-	dst[2] = bpf_htonl(0x0000ffff);
-	dst[3] = addr;
-}
-
 /* pc_accel_key_ops fills key, the socket's own view, from a sockops
  * context. */
 static __always_inline bool pc_accel_key_ops(struct bpf_sock_ops *ops, struct pc_sock_key *key)
 {
 	if (ops->family == PC_AF_INET) {
-		pc_accel_v4mapped(key->laddr, ops->local_ip4);
-		pc_accel_v4mapped(key->raddr, ops->remote_ip4);
+		pc_v4mapped(key->laddr, ops->local_ip4);
+		pc_v4mapped(key->raddr, ops->remote_ip4);
 	} else if (ops->family == PC_AF_INET6) {
 		key->laddr[0] = ops->local_ip6[0];
 		key->laddr[1] = ops->local_ip6[1];
@@ -186,8 +178,8 @@ static __always_inline void pc_accel_closed(struct bpf_sock_ops *ops)
 static __always_inline bool pc_accel_key_msg(struct sk_msg_md *msg, struct pc_sock_key *key)
 {
 	if (msg->family == PC_AF_INET) {
-		pc_accel_v4mapped(key->laddr, msg->local_ip4);
-		pc_accel_v4mapped(key->raddr, msg->remote_ip4);
+		pc_v4mapped(key->laddr, msg->local_ip4);
+		pc_v4mapped(key->raddr, msg->remote_ip4);
 	} else if (msg->family == PC_AF_INET6) {
 		key->laddr[0] = msg->local_ip6[0];
 		key->laddr[1] = msg->local_ip6[1];

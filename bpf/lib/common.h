@@ -113,6 +113,15 @@ struct pc_conn {
 	__u64 cgroup_id; /* the registered cgroup that matched */
 };
 
+/* pc_v4mapped writes addr (network byte order) as ::ffff:a.b.c.d. */
+static __always_inline void pc_v4mapped(__u32 *dst, __u32 addr)
+{
+	dst[0] = 0;
+	dst[1] = 0;
+	dst[2] = bpf_htonl(0x0000ffff);
+	dst[3] = addr;
+}
+
 /* pc_counters: per-CPU event counters, one slot per enum pc_counter.
  * Per-CPU so that counting never contends between cores. */
 struct {

@@ -60,14 +60,6 @@ static __always_inline __u32 pc_caller_identity(__u64 *cgroup_id)
 	return 0;
 }
 
-static __always_inline void pc_v4mapped(__u32 *dst, __u32 addr)
-{
-	dst[0] = 0;
-	dst[1] = 0;
-	dst[2] = bpf_htonl(0x0000ffff);
-	dst[3] = addr;
-}
-
 /* pc_conn_key_from fills key from the connecting socket. Returns false for
  * loopback destinations: those never cross a pod interface, are never
  * captured and repeat the same tuples in every netns. */
