@@ -5,32 +5,22 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
-// accelWorkloads writes the workloads file like env.writeWorkloads, every
-// pod labelled tier: api (the selector of tierPolicies) and with
-// localAcceleration as choice says: absent from choice, no choice.
+// accelWorkloads installs the workloads file with localAcceleration as
+// choice says; a pod absent from choice states none.
 func accelWorkloads(e *env, choice map[string]bool) {
 	e.t.Helper()
-	var b strings.Builder
-	b.WriteString("workloads:\n")
-	for _, p := range e.pods {
-		fmt.Fprintf(&b, "- namespace: shop\n  name: %s\n  serviceAccount: %s\n  labels: {app: %s, tier: api}\n",
-			p.Spec.Name, p.Spec.ServiceAccount, p.Spec.Name)
-		fmt.Fprintf(&b, "  ips: [%s, %q]\n  netns: %s\n  cgroup: %s\n", p.IPv4, p.IPv6.String(), p.NetnsPath, p.CgroupPath)
+	e.installWorkloads(func(p *pod) string {
 		if on, ok := choice[p.Spec.Name]; ok {
-			fmt.Fprintf(&b, "  localAcceleration: %t\n", on)
+			return fmt.Sprintf("  localAcceleration: %t\n", on)
 		}
-	}
-	e.writeFile("workloads.yaml.tmp", b.String())
-	if err := os.Rename(filepath.Join(e.dir, "workloads.yaml.tmp"), filepath.Join(e.dir, "workloads.yaml")); err != nil {
-		e.t.Fatalf("install workloads: %v", err)
-	}
+		return ""
+	})
 }
 
 // waitLogCount waits (bounded) until the agent's log contains s n times.
@@ -62,8 +52,8 @@ func TestLocalAccelerationPerWorkload(t *testing.T) {
 		replaced  = `"msg":"replaced verifier"`
 	)
 	e := newEnv(t, []podSpec{
-		{Name: "orders-api", ServiceAccount: "orders", App: e2eApp},
-		{Name: "billing-api", ServiceAccount: "billing", App: e2eApp},
+		{Name: "orders-api", ServiceAccount: "orders", App: e2eApp, Labels: map[string]string{"tier": "api"}},
+		{Name: "billing-api", ServiceAccount: "billing", App: e2eApp, Labels: map[string]string{"tier": "api"}},
 	})
 	e.setPolicies(strings.Replace(readers("Enforce", "Orders.Read"), "matchLabels: {app: orders-api}", "matchLabels: {tier: api}", 1))
 	accelWorkloads(e, map[string]bool{"orders-api": true})

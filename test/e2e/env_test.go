@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -53,6 +54,8 @@ type podSpec struct {
 	App                            appKind
 	// CPUs pins the pod's process (taskset -c CPUs). Empty: not pinned.
 	CPUs string
+	// Labels are labels besides app: <Name>.
+	Labels map[string]string
 }
 
 // demoPods are the demo's three workloads, with the e2e app (a superset
@@ -145,17 +148,32 @@ func pinned(cpus, name string, args ...string) *exec.Cmd {
 // then rename), as the agent may be watching it.
 func (e *env) writeWorkloads(names ...string) {
 	e.t.Helper()
+	e.installWorkloads(nil, names...)
+}
+
+// installWorkloads writes the workloads file with the pods named (every pod
+// when none) and atomically puts it in place. extra, when not nil, returns
+// YAML lines to add to a pod's entry.
+func (e *env) installWorkloads(extra func(*pod) string, names ...string) {
+	e.t.Helper()
 	var b strings.Builder
 	b.WriteString("workloads:\n")
 	for _, p := range e.pods {
 		if len(names) > 0 && !slices.Contains(names, p.Spec.Name) {
 			continue
 		}
-		fmt.Fprintf(&b, "- namespace: shop\n  name: %s\n  serviceAccount: %s\n  labels: {app: %s}\n",
-			p.Spec.Name, p.Spec.ServiceAccount, p.Spec.Name)
+		labels := "app: " + p.Spec.Name
+		for _, k := range slices.Sorted(maps.Keys(p.Spec.Labels)) {
+			labels += ", " + k + ": " + p.Spec.Labels[k]
+		}
+		fmt.Fprintf(&b, "- namespace: shop\n  name: %s\n  serviceAccount: %s\n  labels: {%s}\n",
+			p.Spec.Name, p.Spec.ServiceAccount, labels)
 		fmt.Fprintf(&b, "  ips: [%s, %q]\n  netns: %s\n  cgroup: %s\n", p.IPv4, p.IPv6.String(), p.NetnsPath, p.CgroupPath)
 		if p.Spec.ClientID != "" {
 			fmt.Fprintf(&b, "  clientID: %s\n", p.Spec.ClientID)
+		}
+		if extra != nil {
+			b.WriteString(extra(p))
 		}
 	}
 	e.writeFile("workloads.yaml.tmp", b.String())
