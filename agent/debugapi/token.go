@@ -2,8 +2,6 @@ package debugapi
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -83,36 +81,13 @@ func str(v any) string {
 }
 
 // DecodeUnverified decodes the header and payload of a compact JWS without
-// verifying anything: for display and offline explain only.
+// verifying anything, with tokencheck's own strict decoders: for display and
+// offline explain only.
 func DecodeUnverified(raw string) (header, claims map[string]any, err error) {
 	if len(raw) > maxTokenBytes {
 		return nil, nil, fmt.Errorf("token is larger than %d bytes", maxTokenBytes)
 	}
-	parts := strings.Split(raw, ".")
-	if len(parts) != 3 {
-		return nil, nil, errors.New("not a compact JWS: want three dot-separated parts")
-	}
-	dec := func(what, s string) (map[string]any, error) {
-		b, err := base64.RawURLEncoding.DecodeString(s)
-		if err != nil {
-			return nil, fmt.Errorf("decode %s: %w", what, err)
-		}
-		var m map[string]any
-		if err := json.Unmarshal(b, &m); err != nil {
-			return nil, fmt.Errorf("decode %s json: %w", what, err)
-		}
-		if m == nil {
-			return nil, fmt.Errorf("decode %s: not a JSON object", what)
-		}
-		return m, nil
-	}
-	if header, err = dec("header", parts[0]); err != nil {
-		return nil, nil, err
-	}
-	if claims, err = dec("payload", parts[1]); err != nil {
-		return nil, nil, err
-	}
-	return header, claims, nil
+	return tokencheck.DecodeUnverified(raw)
 }
 
 // ResolveToken fills env's Claims, TokenReason and Token from the token or
