@@ -149,7 +149,7 @@ func (d *Datapath) load() error {
 	}()
 	for name := range spec.Maps {
 		if strings.HasPrefix(name, ".") || unpinnedMaps[name] {
-			continue // .rodata and friends belong to one program load
+			continue // .rodata and friends belong to one program load, unpinnedMaps to one run
 		}
 		m, err := ebpf.LoadPinnedMap(d.pin(pinMapPrefix+name), nil)
 		if errors.Is(err, os.ErrNotExist) {
