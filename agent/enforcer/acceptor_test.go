@@ -227,3 +227,47 @@ func TestAcceptorClose(t *testing.T) {
 		t.Errorf("dial after the acceptor closed: got no error, want refused")
 	}
 }
+
+// BenchmarkAccept measures dial + accept + close of loopback connections
+// straight from the listener and through an acceptor's view: what the
+// hand-off costs per new connection.
+func BenchmarkAccept(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		wrap func(net.Listener) (net.Listener, func())
+	}{
+		{"listener", func(ln net.Listener) (net.Listener, func()) { return ln, func() { ln.Close() } }},
+		{"acceptor", func(ln net.Listener) (net.Listener, func()) {
+			acc := newAcceptor(ln)
+			return acc.view(), func() { acc.Close() }
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			l, closeFn := tc.wrap(ln)
+			defer closeFn()
+			addr := ln.Addr().String()
+			go func() {
+				for {
+					c, err := l.Accept()
+					if err != nil {
+						return
+					}
+					c.Close()
+				}
+			}()
+			for b.Loop() {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					b.Fatal(err)
+				}
+				var one [1]byte
+				c.Read(one[:]) // EOF once the server side closed
+				c.Close()
+			}
+		})
+	}
+}
