@@ -77,6 +77,27 @@ func TestDatapathAccelRedirectsMarkedConnections(t *testing.T) {
 				t.Errorf("counters %v: want no accel_tcp_only and no accel_update_error", c)
 			}
 
+			// The verifier's liveness probe of a pooled connection (a
+			// non-blocking MSG_PEEK) sees an accelerated peer's bytes and
+			// its close.
+			up, app = dialPair(t, pod.NetnsPath, ln, dst, mark)
+			if n, err := peek(t, up); n >= 0 || !errors.Is(err, unix.EAGAIN) {
+				t.Errorf("peek on an idle accelerated connection: %d, %v; want EAGAIN", n, err)
+			}
+			if _, err := app.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if err := waitPeek(t, up, 1); err != nil {
+				t.Errorf("peek after the application wrote a byte: %v", err)
+			}
+			if _, err := io.ReadFull(up, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+			app.Close()
+			if err := waitPeek(t, up, 0); err != nil {
+				t.Errorf("peek after the application closed: %v", err)
+			}
+
 			// Unmarked: plain TCP.
 			before = counters(t, d)
 			up, app = dialPair(t, pod.NetnsPath, ln, dst, 0)
@@ -235,6 +256,47 @@ func halfClose(t *testing.T, a, b *net.TCPConn) {
 	if string(got) != "reply" {
 		t.Fatalf("after the peer's close: read %q, want \"reply\"", got)
 	}
+}
+
+// peek is the verifier's probe: recvfrom(MSG_PEEK|MSG_DONTWAIT) of one byte.
+func peek(t *testing.T, c *net.TCPConn) (int, error) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var perr error
+	if err := rc.Control(func(fd uintptr) {
+		n, _, perr = unix.Recvfrom(int(fd), make([]byte, 1), unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return n, perr
+}
+
+// waitPeek waits, in the runtime's poller and bounded by a read deadline,
+// until peek returns want bytes: 1 for data, 0 for the peer's close.
+func waitPeek(t *testing.T, c *net.TCPConn, want int) error {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(waitTimeout))
+	defer c.SetReadDeadline(time.Now().Add(waitTimeout))
+	var n int
+	var perr error
+	if err := rc.Read(func(fd uintptr) bool {
+		n, _, perr = unix.Recvfrom(int(fd), make([]byte, 1), unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return !errors.Is(perr, unix.EAGAIN)
+	}); err != nil {
+		return fmt.Errorf("wait for the peer: %w", err)
+	}
+	if perr != nil || n != want {
+		return fmt.Errorf("peek = %d, %v; want %d", n, perr, want)
+	}
+	return nil
 }
 
 // tcpBytesSent is tcpi_bytes_sent of c: the payload bytes TCP transmitted,
