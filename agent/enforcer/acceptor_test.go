@@ -165,7 +165,7 @@ func TestAcceptorHandover(t *testing.T) {
 	retired := make(chan struct{})
 	go func() {
 		defer close(retired)
-		retireReplaced(old, headerTimeout, 5*time.Second)
+		retireReplaced(old, headerTimeout, 5*time.Second, nil)
 	}()
 	select {
 	case <-retired:
@@ -269,5 +269,51 @@ func BenchmarkAccept(b *testing.B) {
 				c.Close()
 			}
 		})
+	}
+}
+
+// TestRetireReplacedOnClose: a replaced verifier waits out the header
+// timeout before it is retired, unless the Enforcer closes meanwhile.
+func TestRetireReplacedOnClose(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	acc := newAcceptor(ln)
+	t.Cleanup(func() { acc.Close() })
+	srv, err := verifier.New(verifier.Config{
+		Authorizer: verifier.AuthorizerFunc(func(context.Context, *verifier.Request) verifier.Decision { return verifier.Decision{} }),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &podVerifier{srv: srv, view: acc.view()}
+	served := make(chan struct{})
+	v.served = served
+	go func() {
+		defer close(served)
+		srv.Serve(v.view)
+	}()
+	v.view.Close()
+
+	closing := make(chan struct{})
+	retired := make(chan struct{})
+	go func() {
+		defer close(retired)
+		retireReplaced(v, time.Hour, 5*time.Second, closing)
+	}()
+	select {
+	case <-retired:
+		t.Fatal("retired before the header timeout and before closing")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(closing)
+	select {
+	case <-retired:
+	case <-time.After(10 * time.Second):
+		t.Fatal("not retired 10s after closing")
+	}
+	if err := srv.Serve(acc.view()); !errors.Is(err, verifier.ErrServerClosed) {
+		t.Errorf("Serve after retirement: %v, want ErrServerClosed", err)
 	}
 }

@@ -79,6 +79,11 @@ type Enforcer struct {
 	workloads map[string]*workload // by key
 	synced    bool
 	closed    bool
+
+	// closing is closed by Close: replaced verifiers still waiting to be
+	// retired (retiring) are retired at once.
+	closing  chan struct{}
+	retiring sync.WaitGroup
 }
 
 // workload is one local pod's state.
@@ -136,7 +141,8 @@ func New(cfg Config) (*Enforcer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("identity allocator: %w", err)
 	}
-	return &Enforcer{cfg: cfg, dp: cfg.Datapath, log: log, ids: ids, ipc: cfg.IPCache, workloads: map[string]*workload{}}, nil
+	return &Enforcer{cfg: cfg, dp: cfg.Datapath, log: log, ids: ids, ipc: cfg.IPCache, workloads: map[string]*workload{},
+		closing: make(chan struct{})}, nil
 }
 
 // Resolve tells who opened a connection the verifier accepted: the
@@ -451,7 +457,11 @@ func (e *Enforcer) replaceVerifierLocked(w *workload) {
 	if headerTimeout <= 0 {
 		headerTimeout = 10 * time.Second // verifier.Config's default
 	}
-	go retireReplaced(old, headerTimeout, e.cfg.ShutdownGrace)
+	e.retiring.Add(1)
+	go func() {
+		defer e.retiring.Done()
+		retireReplaced(old, headerTimeout, e.cfg.ShutdownGrace, e.closing)
+	}()
 	e.log.Info("replaced verifier", "workload", key, "local_acceleration", next.accel)
 }
 
@@ -461,16 +471,26 @@ func (e *Enforcer) replaceVerifierLocked(w *workload) {
 // (its Config.ReadHeaderTimeout) later, when each of those connections has
 // sent its first request or been closed by the verifier, since Shutdown
 // closes a connection that has sent nothing yet. Its connections then get
-// grace to finish, as on unenrolment.
-func retireReplaced(v *podVerifier, headerTimeout, grace time.Duration) {
+// grace to finish, as on unenrolment. When closing is closed (the
+// Enforcer closes) it retires v at once.
+func retireReplaced(v *podVerifier, headerTimeout, grace time.Duration, closing <-chan struct{}) {
 	t := time.NewTimer(headerTimeout)
 	defer t.Stop()
 	select {
 	case <-v.served: // at once, unless Serve is backing off after EMFILE
+		t.Reset(headerTimeout)
+		select {
+		case <-t.C:
+		case <-closing:
+		}
 	case <-t.C:
+		t.Reset(headerTimeout)
+		select {
+		case <-t.C:
+		case <-closing:
+		}
+	case <-closing:
 	}
-	t.Reset(headerTimeout)
-	<-t.C
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	retire(ctx, v)
@@ -591,6 +611,9 @@ func (e *Enforcer) Workload(key string) (*authz.Workload, bool) {
 // datapath itself is left to the caller (Close keeps pins, Teardown not).
 func (e *Enforcer) Close(ctx context.Context) error {
 	e.mu.Lock()
+	if !e.closed {
+		close(e.closing)
+	}
 	e.closed = true
 	var pods []*enrolled
 	for _, w := range e.workloads {
@@ -609,6 +632,16 @@ func (e *Enforcer) Close(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	// Replaced verifiers retire at once now; wait for them within ctx.
+	retired := make(chan struct{})
+	go func() {
+		e.retiring.Wait()
+		close(retired)
+	}()
+	select {
+	case <-retired:
+	case <-ctx.Done():
+	}
 	return nil
 }
 
