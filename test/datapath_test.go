@@ -21,7 +21,6 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/portcullis-mesh/portcullis/bpf"
-	"github.com/portcullis-mesh/portcullis/bpf/podnet"
 	"github.com/portcullis-mesh/portcullis/bpf/testenv"
 )
 
@@ -272,23 +271,9 @@ func TestDatapathAttributesCallerIdentity(t *testing.T) {
 // the pod's interface.
 func tcxPrograms(t *testing.T, pod *testenv.Pod) []ebpf.ProgramID {
 	t.Helper()
-	var ids []ebpf.ProgramID
-	err := podnet.Do(pod.NetnsPath, func() error {
-		iface, err := net.InterfaceByName(testenv.PodInterface)
-		if err != nil {
-			return err
-		}
-		res, err := link.QueryPrograms(link.QueryOptions{Target: iface.Index, Attach: ebpf.AttachTCXIngress})
-		if err != nil {
-			return err
-		}
-		for _, p := range res.Programs {
-			ids = append(ids, p.ID)
-		}
-		return nil
-	})
+	ids, err := testenv.TCXPrograms(pod.NetnsPath)
 	if err != nil {
-		t.Fatalf("query tcx programs of %s: %v", pod.Name, err)
+		t.Fatal(err)
 	}
 	return ids
 }

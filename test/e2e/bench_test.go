@@ -66,16 +66,7 @@ func envInt(name string, def int) int {
 
 // benchPolicies: a valid token with Orders.Read for GET on appPort only,
 // so directPort stays uncaptured.
-const benchPolicies = `apiVersion: portcullis.dev/v1alpha1
-kind: Issuer
-metadata: {name: entra, namespace: shop}
-spec:
-  azureAD:
-    tenantID: ` + tenant + `
-    authorityHost: {{IDP}}
-    audiences: [api://orders]
----
-apiVersion: portcullis.dev/v1alpha1
+const benchPolicies = entraIssuer + `apiVersion: portcullis.dev/v1alpha1
 kind: AccessPolicy
 metadata: {name: readers, namespace: shop}
 spec:

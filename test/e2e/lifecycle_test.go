@@ -20,7 +20,6 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/portcullis-mesh/portcullis/bpf/cgroupv2"
-	"github.com/portcullis-mesh/portcullis/bpf/podnet"
 	"github.com/portcullis-mesh/portcullis/bpf/testenv"
 )
 
@@ -251,23 +250,9 @@ func TestAgentDeathFailsClosedAndRestartReadopts(t *testing.T) {
 // the pod's interface.
 func tcxPrograms(t *testing.T, p *pod) []ebpf.ProgramID {
 	t.Helper()
-	var ids []ebpf.ProgramID
-	err := podnet.Do(p.NetnsPath, func() error {
-		iface, err := net.InterfaceByName(testenv.PodInterface)
-		if err != nil {
-			return err
-		}
-		res, err := link.QueryPrograms(link.QueryOptions{Target: iface.Index, Attach: ebpf.AttachTCXIngress})
-		if err != nil {
-			return err
-		}
-		for _, prog := range res.Programs {
-			ids = append(ids, prog.ID)
-		}
-		return nil
-	})
+	ids, err := testenv.TCXPrograms(p.NetnsPath)
 	if err != nil {
-		t.Fatalf("query TCX programs of %s: %v", p.Spec.Name, err)
+		t.Fatal(err)
 	}
 	return ids
 }

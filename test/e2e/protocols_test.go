@@ -31,9 +31,9 @@ import (
 	"github.com/portcullis-mesh/portcullis/tools/devidp/idp"
 )
 
-// readerPolicies: on both app ports, a valid token with Orders.Read is
-// needed for everything.
-const readerPolicies = `apiVersion: portcullis.dev/v1alpha1
+// entraIssuer is the shop namespace's Issuer for devidp's tenant, the
+// first document of the tests' policy sets.
+const entraIssuer = `apiVersion: portcullis.dev/v1alpha1
 kind: Issuer
 metadata: {name: entra, namespace: shop}
 spec:
@@ -42,7 +42,11 @@ spec:
     authorityHost: {{IDP}}
     audiences: [api://orders]
 ---
-apiVersion: portcullis.dev/v1alpha1
+`
+
+// readerPolicies: on both app ports, a valid token with Orders.Read is
+// needed for everything.
+const readerPolicies = entraIssuer + `apiVersion: portcullis.dev/v1alpha1
 kind: AccessPolicy
 metadata: {name: readers, namespace: shop}
 spec:
