@@ -122,6 +122,10 @@ type benchResult struct {
 	P50, P99         time.Duration
 	Requests         float64
 	ProxyCPU, AppCPU time.Duration // per request
+	// ProxyCS and AppCS are context switches (voluntary and not, over all
+	// threads) per request: how often the two server processes hand the
+	// shared CPU to each other.
+	ProxyCS, AppCS float64
 }
 
 // benchTarget is one way to reach the app.
@@ -234,14 +238,14 @@ func BenchmarkProxies(b *testing.B) {
 
 	var tbl strings.Builder
 	fmt.Fprintf(&tbl, "medians of %d rounds of %v; servers on CPU %s, wrk on CPU %s\n", benchRounds, benchDuration, serverCPU, loadCPU)
-	fmt.Fprintf(&tbl, "%-11s %5s %10s %7s %9s %9s %13s %13s %9s\n", "target", "conns", "req/s", "x direct", "p50", "p99", "proxy cpu/req", "total cpu/req", "+p50")
+	fmt.Fprintf(&tbl, "%-11s %5s %10s %7s %9s %9s %13s %13s %9s %12s\n", "target", "conns", "req/s", "x direct", "p50", "p99", "proxy cpu/req", "total cpu/req", "+p50", "cs/req p+a")
 	for _, n := range conns {
 		d := median(results["direct"][n])
 		for _, tg := range targets {
 			m := median(results[tg.name][n])
-			fmt.Fprintf(&tbl, "%-11s %5d %10.0f %7.2fx %9v %9v %13v %13v %9v\n", tg.name, n, m.RPS, m.RPS/d.RPS,
+			fmt.Fprintf(&tbl, "%-11s %5d %10.0f %7.2fx %9v %9v %13v %13v %9v %5.2f+%.2f\n", tg.name, n, m.RPS, m.RPS/d.RPS,
 				m.P50.Round(time.Microsecond), m.P99.Round(time.Microsecond), m.ProxyCPU.Round(100*time.Nanosecond),
-				(m.ProxyCPU + m.AppCPU).Round(100*time.Nanosecond), (m.P50 - d.P50).Round(time.Microsecond))
+				(m.ProxyCPU + m.AppCPU).Round(100*time.Nanosecond), (m.P50 - d.P50).Round(time.Microsecond), m.ProxyCS, m.AppCS)
 			if n == 16 && tg.name != "direct" {
 				b.ReportMetric(m.RPS/d.RPS, tg.name+"-x-direct-c16")
 				b.ReportMetric(float64(m.ProxyCPU.Microseconds()), tg.name+"-proxy-cpu-us/req-c16")
@@ -281,6 +285,8 @@ func median(rs []benchResult) benchResult {
 		P99:      time.Duration(pick(func(r benchResult) float64 { return float64(r.P99) })),
 		ProxyCPU: time.Duration(pick(func(r benchResult) float64 { return float64(r.ProxyCPU) })),
 		AppCPU:   time.Duration(pick(func(r benchResult) float64 { return float64(r.AppCPU) })),
+		ProxyCS:  pick(func(r benchResult) float64 { return r.ProxyCS }),
+		AppCS:    pick(func(r benchResult) float64 { return r.AppCS }),
 	}
 }
 
@@ -295,6 +301,7 @@ var (
 func runWrk(b *testing.B, script, url string, conns int, d time.Duration, appPID, proxyPID int) benchResult {
 	b.Helper()
 	app0, proxy0 := cpuTicks(b, appPID), cpuTicks(b, proxyPID)
+	appCS0, proxyCS0 := ctxSwitches(b, appPID), ctxSwitches(b, proxyPID)
 	ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
 	defer cancel()
 	args := []string{"-c", loadCPU, "wrk", "-t1", "-c" + strconv.Itoa(conns), "-d" + strconv.Itoa(int(d.Seconds())) + "s",
@@ -304,6 +311,7 @@ func runWrk(b *testing.B, script, url string, conns int, d time.Duration, appPID
 		b.Fatalf("wrk %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 	app1, proxy1 := cpuTicks(b, appPID), cpuTicks(b, proxyPID)
+	appCS1, proxyCS1 := ctxSwitches(b, appPID), ctxSwitches(b, proxyPID)
 	s := string(out)
 	if m := wrkBad.FindString(s); m != "" {
 		b.Fatalf("wrk %s: %s\n%s", url, m, s)
@@ -331,7 +339,35 @@ func runWrk(b *testing.B, script, url string, conns int, d time.Duration, appPID
 		return time.Duration(float64(ticks) * float64(10*time.Millisecond) / r.Requests) // CLK_TCK is 100 on Linux
 	}
 	r.AppCPU, r.ProxyCPU = perReq(app1-app0), perReq(proxy1-proxy0)
+	r.AppCS, r.ProxyCS = float64(appCS1-appCS0)/r.Requests, float64(proxyCS1-proxyCS0)/r.Requests
 	return r
+}
+
+// ctxSwitches is the number of context switches of all of pid's threads
+// (0 for pid 0). Threads that ended meanwhile are not counted: the servers
+// measured keep theirs.
+func ctxSwitches(b *testing.B, pid int) int64 {
+	if pid == 0 {
+		return 0
+	}
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	if err != nil || len(tasks) == 0 {
+		b.Fatalf("list threads of %d: %v", pid, err)
+	}
+	var n int64
+	for _, t := range tasks {
+		raw, err := os.ReadFile(t)
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+				c, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				n += c
+			}
+		}
+	}
+	return n
 }
 
 // cpuTicks is utime+stime of pid in clock ticks (0 for pid 0).
