@@ -116,6 +116,23 @@ backend app
   server app {{BACKEND}}
 `
 
+// tcpRelayConfig is HAProxy relaying bytes and nothing else: no HTTP
+// parsing, no token, no policy. It is not a peer of Portcullis but the
+// floor under any user-space proxy on this machine: what it costs to
+// carry the same requests through one more process at all.
+const tcpRelayConfig = `global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+listen relay
+  bind {{LISTEN}}
+  server app {{BACKEND}}
+`
+
 // benchResult is one wrk run.
 type benchResult struct {
 	RPS              float64
@@ -137,17 +154,21 @@ type benchTarget struct {
 	// agentExtra is the agent config the target needs (Portcullis
 	// targets).
 	agentExtra string
+	// noChecks marks a proxy that checks nothing (the TCP relay): it
+	// answers 200 without a token too.
+	noChecks bool
 }
 
-// BenchmarkProxies measures requests/s, p50/p99 latency and server CPU
-// per request of a small GET with a valid token, at 1, 16 and 64
-// connections, (a) straight to the app in its pod, (b) through Portcullis
-// (captured) with the token cache, (b') the same with local acceleration,
-// (c) with the cache disabled (when PORTCULLIS_BENCH_NOCACHE_CONFIG says
-// how) and (d) through HAProxy's
-// jwt_verify. Targets alternate round by round; the table of medians and
-// ratios to direct is logged. It runs once whatever b.N is: one run takes
-// minutes.
+// BenchmarkProxies measures requests/s, p50/p99 latency, server CPU and
+// context switches per request of a small GET with a valid token, at 1, 16
+// and 64 connections, (a) straight to the app in its pod, (b) through
+// Portcullis (captured) with the token cache, (b') the same with local
+// acceleration, (c) with the cache disabled (when
+// PORTCULLIS_BENCH_NOCACHE_CONFIG says how), (d) through HAProxy's
+// jwt_verify and (e) through HAProxy relaying TCP bytes without looking at
+// them: the floor of any proxy in user space on this machine. Targets
+// alternate round by round; the table of medians and ratios to direct is
+// printed. It runs once whatever b.N is: one run takes minutes.
 //
 //	go test -run '^$' -bench Proxies -benchtime 1x ./test/e2e/
 func BenchmarkProxies(b *testing.B) {
@@ -183,8 +204,10 @@ func BenchmarkProxies(b *testing.B) {
 	// docs/architecture.md for what an application must not do).
 	targets = append(targets, benchTarget{name: "accelerated", url: orders.URL(appPort, "/hello"), proxy: agentPID,
 		agentExtra: "localAcceleration:\n  enabled: true\n"})
-	haPID, haURL := startHAProxy(b, e, orders)
+	haPID, haURL := startHAProxy(b, e, orders, "haproxy", haproxyConfig)
 	targets = append(targets, benchTarget{name: "haproxy", url: haURL, proxy: func() int { return haPID }})
+	relayPID, relayURL := startHAProxy(b, e, orders, "tcp-relay", tcpRelayConfig)
+	targets = append(targets, benchTarget{name: "tcp-relay", url: relayURL, proxy: func() int { return relayPID }, noChecks: true})
 	// use makes the agent run with the config tg needs (restarting it
 	// when that differs from the running one) and warms tg up.
 	use := func(tg benchTarget) {
@@ -214,7 +237,7 @@ func BenchmarkProxies(b *testing.B) {
 			b.Fatalf("%s: got %d %q, want 200 hello", tg.name, resp.StatusCode, body)
 		}
 		resp, _ = do(b, c, http.MethodGet, tg.url, "", nil)
-		if tg.proxy() != 0 && resp.StatusCode != 401 {
+		if tg.proxy() != 0 && !tg.noChecks && resp.StatusCode != 401 {
 			b.Fatalf("%s without a token: got %d, want 401", tg.name, resp.StatusCode)
 		}
 		runWrk(b, script, tg.url, 16, time.Second, appPID, tg.proxy()) // warm up
@@ -403,9 +426,10 @@ func (e *env) appPID(p *pod) int {
 	return pid
 }
 
-// startHAProxy runs HAProxy on serverCPU in the host netns, in front of
-// the app's direct port, with the tenant's signing key as PEM.
-func startHAProxy(b *testing.B, e *env, orders *pod) (int, string) {
+// startHAProxy runs HAProxy with the config template cfgTemplate on
+// serverCPU in the host netns, in front of the app's direct port, with the
+// tenant's signing key as PEM. name names its files.
+func startHAProxy(b *testing.B, e *env, orders *pod, name, cfgTemplate string) (int, string) {
 	b.Helper()
 	pemPath := filepath.Join(e.dir, "tenant-key.pem")
 	if err := os.WriteFile(pemPath, tenantKeyPEM(b, e.idp), 0o644); err != nil {
@@ -417,8 +441,8 @@ func startHAProxy(b *testing.B, e *env, orders *pod) (int, string) {
 		"{{ISSUER}}", "https://login.microsoftonline.com/"+tenant+"/v2.0",
 		"{{PEM}}", pemPath,
 		"{{BACKEND}}", orders.Addr(directPort).String(),
-	).Replace(haproxyConfig)
-	cfgPath := filepath.Join(e.dir, "haproxy.cfg")
+	).Replace(cfgTemplate)
+	cfgPath := filepath.Join(e.dir, name+".cfg")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		b.Fatal(err)
 	}
@@ -445,7 +469,7 @@ func startHAProxy(b *testing.B, e *env, orders *pod) (int, string) {
 			<-done
 		}
 		if b.Failed() {
-			b.Logf("haproxy output:\n%s", stderr.String())
+			b.Logf("%s output:\n%s", name, stderr.String())
 		}
 	})
 	deadline := time.Now().Add(waitTimeout)
@@ -456,7 +480,7 @@ func startHAProxy(b *testing.B, e *env, orders *pod) (int, string) {
 			break
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("haproxy not answering after %v: %v; output: %s", waitTimeout, err, stderr.String())
+			b.Fatalf("%s not answering after %v: %v; output: %s", name, waitTimeout, err, stderr.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
