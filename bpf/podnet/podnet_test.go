@@ -2,9 +2,14 @@ package podnet_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"runtime"
+	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -97,5 +102,133 @@ func TestListenAndDialInsideNamespace(t *testing.T) {
 	}
 	if _, err := d.DialContext(ctx, "tcp", "localhost:80"); err == nil {
 		t.Error("dial by name: got nil error, want names refused")
+	}
+}
+
+// TestResetInbound: connections that reached the app's listener on a
+// captured port from another host are reset, over IPv4 and IPv6; the
+// agent's own, those to other ports and those over the pod's loopback
+// (the agent's upstream connections) are not.
+func TestResetInbound(t *testing.T) {
+	pod := testenv.NewNetwork(t).NewPod(t, testenv.PodOptions{NoProcess: true})
+	const captured, other = 18080, 18081
+	accepted := make(chan net.Conn, 16)
+	for _, port := range []int{captured, other} {
+		ln, err := podnet.ListenTCP(context.Background(), pod.NetnsPath, fmt.Sprintf(":%d", port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				t.Cleanup(func() { c.Close() })
+				go io.Copy(c, c) //nolint:errcheck // echo
+				accepted <- c
+			}
+		}()
+	}
+	d, err := podnet.NewDialer(pod.NetnsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	// dial connects and waits for the listener to accept, so that every
+	// connection is established and owned by its server when reset runs.
+	dial := func(in bool, addr netip.AddrPort) (client, server net.Conn) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var err error
+		if in {
+			client, err = d.DialContext(ctx, "tcp", addr.String())
+		} else {
+			client, err = (&net.Dialer{}).DialContext(ctx, "tcp", addr.String())
+		}
+		if err != nil {
+			t.Fatalf("dial %s: %v", addr, err)
+		}
+		t.Cleanup(func() { client.Close() })
+		select {
+		case server = <-accepted:
+		case <-ctx.Done():
+			t.Fatalf("dial %s: not accepted", addr)
+		}
+		return client, server
+	}
+	victim4, _ := dial(false, netip.AddrPortFrom(pod.IPv4, captured))
+	victim6, _ := dial(false, netip.AddrPortFrom(pod.IPv6, captured))
+	own, ownServer := dial(false, netip.AddrPortFrom(pod.IPv4, captured))
+	otherPort, _ := dial(false, netip.AddrPortFrom(pod.IPv4, other))
+	loopback, _ := dial(true, netip.MustParseAddrPort(fmt.Sprintf("127.0.0.1:%d", captured)))
+	self, _ := dial(true, netip.AddrPortFrom(pod.IPv4, captured))
+	ownIno := inode(t, ownServer.(syscall.Conn))
+
+	reset, err := podnet.ResetInbound(pod.NetnsPath, podnet.ResetFilter{
+		Captured: func(p uint16) bool { return p == captured },
+		Own:      func(ino uint32) bool { return ino == ownIno },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range reset {
+		got = append(got, c.Remote.String())
+	}
+	slices.Sort(got)
+	want := []string{victim4.LocalAddr().String(), victim6.LocalAddr().String()}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("reset connections from %v, want from %v", got, want)
+	}
+	for name, c := range map[string]net.Conn{"IPv4": victim4, "IPv6": victim6} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("%s connection from another host: read got %v, want ECONNRESET", name, err)
+		}
+	}
+	for name, c := range map[string]net.Conn{"own": own, "other port": otherPort, "loopback": loopback, "pod to itself": self} {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		b := make([]byte, 4)
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Errorf("%s connection: write: %v", name, err)
+			continue
+		}
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
+			t.Errorf("%s connection: echo got %q, %v, want it untouched", name, b, err)
+		}
+	}
+}
+
+// inode is the socket inode of c.
+func inode(t *testing.T, c syscall.Conn) uint32 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.Fstat(int(fd), &st) }); err != nil || serr != nil {
+		t.Fatalf("fstat: %v %v", err, serr)
+	}
+	return uint32(st.Ino)
+}
+
+func TestOwnSockets(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	own, err := podnet.OwnSockets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ino := inode(t, ln.(*net.TCPListener)); !own[ino] {
+		t.Errorf("OwnSockets: %d entries without the listener's inode %d", len(own), ino)
 	}
 }
