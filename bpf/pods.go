@@ -79,6 +79,12 @@ func (s PortSpec) validate() error {
 	return nil
 }
 
+// Covers reports whether s captures port. (The datapath still never
+// captures its listener port, whatever s says.)
+func (s PortSpec) Covers(port uint16) bool {
+	return slices.Contains(s.Ports, port) != (s.Mode == CaptureAllExcept)
+}
+
 func (s PortSpec) normalized() PortSpec {
 	ports := slices.Clone(s.Ports)
 	slices.Sort(ports)

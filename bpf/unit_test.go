@@ -49,6 +49,26 @@ func TestPortSpecValidate(t *testing.T) {
 	}
 }
 
+func TestPortSpecCovers(t *testing.T) {
+	tests := []struct {
+		spec PortSpec
+		port uint16
+		want bool
+	}{
+		{PortSpec{}, 80, false},
+		{PortSpec{Ports: []uint16{80, 443}}, 443, true},
+		{PortSpec{Ports: []uint16{80, 443}}, 8080, false},
+		{PortSpec{Mode: CaptureAllExcept}, 80, true},
+		{PortSpec{Mode: CaptureAllExcept, Ports: []uint16{15006}}, 15006, false},
+		{PortSpec{Mode: CaptureAllExcept, Ports: []uint16{15006}}, 8080, true},
+	}
+	for _, tt := range tests {
+		if got := tt.spec.Covers(tt.port); got != tt.want {
+			t.Errorf("%+v.Covers(%d): got %v, want %v", tt.spec, tt.port, got, tt.want)
+		}
+	}
+}
+
 func TestPortSpecNormalized(t *testing.T) {
 	got := PortSpec{Mode: CaptureAllExcept, Ports: []uint16{443, 80, 443}}.normalized()
 	want := PortSpec{Mode: CaptureAllExcept, Ports: []uint16{80, 443}}

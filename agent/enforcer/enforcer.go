@@ -52,6 +52,11 @@ type Config struct {
 	// is accelerated only when Datapath was opened with an AccelMark. Zero:
 	// only workloads that choose it are accelerated.
 	LocalAcceleration bool
+	// KeepPreexisting leaves alone the connections an application accepted
+	// before capture covered their port. Zero: they are reset when capture
+	// starts (podnet.ResetInbound), so no connection to a captured port
+	// outlives enrolment unchecked; clients reconnect through the verifier.
+	KeepPreexisting bool
 	// ShutdownGrace bounds how long a pod's in-flight requests may finish
 	// when it is unenrolled or its verifier replaced. Zero means 10s.
 	ShutdownGrace time.Duration
@@ -351,8 +356,10 @@ func (e *Enforcer) reconcileLocked(w *workload) {
 			e.log.Error("update captured ports", "workload", w.w.Key(), "error", err)
 			return
 		}
+		old := w.ports
 		w.ports = ports
 		e.log.Info("captured ports changed", "workload", w.w.Key(), "ports", portsString(ports))
+		e.resetPreexisting(w, func(p uint16) bool { return ports.Covers(p) && !old.Covers(p) })
 	}
 	e.setEnrolledMetric()
 }
@@ -386,7 +393,45 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 	w.ports = ports
 	w.err = nil
 	e.log.Info("enrolled workload", "workload", key, "identity", w.w.SPIFFEID(e.cfg.TrustDomain), "ports", portsString(ports), "local_acceleration", v.accel)
+	e.resetPreexisting(w, ports.Covers)
 	return nil
+}
+
+// resetPreexisting resets the connections w's application accepted on the
+// ports captured says capture now covers, before it did: capture only
+// steers new connections. It runs after capture is attached, so every
+// connection that could be missed is one the verifier accepts. Failures are
+// logged, not returned: capture itself is in place.
+func (e *Enforcer) resetPreexisting(w *workload, captured func(uint16) bool) {
+	if e.cfg.KeepPreexisting {
+		return
+	}
+	var own map[uint32]bool
+	var ownErr error
+	reset, err := podnet.ResetInbound(w.w.NetnsPath, podnet.ResetFilter{
+		Captured: captured,
+		// Read once the connections are listed, so that one the verifier
+		// accepted meanwhile is known as its own.
+		Own: func(ino uint32) bool {
+			if own == nil && ownErr == nil {
+				own, ownErr = podnet.OwnSockets()
+			}
+			return ownErr != nil || own[ino] // unsure: reset nothing
+		},
+	})
+	if ownErr != nil {
+		err = errors.Join(err, ownErr)
+	}
+	if len(reset) > 0 {
+		peers := make([]string, 0, min(len(reset), 8))
+		for _, c := range reset[:min(len(reset), 8)] {
+			peers = append(peers, c.Remote.String())
+		}
+		e.log.Info("reset connections opened before capture", "workload", w.w.Key(), "connections", len(reset), "peers", peers)
+	}
+	if err != nil {
+		e.log.Warn("reset connections opened before capture", "workload", w.w.Key(), "error", err)
+	}
 }
 
 // newVerifierLocked returns a verifier for w, not serving yet.

@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -298,8 +300,9 @@ func (e *env) sockopsAttachedOnce(t *testing.T, step string) ebpf.ProgramID {
 
 // TestWorkloadsChangeAtRuntime adds and removes the protected pod from the
 // workloads file while the agent runs: capture starts and stops without a
-// restart, and a connection that was established before unenrolment keeps
-// working.
+// restart, a connection the app accepted before enrolment is reset (it would
+// otherwise go on unchecked), and a connection that was established before
+// unenrolment keeps working.
 func TestWorkloadsChangeAtRuntime(t *testing.T) {
 	e := newEnv(t, demoPods(e2eApp))
 	e.setPolicies(readers("Enforce", "Orders.Read"))
@@ -338,8 +341,28 @@ func TestWorkloadsChangeAtRuntime(t *testing.T) {
 	if got := status(); got != 200 {
 		t.Fatalf("orders-api not enrolled: got %d, want 200 from the app itself", got)
 	}
+	// A keep-alive connection straight to the app, before capture.
+	early, err := net.DialTimeout("tcp", orders.Addr(appPort).String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer early.Close()
+	early.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(early)
+	fmt.Fprintf(early, "GET /orders/1 HTTP/1.1\r\nHost: orders\r\n\r\n")
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("keep-alive request straight to the app: %v %v, want 200", resp, err)
+	} else {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
 	e.writeWorkloads()
 	eventually("after enrolling orders-api", 401)
+	// Enrolment reset it, so it cannot carry requests to the app unchecked.
+	early.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := br.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("connection accepted by the app before enrolment: read got %d, %v; want it reset", n, err)
+	}
 
 	// An allowed keep-alive connection through the verifier, then unenrol.
 	tok := mintTokens(t)
