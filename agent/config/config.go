@@ -158,14 +158,22 @@ type TokensConfig struct {
 // LimitsConfig bounds client resources. Zero values take the verifier's
 // defaults.
 type LimitsConfig struct {
-	// MaxHeaderBytes bounds a request's header block. Zero: 64 KiB.
+	// MaxHeaderBytes bounds a request's header block. Zero: 32 KiB.
 	MaxHeaderBytes int `json:"maxHeaderBytes,omitempty"`
-	// MaxHeaders bounds the number of header fields. Zero: 100.
+	// MaxHeaders bounds the number of header fields. Zero: 128.
 	MaxHeaders int `json:"maxHeaders,omitempty"`
 	// HeaderTimeout bounds reading a request's header (slowloris). Zero: 10s.
 	HeaderTimeout Duration `json:"headerTimeout,omitempty"`
 	// IdleTimeout closes keep-alive connections idle this long. Zero: 120s.
 	IdleTimeout Duration `json:"idleTimeout,omitempty"`
+	// StreamIdleTimeout closes a request whose body, response body or
+	// upgraded tunnel (WebSocket) moved no byte in either direction this
+	// long (slowloris after the header, stalled applications); HTTP/2
+	// streams are reset. Steady streams, however slow, are never cut; the
+	// wait for a response head (long polls) and passthrough ports are not
+	// covered. Zero: 5m. There is no "off": raise it (e.g. 24h) for
+	// long-lived streams that may stay silent longer.
+	StreamIdleTimeout Duration `json:"streamIdleTimeout,omitempty"`
 	// MaxConnsPerPod bounds concurrent client connections per pod. Zero: 4096.
 	MaxConnsPerPod int `json:"maxConnsPerPod,omitempty"`
 	// PassthroughPorts are captured ports that carry non-HTTP traffic: only

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 func writeFile(t *testing.T, dir, name, body string) string {
@@ -62,6 +64,8 @@ func TestLoadErrors(t *testing.T) {
 			[]string{"listenerPort: 70000 is not a TCP port", "audit.allowSampleRate: 2 is not within 0..1"}},
 		{"bad duration", "local: {workloads: w, policies: p}\nshutdownGrace: 5\n", []string{"duration must be a string"}},
 		{"negative duration", "local: {workloads: w, policies: p}\nshutdownGrace: -5s\n", []string{`duration "-5s" is negative`}},
+		{"negative stream idle timeout", "local: {workloads: w, policies: p}\nlimits: {streamIdleTimeout: -1s}\n", []string{`duration "-1s" is negative`}},
+		{"stream idle timeout not a duration", "local: {workloads: w, policies: p}\nlimits: {streamIdleTimeout: 5m30}\n", []string{`missing unit in duration "5m30"`}},
 		{"bad log", "local: {workloads: w, policies: p}\nlog: {format: xml, level: loud}\n", []string{`log.format: "xml"`, `log.level: "loud"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -88,5 +92,42 @@ func TestNodeNameFromDownwardAPI(t *testing.T) {
 	}
 	if got, want := c.NodeName, "node-7"; got != want {
 		t.Errorf("NodeName: got %q, want %q", got, want)
+	}
+}
+
+func TestLoadLimits(t *testing.T) {
+	for _, tt := range []struct {
+		name, limits string
+		want         LimitsConfig
+	}{
+		// Zero values are left for the verifier to default (5m for
+		// streamIdleTimeout).
+		{"none", "", LimitsConfig{}},
+		{"all", `limits:
+  maxHeaderBytes: 16384
+  maxHeaders: 64
+  headerTimeout: 3s
+  idleTimeout: 2m
+  streamIdleTimeout: 30m
+  maxConnsPerPod: 100
+  passthroughPorts: [5432]
+`, LimitsConfig{
+			MaxHeaderBytes: 16384, MaxHeaders: 64,
+			HeaderTimeout: Duration{3 * time.Second}, IdleTimeout: Duration{2 * time.Minute},
+			StreamIdleTimeout: Duration{30 * time.Minute},
+			MaxConnsPerPod:    100, PassthroughPorts: []int{5432},
+		}},
+		{"stream idle timeout only", "limits: {streamIdleTimeout: 90s}\n", LimitsConfig{StreamIdleTimeout: Duration{90 * time.Second}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := writeFile(t, t.TempDir(), "agent.yaml", "local: {workloads: w, policies: p}\n"+tt.limits)
+			c, err := Load(p)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if diff := cmp.Diff(tt.want, c.Limits); diff != "" {
+				t.Errorf("Limits mismatch (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

@@ -51,6 +51,7 @@ type Metrics struct {
 	decisionSeconds prometheus.Histogram
 	upstreamSeconds prometheus.Histogram
 	connections     *prometheus.CounterVec
+	streamIdle      *prometheus.CounterVec
 	openConns       prometheus.Gauge
 	enrolledPods    prometheus.Gauge
 }
@@ -88,6 +89,10 @@ func New(bi BuildInfo) *Metrics {
 			Namespace: Namespace, Subsystem: "verifier", Name: "connections_total",
 			Help: "Captured connections by result (accepted, passthrough, refused_tls, refused_non_http, refused_limit, refused_timeout, refused_l4).",
 		}, []string{"result"}),
+		streamIdle: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "verifier", Name: "stream_idle_timeouts_total",
+			Help: "Exchanges closed because no byte of their bodies or tunnel moved either way for limits.streamIdleTimeout, by protocol (http/1.1, h2, grpc, upgrade).",
+		}, []string{"protocol"}),
 		openConns: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: Namespace, Subsystem: "verifier", Name: "open_connections",
 			Help: "Captured connections currently open.",
@@ -118,7 +123,7 @@ func New(bi BuildInfo) *Metrics {
 		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": runtime.Version()},
 	})
 	build.Set(1)
-	reg.MustRegister(m.requests, m.decisionSeconds, m.upstreamSeconds, m.connections, m.openConns,
+	reg.MustRegister(m.requests, m.decisionSeconds, m.upstreamSeconds, m.connections, m.streamIdle, m.openConns,
 		m.enrolledPods, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -157,6 +162,15 @@ func (m *Metrics) Connection(result string) {
 		return
 	}
 	m.connections.WithLabelValues(result).Inc()
+}
+
+// StreamIdleTimeout counts an exchange closed because its bodies or tunnel
+// stalled; protocol is http/1.1, h2, grpc or upgrade (an upgraded tunnel).
+func (m *Metrics) StreamIdleTimeout(protocol string) {
+	if m == nil {
+		return
+	}
+	m.streamIdle.WithLabelValues(protocol).Inc()
 }
 
 // ConnOpened and ConnClosed track currently open captured connections.

@@ -18,6 +18,9 @@ func TestRequestsAndConnections(t *testing.T) {
 	m.ObserveRequest("deny", "expired", "", "enforce", 30*time.Microsecond)
 	m.Connection(ConnAccepted)
 	m.Connection(ConnRefusedTLS)
+	m.StreamIdleTimeout("upgrade")
+	m.StreamIdleTimeout("h2")
+	m.StreamIdleTimeout("h2")
 	m.SetEnrolledPods(3)
 
 	want := `
@@ -29,13 +32,17 @@ portcullis_verifier_requests_total{decision="deny",mode="enforce",policy="none",
 # TYPE portcullis_verifier_connections_total counter
 portcullis_verifier_connections_total{result="accepted"} 1
 portcullis_verifier_connections_total{result="refused_tls"} 1
+# HELP portcullis_verifier_stream_idle_timeouts_total Exchanges closed because no byte of their bodies or tunnel moved either way for limits.streamIdleTimeout, by protocol (http/1.1, h2, grpc, upgrade).
+# TYPE portcullis_verifier_stream_idle_timeouts_total counter
+portcullis_verifier_stream_idle_timeouts_total{protocol="h2"} 2
+portcullis_verifier_stream_idle_timeouts_total{protocol="upgrade"} 1
 # HELP portcullis_agent_enrolled_pods Pods on this node whose inbound connections are captured.
 # TYPE portcullis_agent_enrolled_pods gauge
 portcullis_agent_enrolled_pods 3
 `
 	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want),
 		"portcullis_verifier_requests_total", "portcullis_verifier_connections_total",
-		"portcullis_agent_enrolled_pods"); err != nil {
+		"portcullis_verifier_stream_idle_timeouts_total", "portcullis_agent_enrolled_pods"); err != nil {
 		t.Error(err)
 	}
 	if n := testutil.CollectAndCount(m.decisionSeconds); n != 1 {
@@ -131,6 +138,7 @@ func TestNilMetricsIsNoop(t *testing.T) {
 	m.ObserveRequest("allow", "", "", "enforce", 0)
 	m.ObserveUpstream(0)
 	m.Connection(ConnAccepted)
+	m.StreamIdleTimeout("http/1.1")
 	m.ConnOpened()
 	m.ConnClosed()
 	m.SetEnrolledPods(1)

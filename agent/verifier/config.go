@@ -47,6 +47,17 @@ type Config struct {
 	// for this long (for 15/16 of it at least: the deadline of a busy
 	// connection is moved in steps of IdleTimeout/16). Zero means 120s.
 	IdleTimeout time.Duration
+	// StreamIdleTimeout closes both connections of an exchange whose
+	// request body, response body or upgraded tunnel (WebSocket) moved no
+	// byte in either direction for this long (for at most 1¼ of it:
+	// progress is looked at every StreamIdleTimeout/4), against clients
+	// and applications that stall mid-stream. A stream moving steadily
+	// one way, however slowly, is never cut. The wait for a response head
+	// once the request body is sent is not covered (long polls:
+	// ResponseHeaderTimeout), nor are passthrough ports. On HTTP/2 it
+	// resets the stream, not the connection. Zero means 5m; negative means
+	// no limit.
+	StreamIdleTimeout time.Duration
 	// MaxConns bounds concurrent connections served for the pod; more are
 	// closed on accept and counted. Zero means 4096.
 	MaxConns int
@@ -101,6 +112,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = 120 * time.Second
+	}
+	if c.StreamIdleTimeout == 0 {
+		c.StreamIdleTimeout = 5 * time.Minute
 	}
 	if c.MaxConns <= 0 {
 		c.MaxConns = 4096

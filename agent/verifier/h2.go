@@ -33,6 +33,12 @@ func (s *Server) initH2() error {
 		MaxUploadBufferPerConnection: 1 << 20,
 		MaxUploadBufferPerStream:     1 << 20,
 	}
+	if cfg.StreamIdleTimeout > 0 {
+		// A client that stops reading the whole connection: streams are
+		// watched one by one (h2handler.forward), the connection's writes
+		// here.
+		s.h2.WriteByteTimeout = cfg.StreamIdleTimeout
+	}
 	// The base server only carries limits and the graceful-shutdown hook
 	// (GOAWAY) that ConfigureServer registers; it never serves itself.
 	s.h2base = &http.Server{
@@ -203,7 +209,29 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 	if r.ContentLength == 0 {
 		out.Body = http.NoBody
 	}
-	out = out.WithContext(r.Context())
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	out = out.WithContext(ctx)
+	proto := HTTP2
+	if grpc {
+		proto = GRPC
+	}
+	rc := http.NewResponseController(w)
+	sw := newStreamWatch(s.cfg.StreamIdleTimeout, func(label string, _ [2]net.Conn) {
+		// Fail the request body (the application sees an error, never a
+		// short body), reset the client's stream, and abort the upstream
+		// request. The handler is still running: sw.stop comes first.
+		s.cfg.Metrics.StreamIdleTimeout(label)
+		s.cfg.Logger.Debug("stream idle timeout", "protocol", label, "port", ci.local.Port(), "source", ci.sourceID)
+		rc.SetReadDeadline(aLongTimeAgo)
+		rc.SetWriteDeadline(aLongTimeAgo)
+		cancel()
+	})
+	defer sw.stop()
+	if out.Body != http.NoBody && sw != nil {
+		sw.begin(nil, nil, string(proto))
+		out.Body = &watchedBody{ReadCloser: r.Body, w: sw}
+	}
 	strip := *s.strip.Load()
 	conn := r.Header["Connection"]
 	for k, vv := range r.Header {
@@ -257,19 +285,21 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 		wh.Add("Trailer", k)
 	}
 	w.WriteHeader(resp.StatusCode)
-	rc := http.NewResponseController(w)
+	sw.begin(nil, nil, string(proto))
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
 	buf := *bp
 	for {
 		n, err := resp.Body.Read(buf)
 		if n > 0 {
+			sw.mark()
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return
 			}
 			if rc.Flush() != nil {
 				return
 			}
+			sw.mark()
 		}
 		if err == io.EOF {
 			break
@@ -280,7 +310,33 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 			panic(http.ErrAbortHandler)
 		}
 	}
+	if !sw.end() {
+		panic(http.ErrAbortHandler) // the stream is being reset
+	}
 	for k, vv := range resp.Trailer {
 		wh[http.TrailerPrefix+k] = vv
 	}
+}
+
+// aLongTimeAgo is a deadline in the past: it fails pending and later I/O.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// watchedBody is an HTTP/2 request body whose reads are progress of its
+// stream's watch; the transfer ends at the first error or EOF.
+type watchedBody struct {
+	io.ReadCloser
+	w    *streamWatch
+	done bool // only the transport's body writer reads
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.w.mark()
+	}
+	if err != nil && !b.done {
+		b.done = true
+		b.w.end()
+	}
+	return n, err
 }

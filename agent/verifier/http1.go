@@ -30,6 +30,10 @@ type h1conn struct {
 	// idleUntil is the idle deadline currently set on c; zero when c's read
 	// deadline is anything else.
 	idleUntil time.Time
+	// watch bounds stalls of bodies and tunnels (StreamIdleTimeout); nil
+	// when there is no limit. sw is its storage.
+	watch *streamWatch
+	sw    streamWatch
 	// grown is set once br was replaced by a bigger buffer over a
 	// MultiReader: reading c directly is then no longer safe to reason
 	// about, so request bodies are not spliced.
@@ -47,6 +51,11 @@ var copyBufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return 
 func (h *h1conn) serve() {
 	s := h.s
 	h.bw = bufio.NewWriterSize(newRawIO(h.c), 4096)
+	if t := s.cfg.StreamIdleTimeout; t > 0 {
+		h.sw.tick, h.sw.onIdle = t/streamTicks, h.streamIdle
+		h.watch = &h.sw
+		defer h.watch.stop()
+	}
 	for first := true; ; first = false {
 		if !first {
 			if !s.setIdle(h.sc, true) {
@@ -278,7 +287,14 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 	var bodyDone chan error
 	if hasBody {
 		bodyDone = make(chan error, 1)
-		go func() { bodyDone <- h.sendRequestBody(uc, req) }()
+		h.watch.begin(h.c, uc.c, string(HTTP1))
+		go func() {
+			err := h.sendRequestBody(uc, req)
+			if !h.watch.end() && err == nil {
+				err = errStreamIdle
+			}
+			bodyDone <- err
+		}()
 		resp, err = h.readResponse(uc, req)
 		if err != nil {
 			uc.c.Close()
@@ -304,14 +320,20 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 			return false
 		}
 		h.s.setKind(h.sc, kindSplice)
-		splice(h.c, drain(h.br), uc.c, drain(uc.br), h.s.cfg.NoSplice)
+		h.watch.begin(h.c, uc.c, protoUpgrade)
+		splice(h.c, drain(h.br), uc.c, drain(uc.br), h.s.cfg.NoSplice, h.watch)
+		h.watch.end()
 		return false
 	}
 
 	fr := h.framingFor(resp, req)
 	h.writeResponseHead(resp, req, fr)
 	reusable := !resp.Close
+	h.watch.begin(h.c, uc.c, string(HTTP1))
 	werr, rerr := h.relayBody(resp, uc, fr)
+	if !h.watch.end() && werr == nil {
+		werr = errStreamIdle // both connections are closed
+	}
 	if rerr != nil || werr != nil {
 		reusable = false
 	}
@@ -577,7 +599,7 @@ func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request) error {
 		return nil
 	}
 	chunked := req.ContentLength < 0
-	_, rerr, werr := copyBody(uc.bw, req.Body, h.br, chunked)
+	_, rerr, werr := copyBody(uc.bw, req.Body, h.br, chunked, h.watch)
 	if rerr == nil && werr == nil && chunked {
 		werr = writeLastChunk(uc.bw, req.Trailer)
 	}
@@ -607,7 +629,7 @@ func (h *h1conn) relayBody(resp *http.Response, uc *upConn, fr framing) (werr, r
 		}
 		return nil, nil
 	}
-	_, rerr, werr = copyBody(h.bw, resp.Body, upBuf, fr.chunked)
+	_, rerr, werr = copyBody(h.bw, resp.Body, upBuf, fr.chunked, h.watch)
 	if rerr == nil && werr == nil && fr.chunked {
 		werr = writeLastChunk(h.bw, resp.Trailer)
 	}
@@ -651,14 +673,16 @@ func spliceN(dst net.Conn, dstBuf *bufio.Writer, src net.Conn, srcBuf *bufio.Rea
 // copyBody copies src to dst, optionally as chunks, flushing whenever the
 // source has nothing more buffered (so streams stay live) — and only then,
 // so a small response goes out in one write with its head. src's underlying
-// buffer, when known, tells whether more bytes are already available.
-func copyBody(dst *bufio.Writer, src io.Reader, srcBuf *bufio.Reader, chunked bool) (n int64, rerr, werr error) {
+// buffer, when known, tells whether more bytes are already available. Reads
+// and flushes mark progress on w.
+func copyBody(dst *bufio.Writer, src io.Reader, srcBuf *bufio.Reader, chunked bool, w *streamWatch) (n int64, rerr, werr error) {
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
 	buf := *bp
 	for {
 		m, err := src.Read(buf)
 		if m > 0 {
+			w.mark()
 			n += int64(m)
 			if chunked {
 				dst.Write(strconv.AppendInt(dst.AvailableBuffer(), int64(m), 16))
@@ -670,6 +694,7 @@ func copyBody(dst *bufio.Writer, src io.Reader, srcBuf *bufio.Reader, chunked bo
 			}
 			if werr == nil && (srcBuf == nil || srcBuf.Buffered() == 0) && err == nil {
 				werr = dst.Flush()
+				w.mark()
 			}
 			if werr != nil {
 				return n, nil, werr
@@ -696,6 +721,24 @@ func writeLastChunk(bw *bufio.Writer, trailer http.Header) error {
 	}
 	_, err := bw.WriteString("\r\n")
 	return err
+}
+
+// protoUpgrade labels stream idle timeouts of upgraded (spliced) HTTP/1.1
+// connections.
+const protoUpgrade = "upgrade"
+
+// streamIdle is the watch's onIdle: it ends a stalled exchange. The client
+// is reset (nothing it is owed can still arrive), the application sees its
+// connection end before the body did.
+func (h *h1conn) streamIdle(proto string, conns [2]net.Conn) {
+	h.s.cfg.Metrics.StreamIdleTimeout(proto)
+	h.s.cfg.Logger.Debug("stream idle timeout", "protocol", proto, "port", h.ci.local.Port(), "source", h.ci.sourceID)
+	if conns[0] != nil {
+		closeNoTimeWait(conns[0])
+	}
+	if conns[1] != nil {
+		conns[1].Close()
+	}
 }
 
 // fillRecord fills rec for one decision.

@@ -461,13 +461,16 @@ func (s *Server) servePassthrough(c net.Conn, ci *connInfo) {
 		return
 	}
 	defer up.Close()
-	splice(c, nil, up, nil, s.cfg.NoSplice)
+	// No stream idle timeout: idle database connections and the like are
+	// the norm on passthrough ports.
+	splice(c, nil, up, nil, s.cfg.NoSplice, nil)
 }
 
 // splice copies both ways until both directions end, first flushing bytes
 // already buffered in the readers. Copies between TCP connections use
-// splice(2) inside io.Copy, unless userSpace (Config.NoSplice).
-func splice(a net.Conn, abuf []byte, b net.Conn, bbuf []byte, userSpace bool) {
+// splice(2) inside io.Copy, unless userSpace (Config.NoSplice); those in
+// user space mark progress on w (nil: none).
+func splice(a net.Conn, abuf []byte, b net.Conn, bbuf []byte, userSpace bool, w *streamWatch) {
 	done := make(chan struct{}, 2)
 	half := func(dst, src net.Conn, pre []byte) {
 		defer func() { done <- struct{}{} }()
@@ -482,7 +485,11 @@ func splice(a net.Conn, abuf []byte, b net.Conn, bbuf []byte, userSpace bool) {
 			bp := copyBufPool.Get().(*[]byte)
 			// The anonymous structs hide ReaderFrom and WriterTo, the
 			// paths to splice(2).
-			_, err = io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, *bp)
+			var r io.Reader = struct{ io.Reader }{src}
+			if w != nil {
+				r = markReader{src, w}
+			}
+			_, err = io.CopyBuffer(struct{ io.Writer }{dst}, r, *bp)
 			copyBufPool.Put(bp)
 		} else {
 			_, err = io.Copy(dst, src)
