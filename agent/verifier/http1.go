@@ -630,13 +630,19 @@ func (h *h1conn) relayBody(resp *http.Response, uc *upConn, fr framing) (werr, r
 		return nil, nil
 	}
 	_, rerr, werr = copyBody(h.bw, resp.Body, upBuf, fr.chunked, h.watch)
-	if rerr == nil && werr == nil && fr.chunked {
+	if rerr != nil || werr != nil {
+		// Not resp.Body.Close: net/http's chunked body reads on to its
+		// end, and an endless stream (server-sent events) never ends. The
+		// caller closes the connection instead.
+		return werr, rerr
+	}
+	if fr.chunked {
 		werr = writeLastChunk(h.bw, resp.Trailer)
 	}
 	if werr == nil {
 		werr = h.bw.Flush()
 	}
-	resp.Body.Close()
+	resp.Body.Close() // at EOF: reads nothing more
 	return werr, rerr
 }
 

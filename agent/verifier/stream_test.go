@@ -334,3 +334,50 @@ func watchHeap(t *testing.T) func() uint64 {
 	t.Cleanup(func() { get() })
 	return get
 }
+
+// TestClientGoneMidStream: when the client leaves in the middle of an
+// endless chunked response (server-sent events), the verifier lets go of
+// the application's stream instead of reading it on.
+func TestClientGoneMidStream(t *testing.T) {
+	ended := make(chan error, 1)
+	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		rc := http.NewResponseController(w)
+		deadline := time.Now().Add(10 * time.Second) // never outlive the test
+		for time.Now().Before(deadline) {
+			_, err := io.WriteString(w, "data: tick\n\n")
+			if err == nil {
+				err = rc.Flush()
+			}
+			if err != nil {
+				ended <- err
+				return
+			}
+			time.Sleep(5 * time.Millisecond) // the pace of the stream
+		}
+		ended <- nil
+	}))
+	h := start(t, appAddr(app), Config{})
+	c, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "GET /events HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "+tokGood+"\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, len("data: tick\n\n"))); err != nil {
+		t.Fatalf("first event: %v", err)
+	}
+	c.Close()
+	select {
+	case err := <-ended:
+		if err == nil {
+			t.Error("application streamed for 10s to a client that had left")
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("application handler did not end")
+	}
+}
