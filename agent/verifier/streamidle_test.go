@@ -162,6 +162,62 @@ func TestStreamIdleResponseBody(t *testing.T) {
 	}
 }
 
+// writeResult is what an application handler saw writing a response.
+type writeResult struct {
+	lastOK time.Time // the end of its last successful write
+	failed time.Time // when a write failed
+	n      int64
+	err    error
+}
+
+func TestStreamIdleClientStopsReading(t *testing.T) {
+	const chunk, most = 64 << 10, 512 << 20 // far more than the sockets between can hold
+	for _, tt := range []struct {
+		name     string
+		length   bool // Content-Length (spliced) or chunked
+		noSplice bool
+	}{
+		{name: "content-length spliced", length: true},
+		{name: "content-length copied", length: true, noSplice: true},
+		{name: "chunked"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := make(chan writeResult, 1)
+			app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if tt.length {
+					w.Header().Set("Content-Length", strconv.Itoa(most))
+				}
+				res := writeResult{lastOK: time.Now()}
+				b := make([]byte, chunk)
+				for res.n < most {
+					n, err := w.Write(b)
+					res.n += int64(n)
+					if err != nil {
+						res.err, res.failed = err, time.Now()
+						break
+					}
+					res.lastOK = time.Now()
+				}
+				got <- res
+			}))
+			h := start(t, appAddr(app), Config{StreamIdleTimeout: idleShort, NoSplice: tt.noSplice})
+			c := dialRaw(t, h.addr)
+			io.WriteString(c, "GET /big HTTP/1.1\r\nHost: a\r\n"+authLine+"\r\n")
+			// The client reads nothing: every buffer between fills up.
+			select {
+			case r := <-got:
+				if r.err == nil {
+					t.Fatalf("application wrote all %d bytes to a client that reads nothing", r.n)
+				}
+				checkIdleAfter(t, r.lastOK, r.failed, idleShort)
+			case <-time.After(closeLimit(idleShort) + 5*time.Second):
+				t.Fatal("application still writing to a client that reads nothing")
+			}
+			checkIdleMetric(t, h, "http/1.1", 1)
+		})
+	}
+}
+
 // tunnelApp answers an Upgrade: test request with 101 and then, on /idle,
 // says nothing and reports when the connection ends; on /push, writes
 // pushes bytes (one per interval), then echoes what it reads.
