@@ -34,4 +34,9 @@
 //   - TLS or non-HTTP bytes on a captured port are refused, unless the port
 //     is declared passthrough, where an L4 decision (the caller's identity
 //     only) applies.
+//   - No phase of an HTTP exchange can be held open by a silent peer: the
+//     header read (ReadHeaderTimeout), the wait between requests
+//     (IdleTimeout), and bodies and upgraded tunnels in which no byte moves
+//     either way (StreamIdleTimeout) are bounded; only the wait for a
+//     response head is the application's business.
 package verifier
