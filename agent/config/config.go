@@ -57,6 +57,10 @@ type Config struct {
 	// pinned. Zero: false — the datapath stays and keeps captured ports
 	// closed (fail closed) until an agent re-adopts it.
 	TeardownOnExit bool `json:"teardownOnExit,omitempty"`
+	// KeepPreexistingConnections leaves alone the connections an
+	// application accepted before capture covered their port. Zero: false —
+	// they are reset when capture starts, so none goes on unchecked.
+	KeepPreexistingConnections bool `json:"keepPreexistingConnections,omitempty"`
 
 	// LocalAcceleration moves the bytes between the agent and the
 	// applications it forwards to through a sockmap instead of TCP/IP over

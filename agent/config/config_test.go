@@ -50,6 +50,20 @@ limits:
 	if got, want := c.LocalAcceleration, (AccelerationConfig{Mark: DefaultAccelerationMark}); got != want {
 		t.Errorf("LocalAcceleration: got %+v, want %+v (off)", got, want)
 	}
+	if c.KeepPreexistingConnections {
+		t.Errorf("KeepPreexistingConnections: got true, want false (reset) by default")
+	}
+}
+
+func TestLoadKeepPreexistingConnections(t *testing.T) {
+	p := writeFile(t, t.TempDir(), "agent.yaml", "local: {workloads: w, policies: p}\nkeepPreexistingConnections: true\n")
+	c, err := Load(p)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if !c.KeepPreexistingConnections {
+		t.Errorf("KeepPreexistingConnections: got false, want true")
+	}
 }
 
 func TestLoadErrors(t *testing.T) {

@@ -428,6 +428,7 @@ func (e *Enforcer) resetPreexisting(w *workload, captured func(uint16) bool) {
 			peers = append(peers, c.Remote.String())
 		}
 		e.log.Info("reset connections opened before capture", "workload", w.w.Key(), "connections", len(reset), "peers", peers)
+		e.cfg.Metrics.PreexistingReset(len(reset))
 	}
 	if err != nil {
 		e.log.Warn("reset connections opened before capture", "workload", w.w.Key(), "error", err)

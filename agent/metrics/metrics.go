@@ -54,6 +54,7 @@ type Metrics struct {
 	streamIdle      *prometheus.CounterVec
 	openConns       prometheus.Gauge
 	enrolledPods    prometheus.Gauge
+	preexisting     prometheus.Counter
 }
 
 // BuildInfo labels portcullis_build_info.
@@ -101,6 +102,10 @@ func New(bi BuildInfo) *Metrics {
 			Namespace: Namespace, Subsystem: "agent", Name: "enrolled_pods",
 			Help: "Pods on this node whose inbound connections are captured.",
 		}),
+		preexisting: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Subsystem: "agent", Name: "preexisting_connections_reset_total",
+			Help: "Connections an application accepted before capture covered their port, reset when capture started.",
+		}),
 	}
 	m.requestCtrs = newRequestCounters(m.requests, maxCachedRequestLabels)
 	version, revision := bi.Version, bi.Revision
@@ -124,7 +129,7 @@ func New(bi BuildInfo) *Metrics {
 	})
 	build.Set(1)
 	reg.MustRegister(m.requests, m.decisionSeconds, m.upstreamSeconds, m.connections, m.streamIdle, m.openConns,
-		m.enrolledPods, build,
+		m.enrolledPods, m.preexisting, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -185,6 +190,14 @@ func (m *Metrics) ConnClosed() {
 	if m != nil {
 		m.openConns.Dec()
 	}
+}
+
+// PreexistingReset counts n connections reset at the start of capture.
+func (m *Metrics) PreexistingReset(n int) {
+	if m == nil {
+		return
+	}
+	m.preexisting.Add(float64(n))
 }
 
 // SetEnrolledPods sets the number of captured pods.

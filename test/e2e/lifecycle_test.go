@@ -363,6 +363,9 @@ func TestWorkloadsChangeAtRuntime(t *testing.T) {
 	if n, err := br.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("connection accepted by the app before enrolment: read got %d, %v; want it reset", n, err)
 	}
+	if got := e.agent.metric("portcullis_agent_preexisting_connections_reset_total"); got != 1 {
+		t.Errorf("portcullis_agent_preexisting_connections_reset_total: got %v, want 1", got)
+	}
 
 	// An allowed keep-alive connection through the verifier, then unenrol.
 	tok := mintTokens(t)
