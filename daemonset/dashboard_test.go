@@ -18,6 +18,7 @@ import (
 // instance variable); the dashboard must chart each and nothing else.
 var agentMetrics = []string{
 	"portcullis_agent_enrolled_pods",
+	"portcullis_agent_preexisting_connections_reset_total",
 	"portcullis_audit_records_dropped_total",
 	"portcullis_build_info",
 	"portcullis_datapath_events_total",
@@ -31,6 +32,7 @@ var agentMetrics = []string{
 	"portcullis_verifier_decision_duration_seconds_bucket",
 	"portcullis_verifier_open_connections",
 	"portcullis_verifier_requests_total",
+	"portcullis_verifier_stream_idle_timeouts_total",
 	"portcullis_verifier_upstream_duration_seconds_bucket",
 }
 
