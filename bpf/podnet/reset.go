@@ -31,8 +31,10 @@ type ResetFilter struct {
 	// no port: nothing is reset.
 	Captured func(port uint16) bool
 	// Own reports whether a socket inode belongs to the caller (the
-	// agent's accepted connections have captured local ports too). Nil
-	// means none does.
+	// agent's accepted connections have captured local ports too). It is
+	// called only after the connections are listed, so a caller that reads
+	// its own sockets at the first call also knows those it accepted while
+	// the listing ran. Nil means none does.
 	Own func(inode uint32) bool
 }
 
