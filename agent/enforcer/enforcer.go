@@ -351,6 +351,7 @@ func (e *Enforcer) reconcileLocked(w *workload) {
 			e.log.Error("enrol workload", "workload", w.w.Key(), "error", err)
 		}
 	case want && !samePorts(w.ports, ports):
+		before := e.established(w)
 		if err := e.dp.UpdatePorts(w.w.Key(), ports); err != nil {
 			w.err = err
 			e.log.Error("update captured ports", "workload", w.w.Key(), "error", err)
@@ -359,7 +360,7 @@ func (e *Enforcer) reconcileLocked(w *workload) {
 		old := w.ports
 		w.ports = ports
 		e.log.Info("captured ports changed", "workload", w.w.Key(), "ports", portsString(ports))
-		e.resetPreexisting(w, func(p uint16) bool { return ports.Covers(p) && !old.Covers(p) })
+		e.resetPreexisting(w, func(p uint16) bool { return ports.Covers(p) && !old.Covers(p) }, before)
 	}
 	e.setEnrolledMetric()
 }
@@ -371,6 +372,9 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 	key := w.w.Key()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// Listed before the agent listens: no connection in it can be one
+	// captured for the agent.
+	before := e.established(w)
 	ln, err := podnet.ListenTCP(ctx, w.w.NetnsPath, fmt.Sprintf(":%d", e.dp.ListenerPort()))
 	if err != nil {
 		return fmt.Errorf("listen in netns %s: %w", w.w.NetnsPath, err)
@@ -393,16 +397,33 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 	w.ports = ports
 	w.err = nil
 	e.log.Info("enrolled workload", "workload", key, "identity", w.w.SPIFFEID(e.cfg.TrustDomain), "ports", portsString(ports), "local_acceleration", v.accel)
-	e.resetPreexisting(w, ports.Covers)
+	e.resetPreexisting(w, ports.Covers, before)
 	return nil
 }
 
-// resetPreexisting resets the connections w's application accepted on the
-// ports captured says capture now covers, before it did: capture only
-// steers new connections. It runs after capture is attached, so every
-// connection that could be missed is one the verifier accepts. Failures are
-// logged, not returned: capture itself is in place.
-func (e *Enforcer) resetPreexisting(w *workload, captured func(uint16) bool) {
+// established lists w's connections before capture can steer any of them
+// to the agent, for resetPreexisting: it alone tells an application's
+// connection still waiting in an accept queue from one captured for the
+// agent. Nil (nothing queued is reset) when KeepPreexisting or on error.
+func (e *Enforcer) established(w *workload) *podnet.Snapshot {
+	if e.cfg.KeepPreexisting {
+		return nil
+	}
+	s, err := podnet.Established(w.w.NetnsPath)
+	if err != nil {
+		e.log.Warn("list connections before capture; those in accept queues will not be reset", "workload", w.w.Key(), "error", err)
+		return nil
+	}
+	return s
+}
+
+// resetPreexisting resets the connections w's application accepted, or
+// has queued to accept, on the ports captured says capture now covers,
+// before it did: capture only steers new connections. It runs after
+// capture is attached, so every connection that could be missed is one the
+// verifier accepts. before is from established. Failures are logged, not
+// returned: capture itself is in place.
+func (e *Enforcer) resetPreexisting(w *workload, captured func(uint16) bool, before *podnet.Snapshot) {
 	if e.cfg.KeepPreexisting {
 		return
 	}
@@ -410,6 +431,7 @@ func (e *Enforcer) resetPreexisting(w *workload, captured func(uint16) bool) {
 	var ownErr error
 	reset, err := podnet.ResetInbound(w.w.NetnsPath, podnet.ResetFilter{
 		Captured: captured,
+		Before:   before,
 		// Read once the connections are listed, so that one the verifier
 		// accepted meanwhile is known as its own.
 		Own: func(ino uint32) bool {

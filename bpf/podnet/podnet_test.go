@@ -232,3 +232,81 @@ func TestOwnSockets(t *testing.T) {
 		t.Errorf("OwnSockets: %d entries without the listener's inode %d", len(own), ino)
 	}
 }
+
+// TestResetInboundAcceptQueue: a connection still waiting in the
+// application's accept queue is reset only when the snapshot taken before
+// capture lists it; one queued after the snapshot (as a connection
+// captured for the agent would be) is left alone.
+func TestResetInboundAcceptQueue(t *testing.T) {
+	pod := testenv.NewNetwork(t).NewPod(t, testenv.PodOptions{NoProcess: true})
+	const port = 18082
+	ln, err := podnet.ListenTCP(context.Background(), pod.NetnsPath, fmt.Sprintf(":%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	addr := netip.AddrPortFrom(pod.IPv4, port)
+	// The listener accepts nothing until reset ran: a dial returns once
+	// the handshake is done, so its server side is in the accept queue.
+	dial := func() net.Conn {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr.String())
+		if err != nil {
+			t.Fatalf("dial %s: %v", addr, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	before := dial()
+	snap, err := podnet.Established(pod.NetnsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Len() != 1 {
+		t.Errorf("Established: %d connections, want 1", snap.Len())
+	}
+	after := dial()
+
+	filter := podnet.ResetFilter{
+		Captured: func(p uint16) bool { return p == port },
+		Own:      func(uint32) bool { t.Error("Own called for a queued connection"); return false },
+	}
+	// Without the snapshot nothing queued is touched.
+	if reset, err := podnet.ResetInbound(pod.NetnsPath, filter); err != nil || len(reset) != 0 {
+		t.Errorf("ResetInbound without Before: reset %v, %v; want none", reset, err)
+	}
+	filter.Before = snap
+	reset, err := podnet.ResetInbound(pod.NetnsPath, filter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reset) != 1 || reset[0].Remote.String() != before.LocalAddr().String() || reset[0].Inode != 0 {
+		t.Errorf("ResetInbound: reset %+v, want only the queued connection from %s", reset, before.LocalAddr())
+	}
+
+	// Now serve: the connection queued after the snapshot echoes, the one
+	// before it was reset.
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			go io.Copy(c, c) //nolint:errcheck // echo
+		}
+	}()
+	before.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := before.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("connection queued before the snapshot: read got %v, want ECONNRESET", err)
+	}
+	after.SetDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, 4)
+	if _, err := after.Write([]byte("ping")); err != nil {
+		t.Errorf("connection queued after the snapshot: write: %v", err)
+	} else if _, err := io.ReadFull(after, b); err != nil || string(b) != "ping" {
+		t.Errorf("connection queued after the snapshot: echo got %q, %v, want it untouched", b, err)
+	}
+}

@@ -36,7 +36,48 @@ type ResetFilter struct {
 	// its own sockets at the first call also knows those it accepted while
 	// the listing ran. Nil means none does.
 	Own func(inode uint32) bool
+	// Before is what Established listed before capture could steer any
+	// connection of these ports to the agent (before the agent listened in
+	// the netns, or before the ports were captured). A connection still
+	// waiting in an accept queue (inode 0) is the application's, and is
+	// reset, only if it is in Before. Nil leaves every such connection
+	// alone.
+	Before *Snapshot
 }
+
+// Snapshot is the set of TCP connections established in a netns at one
+// moment, by socket cookie.
+type Snapshot struct {
+	cookies map[uint64]bool
+}
+
+// Established lists the TCP connections established in the netns at
+// netnsPath now, for ResetFilter.Before.
+func Established(netnsPath string) (*Snapshot, error) {
+	s := &Snapshot{cookies: map[uint64]bool{}}
+	err := Do(netnsPath, func() error {
+		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+			est, err := diagDump(family, 1<<tcpEstablished)
+			if err != nil {
+				return err
+			}
+			for _, c := range est {
+				s.cookies[c.cookie()] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list connections in netns %s: %w", netnsPath, err)
+	}
+	return s, nil
+}
+
+// Len is the number of connections in s.
+func (s *Snapshot) Len() int { return len(s.cookies) }
+
+// has reports whether c was listed in s. A nil s lists nothing.
+func (s *Snapshot) has(c Conn) bool { return s != nil && s.cookies[c.cookie()] }
 
 // ResetInbound closes, with SOCK_DESTROY (the peer gets a RST), the TCP
 // connections of the netns at netnsPath that reached an application
@@ -50,8 +91,9 @@ type ResetFilter struct {
 // outgoing connection that happens to use the number), its peer is another
 // host (connections over the pod's loopback never pass capture: they
 // include the agent's own upstream connections), and it is not Own.
-// Connections still in an accept queue (inode 0) cannot be told from the
-// agent's own and are left alone; so are handshakes in progress.
+// A connection still in an accept queue (inode 0) has no owner to tell it
+// from one captured for the agent: it is closed only if f.Before lists it.
+// Handshakes in progress are left alone.
 func ResetInbound(netnsPath string, f ResetFilter) ([]Conn, error) {
 	if f.Captured == nil {
 		return nil, nil
@@ -77,9 +119,10 @@ func ResetInbound(netnsPath string, f ResetFilter) ([]Conn, error) {
 		for _, c := range all {
 			port := c.Local.Port()
 			switch {
-			case !f.Captured(port), !listening[port], c.Inode == 0,
+			case !f.Captured(port), !listening[port],
 				c.Remote.Addr().IsLoopback(), c.Remote.Addr() == c.Local.Addr(),
-				f.Own != nil && f.Own(c.Inode):
+				c.Inode == 0 && !f.Before.has(c),
+				c.Inode != 0 && f.Own != nil && f.Own(c.Inode):
 				continue
 			}
 			switch err := diagDestroy(c); {
@@ -222,6 +265,9 @@ func diagDump(family uint8, states uint32) ([]Conn, error) {
 	}
 	return out, nil
 }
+
+// cookie is the socket's cookie, as sock_diag lists it (idiag_cookie).
+func (c Conn) cookie() uint64 { return binary.NativeEndian.Uint64(c.id[40:48]) }
 
 // diagDestroy closes exactly the socket c lists: its id carries the
 // socket's cookie, so a new connection that reuses the addresses is never
