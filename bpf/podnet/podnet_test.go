@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-mesh/portcullis/bpf/podnet"
 	"github.com/portcullis-mesh/portcullis/bpf/testenv"
@@ -308,5 +309,84 @@ func TestResetInboundAcceptQueue(t *testing.T) {
 		t.Errorf("connection queued after the snapshot: write: %v", err)
 	} else if _, err := io.ReadFull(after, b); err != nil || string(b) != "ping" {
 		t.Errorf("connection queued after the snapshot: echo got %q, %v, want it untouched", b, err)
+	}
+}
+
+// TestResetInboundHandshake: a connection whose handshake was in progress
+// when the snapshot was taken (its final ACK held back by a firewall rule,
+// as capture lets a started handshake through) is reset once it completes
+// into the application's accept queue.
+func TestResetInboundHandshake(t *testing.T) {
+	pod := testenv.NewNetwork(t).NewPod(t, testenv.PodOptions{NoProcess: true})
+	const port = 18083
+	ln, err := podnet.ListenTCP(context.Background(), pod.NetnsPath, fmt.Sprintf(":%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Every segment but the SYN is dropped: the server side stays in
+	// SYN_RECV while the client, which saw the SYN-ACK, is established.
+	rule := []string{"INPUT", "-p", "tcp", "--dport", fmt.Sprint(port), "--tcp-flags", "SYN,ACK", "ACK", "-j", "DROP"}
+	if out, err := pod.Exec(ctx, "iptables", append([]string{"-w", "-A"}, rule...)...); err != nil {
+		t.Fatalf("iptables: %v: %s", err, out)
+	}
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", netip.AddrPortFrom(pod.IPv4, port).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	snap, err := podnet.Established(pod.NetnsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Len() != 1 {
+		t.Errorf("Established: %d connections and handshakes, want the 1 handshake", snap.Len())
+	}
+	if out, err := pod.Exec(ctx, "iptables", append([]string{"-w", "-D"}, rule...)...); err != nil {
+		t.Fatalf("iptables: %v: %s", err, out)
+	}
+	// Data completes the handshake: the connection is then queued.
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	waitQueued(t, ln)
+
+	reset, err := podnet.ResetInbound(pod.NetnsPath, podnet.ResetFilter{
+		Captured: func(p uint16) bool { return p == port },
+		Before:   snap,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reset) != 1 || reset[0].Remote.String() != c.LocalAddr().String() {
+		t.Errorf("ResetInbound: reset %+v, want the connection from %s", reset, c.LocalAddr())
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("connection whose handshake began before the snapshot: read got %v, want ECONNRESET", err)
+	}
+}
+
+// waitQueued waits (at most 5s) until ln has a connection to accept,
+// without accepting it.
+func waitQueued(t *testing.T, ln net.Listener) {
+	t.Helper()
+	rc, err := ln.(*net.TCPListener).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var perr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			n, perr = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 5000)
+			if perr != unix.EINTR {
+				return
+			}
+		}
+	}); err != nil || perr != nil || n != 1 {
+		t.Fatalf("wait for a queued connection: %d ready, %v %v", n, err, perr)
 	}
 }

@@ -22,6 +22,7 @@ type Conn struct {
 	Inode uint32
 
 	family uint8
+	state  uint8
 	id     [48]byte // struct inet_diag_sockid, cookie included
 }
 
@@ -46,23 +47,29 @@ type ResetFilter struct {
 }
 
 // Snapshot is the set of TCP connections established in a netns at one
-// moment, by socket cookie.
+// moment, by socket cookie, and of the handshakes in progress then (their
+// established sockets will have new cookies), by address pair.
 type Snapshot struct {
-	cookies map[uint64]bool
+	cookies    map[uint64]bool
+	handshakes map[[2]netip.AddrPort]bool
 }
 
-// Established lists the TCP connections established in the netns at
-// netnsPath now, for ResetFilter.Before.
+// Established lists the TCP connections established or being established
+// in the netns at netnsPath now, for ResetFilter.Before.
 func Established(netnsPath string) (*Snapshot, error) {
-	s := &Snapshot{cookies: map[uint64]bool{}}
+	s := &Snapshot{cookies: map[uint64]bool{}, handshakes: map[[2]netip.AddrPort]bool{}}
 	err := Do(netnsPath, func() error {
 		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-			est, err := diagDump(family, 1<<tcpEstablished)
+			conns, err := diagDump(family, 1<<tcpEstablished|1<<tcpSynRecv)
 			if err != nil {
 				return err
 			}
-			for _, c := range est {
-				s.cookies[c.cookie()] = true
+			for _, c := range conns {
+				if c.state == tcpSynRecv {
+					s.handshakes[[2]netip.AddrPort{c.Local, c.Remote}] = true
+				} else {
+					s.cookies[c.cookie()] = true
+				}
 			}
 		}
 		return nil
@@ -73,11 +80,14 @@ func Established(netnsPath string) (*Snapshot, error) {
 	return s, nil
 }
 
-// Len is the number of connections in s.
-func (s *Snapshot) Len() int { return len(s.cookies) }
+// Len is the number of connections and handshakes in s.
+func (s *Snapshot) Len() int { return len(s.cookies) + len(s.handshakes) }
 
-// has reports whether c was listed in s. A nil s lists nothing.
-func (s *Snapshot) has(c Conn) bool { return s != nil && s.cookies[c.cookie()] }
+// has reports whether c was listed in s, established or as a handshake. A
+// nil s lists nothing.
+func (s *Snapshot) has(c Conn) bool {
+	return s != nil && (s.cookies[c.cookie()] || s.handshakes[[2]netip.AddrPort{c.Local, c.Remote}])
+}
 
 // ResetInbound closes, with SOCK_DESTROY (the peer gets a RST), the TCP
 // connections of the netns at netnsPath that reached an application
@@ -92,8 +102,8 @@ func (s *Snapshot) has(c Conn) bool { return s != nil && s.cookies[c.cookie()] }
 // host (connections over the pod's loopback never pass capture: they
 // include the agent's own upstream connections), and it is not Own.
 // A connection still in an accept queue (inode 0) has no owner to tell it
-// from one captured for the agent: it is closed only if f.Before lists it.
-// Handshakes in progress are left alone.
+// from one captured for the agent: it is closed only if f.Before lists it
+// (or its handshake). Handshakes still in progress are left alone.
 func ResetInbound(netnsPath string, f ResetFilter) ([]Conn, error) {
 	if f.Captured == nil {
 		return nil, nil
@@ -166,6 +176,7 @@ func OwnSockets() (map[uint32]bool, error) {
 // TCP states as sock_diag numbers them (include/net/tcp_states.h).
 const (
 	tcpEstablished = 1
+	tcpSynRecv     = 3
 	tcpListen      = 10
 )
 
@@ -246,7 +257,7 @@ func diagDump(family uint8, states uint32) ([]Conn, error) {
 		if typ != sockDiagByFamily || len(d) < sizeofDiagMsg {
 			return fmt.Errorf("unexpected sock_diag message type %d (%d bytes)", typ, len(d))
 		}
-		c := Conn{family: d[0], Inode: binary.NativeEndian.Uint32(d[68:])}
+		c := Conn{family: d[0], state: d[1], Inode: binary.NativeEndian.Uint32(d[68:])}
 		copy(c.id[:], d[4:52])
 		sport, dport := binary.BigEndian.Uint16(c.id[0:]), binary.BigEndian.Uint16(c.id[2:])
 		var src, dst netip.Addr
