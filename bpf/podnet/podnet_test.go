@@ -312,10 +312,11 @@ func TestResetInboundAcceptQueue(t *testing.T) {
 	}
 }
 
-// TestResetInboundHandshake: a connection whose handshake was in progress
-// when the snapshot was taken (its final ACK held back by a firewall rule,
-// as capture lets a started handshake through) is reset once it completes
-// into the application's accept queue.
+// TestResetInboundHandshake: handshakes in progress when the snapshot was
+// taken (their final ACK held back by a firewall rule; capture lets a
+// started handshake complete to the application) are the application's:
+// one that completed into the accept queue is reset, one still in progress
+// is dropped, and its client's next segment gets a RST.
 func TestResetInboundHandshake(t *testing.T) {
 	pod := testenv.NewNetwork(t).NewPod(t, testenv.PodOptions{NoProcess: true})
 	const port = 18083
@@ -326,29 +327,42 @@ func TestResetInboundHandshake(t *testing.T) {
 	t.Cleanup(func() { ln.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// Every segment but the SYN is dropped: the server side stays in
+	// iptables drops, in the pod, every segment but the SYN of the
+	// connections to port (from sport, if not 0): the server side stays in
 	// SYN_RECV while the client, which saw the SYN-ACK, is established.
-	rule := []string{"INPUT", "-p", "tcp", "--dport", fmt.Sprint(port), "--tcp-flags", "SYN,ACK", "ACK", "-j", "DROP"}
-	if out, err := pod.Exec(ctx, "iptables", append([]string{"-w", "-A"}, rule...)...); err != nil {
-		t.Fatalf("iptables: %v: %s", err, out)
+	iptables := func(op string, sport uint16) {
+		t.Helper()
+		args := []string{"-w", op, "INPUT", "-p", "tcp", "--dport", fmt.Sprint(port), "--tcp-flags", "SYN,ACK", "ACK", "-j", "DROP"}
+		if sport != 0 {
+			args = append(args, "--sport", fmt.Sprint(sport))
+		}
+		if out, err := pod.Exec(ctx, "iptables", args...); err != nil {
+			t.Fatalf("iptables: %v: %s", err, out)
+		}
 	}
-	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", netip.AddrPortFrom(pod.IPv4, port).String())
-	if err != nil {
-		t.Fatal(err)
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", netip.AddrPortFrom(pod.IPv4, port).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
 	}
-	t.Cleanup(func() { c.Close() })
+	iptables("-A", 0)
+	done, pending := dial(), dial()
+	pendingPort := uint16(pending.LocalAddr().(*net.TCPAddr).Port)
 	snap, err := podnet.Established(pod.NetnsPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if snap.Len() != 1 {
-		t.Errorf("Established: %d connections and handshakes, want the 1 handshake", snap.Len())
+	if snap.Len() != 2 {
+		t.Errorf("Established: %d connections and handshakes, want the 2 handshakes", snap.Len())
 	}
-	if out, err := pod.Exec(ctx, "iptables", append([]string{"-w", "-D"}, rule...)...); err != nil {
-		t.Fatalf("iptables: %v: %s", err, out)
-	}
-	// Data completes the handshake: the connection is then queued.
-	if _, err := c.Write([]byte("ping")); err != nil {
+	iptables("-A", pendingPort)
+	iptables("-D", 0)
+	// Data completes done's handshake: it is then queued.
+	if _, err := done.Write([]byte("ping")); err != nil {
 		t.Fatal(err)
 	}
 	waitQueued(t, ln)
@@ -360,12 +374,25 @@ func TestResetInboundHandshake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(reset) != 1 || reset[0].Remote.String() != c.LocalAddr().String() {
-		t.Errorf("ResetInbound: reset %+v, want the connection from %s", reset, c.LocalAddr())
+	var got []string
+	for _, c := range reset {
+		got = append(got, c.Remote.String())
 	}
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-		t.Errorf("connection whose handshake began before the snapshot: read got %v, want ECONNRESET", err)
+	slices.Sort(got)
+	want := []string{done.LocalAddr().String(), pending.LocalAddr().String()}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("ResetInbound: reset connections from %v, want from %v", got, want)
+	}
+	iptables("-D", pendingPort)
+	if _, err := pending.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]net.Conn{"completed": done, "in progress": pending} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("handshake begun before the snapshot, %s at reset: read got %v, want ECONNRESET", name, err)
+		}
 	}
 }
 

@@ -103,7 +103,9 @@ func (s *Snapshot) has(c Conn) bool {
 // include the agent's own upstream connections), and it is not Own.
 // A connection still in an accept queue (inode 0) has no owner to tell it
 // from one captured for the agent: it is closed only if f.Before lists it
-// (or its handshake). Handshakes still in progress are left alone.
+// or its handshake. A handshake f.Before lists that is still in progress
+// is dropped too (capture lets a started handshake complete to the
+// application; the client's next segment then gets a RST).
 func ResetInbound(netnsPath string, f ResetFilter) ([]Conn, error) {
 	if f.Captured == nil {
 		return nil, nil
@@ -113,11 +115,11 @@ func ResetInbound(netnsPath string, f ResetFilter) ([]Conn, error) {
 		var all []Conn
 		listening := map[uint16]bool{}
 		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
-			est, err := diagDump(family, 1<<tcpEstablished)
+			conns, err := diagDump(family, 1<<tcpEstablished|1<<tcpSynRecv)
 			if err != nil {
 				return err
 			}
-			all = append(all, est...)
+			all = append(all, conns...)
 			ls, err := diagDump(family, 1<<tcpListen)
 			if err != nil {
 				return err
