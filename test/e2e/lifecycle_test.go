@@ -22,6 +22,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/portcullis-mesh/portcullis/bpf/cgroupv2"
+	"github.com/portcullis-mesh/portcullis/bpf/podnet"
 	"github.com/portcullis-mesh/portcullis/bpf/testenv"
 )
 
@@ -300,16 +301,25 @@ func (e *env) sockopsAttachedOnce(t *testing.T, step string) ebpf.ProgramID {
 
 // TestWorkloadsChangeAtRuntime adds and removes the protected pod from the
 // workloads file while the agent runs: capture starts and stops without a
-// restart, a connection the app accepted before enrolment is reset (it would
-// otherwise go on unchecked), and a connection that was established before
-// unenrolment keeps working.
+// restart, a connection the app accepted before enrolment and one still
+// waiting in an app's accept queue are reset (they would otherwise go on
+// unchecked), and a connection that was established before unenrolment
+// keeps working.
 func TestWorkloadsChangeAtRuntime(t *testing.T) {
 	e := newEnv(t, demoPods(e2eApp))
-	e.setPolicies(readers("Enforce", "Orders.Read"))
+	// queuePort is captured too; its listener (the test's, in the pod)
+	// never accepts.
+	const queuePort = 8099
+	e.setPolicies(strings.Replace(readers("Enforce", "Orders.Read"), "ports: [8080, 9090]", "ports: [8080, 9090, 8099]", 1))
 	e.writeWorkloads("frontend", "attacker")
 	e.agent.Start()
 	orders := e.pods["orders-api"]
 	pid := e.agent.PID()
+	queueLn, err := podnet.ListenTCP(context.Background(), orders.NetnsPath, fmt.Sprintf(":%d", queuePort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer queueLn.Close()
 
 	// status makes one request without a token on a new connection.
 	status := func() int {
@@ -356,15 +366,25 @@ func TestWorkloadsChangeAtRuntime(t *testing.T) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
+	// A connection the app has not accepted yet: its handshake is done.
+	queued, err := net.DialTimeout("tcp", orders.Addr(queuePort).String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer queued.Close()
 	e.writeWorkloads()
 	eventually("after enrolling orders-api", 401)
-	// Enrolment reset it, so it cannot carry requests to the app unchecked.
+	// Enrolment reset them, so they cannot carry requests to the app unchecked.
 	early.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if n, err := br.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("connection accepted by the app before enrolment: read got %d, %v; want it reset", n, err)
 	}
-	if got := e.agent.metric("portcullis_agent_preexisting_connections_reset_total"); got != 1 {
-		t.Errorf("portcullis_agent_preexisting_connections_reset_total: got %v, want 1", got)
+	queued.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := queued.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("connection in the accept queue before enrolment: read got %d, %v; want it reset", n, err)
+	}
+	if got := e.agent.metric("portcullis_agent_preexisting_connections_reset_total"); got != 2 {
+		t.Errorf("portcullis_agent_preexisting_connections_reset_total: got %v, want 2", got)
 	}
 
 	// An allowed keep-alive connection through the verifier, then unenrol.
