@@ -323,6 +323,18 @@ func (c *Config) Validate() error {
 	if c.Audit.Buffer < 0 {
 		errs = append(errs, fmt.Errorf("audit.buffer: %d is negative", c.Audit.Buffer))
 	}
+	for _, l := range []struct {
+		name string
+		v    int
+	}{
+		{"limits.maxHeaderBytes", c.Limits.MaxHeaderBytes},
+		{"limits.maxHeaders", c.Limits.MaxHeaders},
+		{"limits.maxConnsPerPod", c.Limits.MaxConnsPerPod},
+	} {
+		if l.v < 0 {
+			errs = append(errs, fmt.Errorf("%s: %d is negative (leave it out for the default)", l.name, l.v))
+		}
+	}
 	for _, p := range c.Limits.PassthroughPorts {
 		if p < 1 || p > 65535 {
 			errs = append(errs, fmt.Errorf("limits.passthroughPorts: %d is not a TCP port", p))

@@ -78,6 +78,8 @@ func TestLoadErrors(t *testing.T) {
 			[]string{"listenerPort: 70000 is not a TCP port", "audit.allowSampleRate: 2 is not within 0..1"}},
 		{"bad duration", "local: {workloads: w, policies: p}\nshutdownGrace: 5\n", []string{"duration must be a string"}},
 		{"negative duration", "local: {workloads: w, policies: p}\nshutdownGrace: -5s\n", []string{`duration "-5s" is negative`}},
+		{"negative limits", "local: {workloads: w, policies: p}\nlimits: {maxHeaderBytes: -1, maxHeaders: -2, maxConnsPerPod: -3}\n",
+			[]string{"limits.maxHeaderBytes: -1 is negative", "limits.maxHeaders: -2 is negative", "limits.maxConnsPerPod: -3 is negative"}},
 		{"negative stream idle timeout", "local: {workloads: w, policies: p}\nlimits: {streamIdleTimeout: -1s}\n", []string{`duration "-1s" is negative`}},
 		{"stream idle timeout not a duration", "local: {workloads: w, policies: p}\nlimits: {streamIdleTimeout: 5m30}\n", []string{`missing unit in duration "5m30"`}},
 		{"bad log", "local: {workloads: w, policies: p}\nlog: {format: xml, level: loud}\n", []string{`log.format: "xml"`, `log.level: "loud"`}},
