@@ -199,30 +199,23 @@ func (a *Agent) applySet(set *policy.Set) {
 }
 
 func (a *Agent) startLocal(ctx context.Context) error {
-	objs, err := policy.LoadFiles(a.cfg.Local.Policies)
-	if err != nil {
-		return fmt.Errorf("load policies: %w", err)
-	}
-	set, err := a.store.Update(objs)
-	if err != nil {
-		return fmt.Errorf("compile policies: %w", err)
-	}
-	a.applySet(set)
-
 	watcher, err := policy.NewWatcher(policy.WatcherConfig{
 		Paths:  []string{a.cfg.Local.Policies},
 		Store:  a.store,
 		Logger: a.log.With("component", "policy"),
 		OnReload: func(set *policy.Set, err error) {
-			if err != nil {
-				a.log.Error("policy reload refused; the previous set stays in force", "error", err)
-				return
+			if err == nil { // the watcher logs refusals
+				a.applySet(set)
 			}
-			a.applySet(set)
 		},
 	})
 	if err != nil {
 		return fmt.Errorf("watch policies: %w", err)
+	}
+	// The first set is applied before workloads are followed; Run then
+	// reloads only on change.
+	if err := watcher.Load(); err != nil {
+		return err
 	}
 	go func() {
 		if err := watcher.Run(ctx); err != nil {

@@ -227,6 +227,38 @@ func TestWatcher(t *testing.T) {
 	}
 }
 
+// TestWatcherLoadThenRun: after Load, Run does not load the unchanged
+// files again (one generation per content).
+func TestWatcherLoadThenRun(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "policies.yaml"), policy("p", "  rules: [{from: {namespaces: [web]}}]"))
+	store := NewStore()
+	reloads := 0
+	w, err := NewWatcher(WatcherConfig{
+		Paths: []string{dir}, Store: store,
+		OnReload: func(*Set, error) { reloads++ },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Load(); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if store.Load() == nil || reloads != 1 {
+		t.Fatalf("Load: stored set %v, %d OnReload calls; want a set and 1 call", store.Load(), reloads)
+	}
+	// Run makes its initial load even when ctx is already done, and
+	// returns when it is: then every load it made is counted.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := w.Run(ctx); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if got := store.Stats().Generation; got != 1 || reloads != 1 {
+		t.Errorf("after Load and Run: generation %d, %d OnReload calls; want 1 and 1 (unchanged files loaded again)", got, reloads)
+	}
+}
+
 func TestWatcherInitialError(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "p.yaml")

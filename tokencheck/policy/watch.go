@@ -58,10 +58,16 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	return &Watcher{cfg: cfg, log: log}, nil
 }
 
-// Run loads the files once, then watches them until ctx is done. It
-// returns the initial load error (so a configuration that never worked is
-// fatal to the caller), a watch setup error, or nil when ctx ends. Later
-// invalid edits are logged and keep the running Set.
+// Load loads and compiles the files now, as Run does first, and returns
+// the error, so that a caller can start from a compiled Set before it
+// starts Run; Run then reloads only if the files changed since.
+func (w *Watcher) Load() error { return w.reload() }
+
+// Run loads the files once (unless Load did and they are unchanged), then
+// watches them until ctx is done. It returns the initial load error (so a
+// configuration that never worked is fatal to the caller), a watch setup
+// error, or nil when ctx ends. Later invalid edits are logged and keep the
+// running Set.
 func (w *Watcher) Run(ctx context.Context) error {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -135,7 +141,11 @@ func (w *Watcher) reload() error {
 			// Remember refused content too, so it is reported once.
 			w.lastSum, w.loadedOK = sum, true
 		}
-		w.log.Error("policy reload refused, keeping the running policies", "error", err)
+		if w.cfg.Store.Load() != nil {
+			w.log.Error("policy reload refused, keeping the running policies", "error", err)
+		} else {
+			w.log.Error("policies refused", "error", err)
+		}
 		if w.cfg.OnReload != nil {
 			w.cfg.OnReload(nil, err)
 		}
