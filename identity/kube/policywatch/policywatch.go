@@ -18,10 +18,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -70,7 +72,6 @@ type Config struct {
 // Watcher runs the informers. Create it with New, run it with Run.
 type Watcher struct {
 	cfg       Config
-	factory   dynamicinformer.DynamicSharedInformerFactory
 	informers map[schema.GroupVersionResource]cache.SharedIndexInformer
 
 	mu       sync.Mutex
@@ -87,19 +88,40 @@ func New(client dynamic.Interface, cfg Config) (*Watcher, error) {
 	}
 	w := &Watcher{
 		cfg:       cfg,
-		factory:   dynamicinformer.NewDynamicSharedInformerFactory(client, cfg.ResyncPeriod),
 		informers: map[schema.GroupVersionResource]cache.SharedIndexInformer{},
 		dirty:     make(chan struct{}, 1),
 		gvrOrder:  []schema.GroupVersionResource{IssuersGVR, ClusterIssuersGVR, AccessPoliciesGVR},
 	}
 	for _, gvr := range w.gvrOrder {
-		inf := w.factory.ForResource(gvr).Informer()
+		inf := newInformer(client, gvr, cfg.ResyncPeriod)
 		if err := inf.SetTransform(strip); err != nil {
 			return nil, fmt.Errorf("new policy watcher: set transform: %w", err)
 		}
 		w.informers[gvr] = inf
 	}
 	return w, nil
+}
+
+// newInformer returns an informer of gvr in every namespace, indexed by
+// namespace, as client-go's dynamic informer factory makes them (that
+// package links every API group's typed informers).
+func newInformer(client dynamic.Interface, gvr schema.GroupVersionResource, resync time.Duration) cache.SharedIndexInformer {
+	res := client.Resource(gvr).Namespace(metav1.NamespaceAll)
+	return cache.NewSharedIndexInformerWithOptions(
+		cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, opts metav1.ListOptions) (runtime.Object, error) {
+				return res.List(ctx, opts)
+			},
+			WatchFuncWithContext: func(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
+				return res.Watch(ctx, opts)
+			},
+		}, client),
+		&unstructured.Unstructured{},
+		cache.SharedIndexInformerOptions{
+			ResyncPeriod:      resync,
+			Indexers:          cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+			ObjectDescription: gvr.String(),
+		})
 }
 
 // strip drops what the agent never reads from a stored object: managed
@@ -148,11 +170,15 @@ func (w *Watcher) Run(ctx context.Context, fn func(Snapshot)) error {
 		synced = append(synced, reg.HasSynced)
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
 	defer func() {
 		cancel()
-		w.factory.Shutdown()
+		wg.Wait()
 	}()
-	w.factory.Start(ctx.Done())
+	for _, gvr := range w.gvrOrder {
+		inf := w.informers[gvr]
+		wg.Go(func() { inf.RunWithContext(ctx) })
+	}
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("run policy watcher: wait for sync of %s objects: %w", Group, context.Cause(ctx))
 	}
