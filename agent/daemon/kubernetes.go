@@ -8,12 +8,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/portcullis-mesh/portcullis/agent/kubepolicy"
 	"github.com/portcullis-mesh/portcullis/identity/kube"
+	"github.com/portcullis-mesh/portcullis/identity/kube/coreclient"
 	"github.com/portcullis-mesh/portcullis/identity/kube/policywatch"
 	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
 )
@@ -28,7 +28,9 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 		return err
 	}
 	rc.UserAgent = "portcullis-agent/" + Version
-	client, err := kubernetes.NewForConfig(rc)
+	// The core/v1 client alone: client-go's full clientset would link
+	// every API group's clients and types.
+	client, err := coreclient.NewForConfig(rc)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}

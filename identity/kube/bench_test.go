@@ -13,11 +13,13 @@ import (
 
 	"github.com/portcullis-mesh/portcullis/identity"
 	"github.com/portcullis-mesh/portcullis/identity/ipcache"
+	"github.com/portcullis-mesh/portcullis/identity/kube/coreclient"
 	"github.com/portcullis-mesh/portcullis/identity/procfs"
 	"github.com/portcullis-mesh/portcullis/test/kubeenv"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // scalePods is the cluster size of BenchmarkInitialSync:
@@ -135,12 +137,16 @@ func BenchmarkInitialSync(b *testing.B) {
 		b.Run(enc.name, func(b *testing.B) {
 			cfg := env.Config()
 			cfg.ContentType = enc.contentType
-			benchSync(b, kubernetes.NewForConfigOrDie(cfg), n)
+			client, err := coreclient.NewForConfig(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			benchSync(b, client, n)
 		})
 	}
 }
 
-func benchSync(b *testing.B, client kubernetes.Interface, n int) {
+func benchSync(b *testing.B, client rest.Interface, n int) {
 	var syncTime, cpu time.Duration
 	var heap uint64
 	var local, cached int

@@ -45,7 +45,7 @@ func TestSourceRealProcesses(t *testing.T) {
 	root := scanner.CgroupRoot()
 	podDir := mkdirCgroup(t, root, podRel)
 
-	src, err := New(h.client, Config{NodeName: node, Locator: scanner, RetryMax: 200 * time.Millisecond})
+	src, err := New(h.core, Config{NodeName: node, Locator: scanner, RetryMax: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

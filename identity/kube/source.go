@@ -26,13 +26,13 @@ import (
 
 	"github.com/portcullis-mesh/portcullis/identity"
 	"github.com/portcullis-mesh/portcullis/identity/ipcache"
+	"github.com/portcullis-mesh/portcullis/identity/kube/coreclient"
 	"github.com/portcullis-mesh/portcullis/identity/procfs"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
-	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 )
@@ -86,14 +86,10 @@ type Source struct {
 	cfg Config
 	log *slog.Logger
 
-	localFactory   informers.SharedInformerFactory
-	clusterFactory informers.SharedInformerFactory
-	localPods      cache.SharedIndexInformer
-	clusterPods    cache.SharedIndexInformer // nil without an IP cache
-	serviceAccts   cache.SharedIndexInformer
-	namespaces     cache.SharedIndexInformer
-	saLister       corelisters.ServiceAccountLister
-	nsLister       corelisters.NamespaceLister
+	localPods    cache.SharedIndexInformer
+	clusterPods  cache.SharedIndexInformer // nil without an IP cache
+	serviceAccts cache.SharedIndexInformer
+	namespaces   cache.SharedIndexInformer
 
 	queue workqueue.TypedRateLimitingInterface[string]
 
@@ -119,8 +115,9 @@ const syncMarker = "\x00synced"
 // saIndex indexes cluster pods by "namespace/serviceaccount".
 const saIndex = "serviceaccount"
 
-// New returns a Source for cfg using client.
-func New(client kubernetes.Interface, cfg Config) (*Source, error) {
+// New returns a Source for cfg using client, a core/v1 REST client from
+// coreclient.NewForConfig.
+func New(client rest.Interface, cfg Config) (*Source, error) {
 	if cfg.NodeName == "" {
 		return nil, errors.New("new kube source: node name is required")
 	}
@@ -142,24 +139,19 @@ func New(client kubernetes.Interface, cfg Config) (*Source, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 
-	s.localFactory = informers.NewSharedInformerFactoryWithOptions(client, cfg.ResyncPeriod,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+	s.localPods = newInformer(client, "pods", func() runtime.Object { return &corev1.PodList{} }, &corev1.Pod{}, cfg.ResyncPeriod,
+		func(o *metav1.ListOptions) {
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName).String()
-		}))
-	s.clusterFactory = informers.NewSharedInformerFactory(client, cfg.ResyncPeriod)
-
-	s.localPods = s.localFactory.Core().V1().Pods().Informer()
-	s.serviceAccts = s.clusterFactory.Core().V1().ServiceAccounts().Informer()
-	s.namespaces = s.clusterFactory.Core().V1().Namespaces().Informer()
-	s.saLister = s.clusterFactory.Core().V1().ServiceAccounts().Lister()
-	s.nsLister = s.clusterFactory.Core().V1().Namespaces().Lister()
+		})
+	s.serviceAccts = newInformer(client, "serviceaccounts", func() runtime.Object { return &corev1.ServiceAccountList{} }, &corev1.ServiceAccount{}, cfg.ResyncPeriod, nil)
+	s.namespaces = newInformer(client, "namespaces", func() runtime.Object { return &corev1.NamespaceList{} }, &corev1.Namespace{}, cfg.ResyncPeriod, nil)
 	transforms := map[cache.SharedIndexInformer]cache.TransformFunc{
 		s.localPods:    stripLocalPod,
 		s.serviceAccts: stripServiceAccount,
 		s.namespaces:   stripNamespace,
 	}
 	if cfg.IPCache != nil {
-		s.clusterPods = s.clusterFactory.Core().V1().Pods().Informer()
+		s.clusterPods = newInformer(client, "pods", func() runtime.Object { return &corev1.PodList{} }, &corev1.Pod{}, cfg.ResyncPeriod, nil)
 		transforms[s.clusterPods] = stripClusterPod
 		if err := s.clusterPods.AddIndexers(cache.Indexers{saIndex: indexByServiceAccount}); err != nil {
 			return nil, fmt.Errorf("new kube source: index pods: %w", err)
@@ -174,6 +166,28 @@ func New(client kubernetes.Interface, cfg Config) (*Source, error) {
 		workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, cfg.RetryMax),
 		workqueue.TypedRateLimitingQueueConfig[string]{})
 	return s, nil
+}
+
+// newInformer returns an informer of resource in every namespace, indexed by
+// namespace, as client-go's shared informer factory makes them. tweak, when
+// not nil, edits the list and watch options.
+func newInformer(client rest.Interface, resource string, newList func() runtime.Object, obj runtime.Object, resync time.Duration, tweak func(*metav1.ListOptions)) cache.SharedIndexInformer {
+	return cache.NewSharedIndexInformerWithOptions(
+		coreclient.ListWatch(client, resource, newList, tweak),
+		obj,
+		cache.SharedIndexInformerOptions{
+			ResyncPeriod: resync,
+			Indexers:     cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+		})
+}
+
+// informers returns the informers the source runs.
+func (s *Source) informers() []cache.SharedIndexInformer {
+	infs := []cache.SharedIndexInformer{s.localPods, s.serviceAccts, s.namespaces}
+	if s.clusterPods != nil {
+		infs = append(infs, s.clusterPods)
+	}
+	return infs
 }
 
 // Run starts the informers, reports events to h until ctx ends, then stops
@@ -195,16 +209,17 @@ func (s *Source) Run(ctx context.Context, h identity.Handler) error {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
 	defer func() {
 		cancel()
 		s.queue.ShutDown()
 		// Stop informers before returning: the caller may stop the API
 		// server next.
-		s.localFactory.Shutdown()
-		s.clusterFactory.Shutdown()
+		wg.Wait()
 	}()
-	s.localFactory.Start(ctx.Done())
-	s.clusterFactory.Start(ctx.Done())
+	for _, inf := range s.informers() {
+		wg.Go(func() { inf.RunWithContext(ctx) })
+	}
 
 	synced := make([]cache.InformerSynced, 0, len(regs))
 	for _, r := range regs {
@@ -372,8 +387,9 @@ func (s *Source) refreshIPCacheForSA(ns, sa string) {
 }
 
 func (s *Source) clientID(ns, sa string) string {
-	acct, err := s.saLister.ServiceAccounts(ns).Get(sa)
-	if err != nil {
+	obj, _, _ := s.serviceAccts.GetIndexer().GetByKey(ns + "/" + sa)
+	acct, ok := obj.(*corev1.ServiceAccount)
+	if !ok {
 		return ""
 	}
 	return acct.Annotations[identity.ClientIDAnnotation]
@@ -550,7 +566,8 @@ func (s *Source) workload(p *corev1.Pod) (identity.Workload, error) {
 		IPs:               podIPs(p),
 		LocalAcceleration: accel,
 	}
-	if ns, err := s.nsLister.Get(p.Namespace); err == nil {
+	obj, _, _ := s.namespaces.GetIndexer().GetByKey(p.Namespace)
+	if ns, ok := obj.(*corev1.Namespace); ok {
 		w.NamespaceLabels = maps.Clone(ns.Labels)
 	}
 	return w, err

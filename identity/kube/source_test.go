@@ -12,11 +12,13 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/portcullis-mesh/portcullis/identity"
 	"github.com/portcullis-mesh/portcullis/identity/ipcache"
+	"github.com/portcullis-mesh/portcullis/identity/kube/coreclient"
 	"github.com/portcullis-mesh/portcullis/identity/procfs"
 	"github.com/portcullis-mesh/portcullis/test/kubeenv"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // fakeLocator stands in for /proc: tests say which pods "run".
@@ -64,7 +66,8 @@ func (f *fakeLocator) run(uid string, pid int) {
 type harness struct {
 	t      *testing.T
 	ctx    context.Context
-	client kubernetes.Interface
+	client kubernetes.Interface // creates and changes the objects
+	core   rest.Interface       // the Source's client
 	loc    *fakeLocator
 	ipc    *ipcache.Cache
 	events chan identity.Event
@@ -76,9 +79,14 @@ func newHarness(t *testing.T) *harness {
 	env := kubeenv.Start(t, kubeenv.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
+	core, err := coreclient.NewForConfig(env.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
 	return &harness{
 		t: t, ctx: ctx,
 		client: kubernetes.NewForConfigOrDie(env.Config()),
+		core:   core,
 		loc:    &fakeLocator{pods: map[string]*procfs.Pod{}},
 		ipc:    &ipcache.Cache{},
 		events: make(chan identity.Event, 256),
@@ -87,8 +95,8 @@ func newHarness(t *testing.T) *harness {
 
 // start runs a Source until the test ends; its informers stop before the
 // API server does (cleanups run last-registered first).
-func (h *harness) start() {
-	src, err := New(h.client, Config{
+func (h *harness) start() *Source {
+	src, err := New(h.core, Config{
 		NodeName: node,
 		AgentPod: "portcullis/agent",
 		IPCache:  h.ipc,
@@ -115,6 +123,7 @@ func (h *harness) start() {
 			h.t.Errorf("Run did not return 30s after cancel")
 		}
 	})
+	return src
 }
 
 func (h *harness) next() identity.Event {
@@ -236,7 +245,7 @@ func TestSource(t *testing.T) {
 	h.loc.run(string(early.UID), 101)
 	// Pods on other nodes feed only the IP cache.
 	h.pod(podSpec{ns: "team-a", name: "remote", node: "node-b", sa: "api", ip: "10.2.0.1"})
-	h.start()
+	src := h.start()
 
 	earlyWL := identity.Workload{
 		Namespace: "team-a", Name: "early", UID: string(early.UID), ServiceAccount: "api",
@@ -251,6 +260,11 @@ func TestSource(t *testing.T) {
 	}
 	h.expect(identity.Event{Type: identity.EventAdded, Workload: earlyWL, NamespaceEnforced: true})
 	h.expect(identity.Event{Type: identity.EventSynced})
+	// The API server applies the spec.nodeName selector: other nodes'
+	// pods are not even cached as local.
+	if got, want := src.localPods.GetIndexer().ListKeys(), []string{"team-a/early"}; !cmp.Equal(got, want) {
+		t.Errorf("local pod cache: got %q, want %q", got, want)
+	}
 
 	remoteSrc := identity.Source{
 		ID: "spiffe://cluster.local/ns/team-a/sa/api", Namespace: "team-a", ServiceAccount: "api",
@@ -471,7 +485,7 @@ func TestInitialSyncScansOnce(t *testing.T) {
 		h.loc.run(string(p.UID), 1000+i)
 	}
 	loc := &scanningLocator{fakeLocator: h.loc}
-	src, err := New(h.client, Config{NodeName: node, Locator: loc})
+	src, err := New(h.core, Config{NodeName: node, Locator: loc})
 	if err != nil {
 		t.Fatal(err)
 	}

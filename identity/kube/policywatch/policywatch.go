@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/portcullis-mesh/portcullis/identity/kube/coreclient"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -24,9 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 )
@@ -286,9 +285,9 @@ type ReporterConfig struct {
 	Interval time.Duration
 }
 
-// NewReporter returns a Reporter writing Events through client. Call
-// Shutdown when done.
-func NewReporter(client kubernetes.Interface, cfg ReporterConfig) (*Reporter, error) {
+// NewReporter returns a Reporter writing Events through client, a core/v1
+// REST client from coreclient.NewForConfig. Call Shutdown when done.
+func NewReporter(client rest.Interface, cfg ReporterConfig) (*Reporter, error) {
 	if cfg.NodeName == "" {
 		return nil, errors.New("new policy reporter: node name is required")
 	}
@@ -302,10 +301,10 @@ func NewReporter(client kubernetes.Interface, cfg ReporterConfig) (*Reporter, er
 		BurstSize: cfg.Burst,
 		QPS:       float32(1 / cfg.Interval.Seconds()),
 	}))
-	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	b.StartRecordingToSink(coreclient.EventSink{Client: client})
 	return &Reporter{
 		broadcaster: b,
-		recorder:    b.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "portcullis-agent", Host: cfg.NodeName}),
+		recorder:    b.NewRecorder(coreclient.Scheme, corev1.EventSource{Component: "portcullis-agent", Host: cfg.NodeName}),
 	}, nil
 }
 

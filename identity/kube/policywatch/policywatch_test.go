@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/portcullis-mesh/portcullis/identity/kube/coreclient"
 	"github.com/portcullis-mesh/portcullis/test/kubeenv"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -152,7 +153,11 @@ func TestWatcher(t *testing.T) {
 	}
 
 	// Problems the schema cannot express are reported as Events.
-	r, err := NewReporter(cs, ReporterConfig{NodeName: "node-a"})
+	core, err := coreclient.NewForConfig(env.Config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewReporter(core, ReporterConfig{NodeName: "node-a"})
 	if err != nil {
 		t.Fatal(err)
 	}
