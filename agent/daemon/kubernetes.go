@@ -15,6 +15,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/identity/kube"
 	"github.com/portcullis-mesh/portcullis/identity/kube/coreclient"
 	"github.com/portcullis-mesh/portcullis/identity/kube/policywatch"
+	"github.com/portcullis-mesh/portcullis/identity/procfs"
 	"github.com/portcullis-mesh/portcullis/tokencheck/policy"
 )
 
@@ -87,11 +88,17 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 	if a.cfg.Kubernetes.PodName != "" {
 		agentPod = a.cfg.Kubernetes.PodNamespace + "/" + a.cfg.Kubernetes.PodName
 	}
+	// Pods' cgroups are found under the same cgroupRoot as the datapath's.
+	locator, err := procfs.NewScanner(procfs.Config{CgroupRoot: a.cfg.CgroupRoot})
+	if err != nil {
+		return fmt.Errorf("workload source: %w", err)
+	}
 	src, err := kube.New(client, kube.Config{
 		NodeName:    a.cfg.NodeName,
 		TrustDomain: a.cfg.TrustDomain,
 		AgentPod:    agentPod,
 		IPCache:     a.ipc,
+		Locator:     locator,
 		Logger:      a.log.With("component", "workloads"),
 	})
 	if err != nil {
