@@ -275,6 +275,20 @@ func BenchmarkProxies(b *testing.B) {
 			}
 		}
 	}
+	// Issue 5's goals for each Portcullis target, and where it stands
+	// against the relay that checks nothing (the floor of any proxy).
+	d1, d16 := median(results["direct"][1]), median(results["direct"][16])
+	ha, relay := median(results["haproxy"][16]), median(results["tcp-relay"][16])
+	fmt.Fprintf(&tbl, "goals: 16 conns >= 0.50x direct, >= 2.00x haproxy req/s, <= 0.50x haproxy cpu/req; 1 conn +p50 <= 60µs\n")
+	for _, tg := range targets {
+		if tg.proxy() != e.agent.PID() {
+			continue // not Portcullis
+		}
+		m1, m16 := median(results[tg.name][1]), median(results[tg.name][16])
+		fmt.Fprintf(&tbl, "%-11s %.2fx direct, %.2fx haproxy, %.2fx haproxy cpu, +p50 %v at 1 conn; %.2fx tcp-relay req/s\n", tg.name,
+			m16.RPS/d16.RPS, m16.RPS/ha.RPS, float64(m16.ProxyCPU)/float64(ha.ProxyCPU), (m1.P50 - d1.P50).Round(time.Microsecond), m16.RPS/relay.RPS)
+		b.ReportMetric(m16.RPS/relay.RPS, tg.name+"-x-relay-c16")
+	}
 	if benchNoCacheConfig == "" { // the agent never restarted: its counters cover the run
 		fmt.Fprintf(&tbl, "agent token cache over the run: %.0f hits, %.0f misses\n",
 			e.agent.metric("portcullis_tokencheck_verified_cache_total", `result="hit"`),
