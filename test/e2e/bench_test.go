@@ -143,6 +143,8 @@ type benchResult struct {
 	// threads) per request: how often the two server processes hand the
 	// shared CPU to each other.
 	ProxyCS, AppCS float64
+	// ProxyRSS is the proxy's resident memory (VmRSS) when the run ends.
+	ProxyRSS int64 // KiB
 }
 
 // benchTarget is one way to reach the app.
@@ -261,14 +263,15 @@ func BenchmarkProxies(b *testing.B) {
 
 	var tbl strings.Builder
 	fmt.Fprintf(&tbl, "medians of %d rounds of %v; servers on CPU %s, wrk on CPU %s\n", benchRounds, benchDuration, serverCPU, loadCPU)
-	fmt.Fprintf(&tbl, "%-11s %5s %10s %7s %9s %9s %13s %13s %9s %12s\n", "target", "conns", "req/s", "x direct", "p50", "p99", "proxy cpu/req", "total cpu/req", "+p50", "cs/req p+a")
+	fmt.Fprintf(&tbl, "%-11s %5s %10s %7s %9s %9s %13s %13s %9s %12s %9s\n", "target", "conns", "req/s", "x direct", "p50", "p99", "proxy cpu/req", "total cpu/req", "+p50", "cs/req p+a", "proxy rss")
 	for _, n := range conns {
 		d := median(results["direct"][n])
 		for _, tg := range targets {
 			m := median(results[tg.name][n])
-			fmt.Fprintf(&tbl, "%-11s %5d %10.0f %7.2fx %9v %9v %13v %13v %9v %5.2f+%.2f\n", tg.name, n, m.RPS, m.RPS/d.RPS,
+			fmt.Fprintf(&tbl, "%-11s %5d %10.0f %7.2fx %9v %9v %13v %13v %9v %5.2f+%.2f %9s\n", tg.name, n, m.RPS, m.RPS/d.RPS,
 				m.P50.Round(time.Microsecond), m.P99.Round(time.Microsecond), m.ProxyCPU.Round(100*time.Nanosecond),
-				(m.ProxyCPU + m.AppCPU).Round(100*time.Nanosecond), (m.P50 - d.P50).Round(time.Microsecond), m.ProxyCS, m.AppCS)
+				(m.ProxyCPU + m.AppCPU).Round(100*time.Nanosecond), (m.P50 - d.P50).Round(time.Microsecond), m.ProxyCS, m.AppCS,
+				mib(m.ProxyRSS))
 			if n == 16 && tg.name != "direct" {
 				b.ReportMetric(m.RPS/d.RPS, tg.name+"-x-direct-c16")
 				b.ReportMetric(float64(m.ProxyCPU.Microseconds()), tg.name+"-proxy-cpu-us/req-c16")
@@ -306,6 +309,14 @@ func BenchmarkProxies(b *testing.B) {
 	}
 }
 
+// mib formats KiB as MiB; "-" for none.
+func mib(kib int64) string {
+	if kib == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1fMiB", float64(kib)/1024)
+}
+
 // median takes the median of each figure separately.
 func median(rs []benchResult) benchResult {
 	pick := func(f func(benchResult) float64) float64 {
@@ -324,6 +335,7 @@ func median(rs []benchResult) benchResult {
 		AppCPU:   time.Duration(pick(func(r benchResult) float64 { return float64(r.AppCPU) })),
 		ProxyCS:  pick(func(r benchResult) float64 { return r.ProxyCS }),
 		AppCS:    pick(func(r benchResult) float64 { return r.AppCS }),
+		ProxyRSS: int64(pick(func(r benchResult) float64 { return float64(r.ProxyRSS) })),
 	}
 }
 
@@ -377,6 +389,9 @@ func runWrk(b *testing.B, script, url string, conns int, d time.Duration, appPID
 	}
 	r.AppCPU, r.ProxyCPU = perReq(app1-app0), perReq(proxy1-proxy0)
 	r.AppCS, r.ProxyCS = float64(appCS1-appCS0)/r.Requests, float64(proxyCS1-proxyCS0)/r.Requests
+	if proxyPID != 0 {
+		r.ProxyRSS = procStatusKB(b, proxyPID, "VmRSS")
+	}
 	return r
 }
 
