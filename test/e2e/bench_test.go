@@ -170,9 +170,18 @@ type benchTarget struct {
 // jwt_verify and (e) through HAProxy relaying TCP bytes without looking at
 // them: the floor of any proxy in user space on this machine. Targets
 // alternate round by round; the table of medians and ratios to direct is
-// printed. It runs once whatever b.N is: one run takes minutes.
+// printed, then each Portcullis target against the speed goals and the
+// relay. It runs once whatever b.N is: one run takes minutes.
 //
 //	go test -run '^$' -bench Proxies -benchtime 1x ./test/e2e/
+//
+// Environment: PORTCULLIS_BENCH_ROUNDS (default 3) and
+// PORTCULLIS_BENCH_DURATION (5s) per target and connection count;
+// PORTCULLIS_BENCH_NOCACHE_CONFIG, the agent config of target (c) ("off"
+// skips it); PORTCULLIS_BENCH_OUT, a file for the table;
+// PORTCULLIS_BENCH_PERF, a file for a perf profile of the agent, with
+// PORTCULLIS_BENCH_PERF_TARGET (portcullis) and PORTCULLIS_BENCH_PERF_CONNS
+// (16).
 func BenchmarkProxies(b *testing.B) {
 	for _, tool := range []string{"wrk", "haproxy", "taskset"} {
 		if _, err := exec.LookPath(tool); err != nil {
