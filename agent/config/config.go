@@ -110,6 +110,10 @@ type AccelerationConfig struct {
 	Mark uint32 `json:"mark,omitempty"`
 }
 
+// DefaultMaxConns is LimitsConfig.MaxConns's default: about 170 MiB of
+// idle connections, within the DaemonSet's 512Mi memory limit.
+const DefaultMaxConns = 8192
+
 // DefaultAccelerationMark is AccelerationConfig.Mark's default.
 const DefaultAccelerationMark = 0x5043
 
@@ -180,6 +184,11 @@ type LimitsConfig struct {
 	StreamIdleTimeout Duration `json:"streamIdleTimeout,omitempty"`
 	// MaxConnsPerPod bounds concurrent client connections per pod. Zero: 4096.
 	MaxConnsPerPod int `json:"maxConnsPerPod,omitempty"`
+	// MaxConns bounds concurrent client connections of all the node's pods
+	// together, so that the pods together cannot make the agent hold more
+	// memory than it has (about 20 KiB per idle connection). Zero:
+	// DefaultMaxConns.
+	MaxConns int `json:"maxConns,omitempty"`
 	// PassthroughPorts are captured ports that carry non-HTTP traffic: only
 	// the source part of policies applies to them (L4). Zero: none.
 	PassthroughPorts []int `json:"passthroughPorts,omitempty"`
@@ -330,6 +339,7 @@ func (c *Config) Validate() error {
 		{"limits.maxHeaderBytes", c.Limits.MaxHeaderBytes},
 		{"limits.maxHeaders", c.Limits.MaxHeaders},
 		{"limits.maxConnsPerPod", c.Limits.MaxConnsPerPod},
+		{"limits.maxConns", c.Limits.MaxConns},
 	} {
 		if l.v < 0 {
 			errs = append(errs, fmt.Errorf("%s: %d is negative (leave it out for the default)", l.name, l.v))

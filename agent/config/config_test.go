@@ -78,8 +78,8 @@ func TestLoadErrors(t *testing.T) {
 			[]string{"listenerPort: 70000 is not a TCP port", "audit.allowSampleRate: 2 is not within 0..1"}},
 		{"bad duration", "local: {workloads: w, policies: p}\nshutdownGrace: 5\n", []string{"duration must be a string"}},
 		{"negative duration", "local: {workloads: w, policies: p}\nshutdownGrace: -5s\n", []string{`duration "-5s" is negative`}},
-		{"negative limits", "local: {workloads: w, policies: p}\nlimits: {maxHeaderBytes: -1, maxHeaders: -2, maxConnsPerPod: -3}\n",
-			[]string{"limits.maxHeaderBytes: -1 is negative", "limits.maxHeaders: -2 is negative", "limits.maxConnsPerPod: -3 is negative"}},
+		{"negative limits", "local: {workloads: w, policies: p}\nlimits: {maxHeaderBytes: -1, maxHeaders: -2, maxConnsPerPod: -3, maxConns: -4}\n",
+			[]string{"limits.maxHeaderBytes: -1 is negative", "limits.maxHeaders: -2 is negative", "limits.maxConnsPerPod: -3 is negative", "limits.maxConns: -4 is negative"}},
 		{"negative stream idle timeout", "local: {workloads: w, policies: p}\nlimits: {streamIdleTimeout: -1s}\n", []string{`duration "-1s" is negative`}},
 		{"stream idle timeout not a duration", "local: {workloads: w, policies: p}\nlimits: {streamIdleTimeout: 5m30}\n", []string{`missing unit in duration "5m30"`}},
 		{"bad log", "local: {workloads: w, policies: p}\nlog: {format: xml, level: loud}\n", []string{`log.format: "xml"`, `log.level: "loud"`}},
@@ -126,12 +126,13 @@ func TestLoadLimits(t *testing.T) {
   idleTimeout: 2m
   streamIdleTimeout: 30m
   maxConnsPerPod: 100
+  maxConns: 1000
   passthroughPorts: [5432]
 `, LimitsConfig{
 			MaxHeaderBytes: 16384, MaxHeaders: 64,
 			HeaderTimeout: Duration{3 * time.Second}, IdleTimeout: Duration{2 * time.Minute},
 			StreamIdleTimeout: Duration{30 * time.Minute},
-			MaxConnsPerPod:    100, PassthroughPorts: []int{5432},
+			MaxConnsPerPod:    100, MaxConns: 1000, PassthroughPorts: []int{5432},
 		}},
 		{"stream idle timeout only", "limits: {streamIdleTimeout: 90s}\n", LimitsConfig{StreamIdleTimeout: Duration{90 * time.Second}}},
 	} {

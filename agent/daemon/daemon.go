@@ -5,6 +5,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -141,6 +142,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 			IdleTimeout:       cfg.Limits.IdleTimeout.Duration,
 			StreamIdleTimeout: cfg.Limits.StreamIdleTimeout.Duration,
 			MaxConns:          cfg.Limits.MaxConnsPerPod,
+			Budget:            verifier.NewConnBudget(cmp.Or(cfg.Limits.MaxConns, config.DefaultMaxConns)),
 		},
 		LocalAcceleration: cfg.LocalAcceleration.Enabled,
 		KeepPreexisting:   cfg.KeepPreexistingConnections,

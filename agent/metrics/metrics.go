@@ -34,6 +34,9 @@ const (
 	ConnRefusedNonHTTP = "refused_non_http"
 	// ConnRefusedLimit: the per-pod concurrent connection limit was reached.
 	ConnRefusedLimit = "refused_limit"
+	// ConnRefusedNodeLimit: the node-wide concurrent connection limit (all
+	// pods together) was reached.
+	ConnRefusedNodeLimit = "refused_node_limit"
 	// ConnRefusedTimeout: no request arrived before the header-read timeout.
 	ConnRefusedTimeout = "refused_timeout"
 	// ConnRefusedL4: a passthrough connection was refused by policy.
@@ -88,7 +91,7 @@ func New(bi BuildInfo) *Metrics {
 		}),
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "verifier", Name: "connections_total",
-			Help: "Captured connections by result (accepted, passthrough, refused_tls, refused_non_http, refused_limit, refused_timeout, refused_l4).",
+			Help: "Captured connections by result (accepted, passthrough, refused_tls, refused_non_http, refused_limit, refused_node_limit, refused_timeout, refused_l4).",
 		}, []string{"result"}),
 		streamIdle: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "verifier", Name: "stream_idle_timeouts_total",

@@ -29,7 +29,7 @@ func TestRequestsAndConnections(t *testing.T) {
 # TYPE portcullis_verifier_requests_total counter
 portcullis_verifier_requests_total{decision="allow",mode="enforce",policy="shop/readers",reason="none"} 1
 portcullis_verifier_requests_total{decision="deny",mode="enforce",policy="none",reason="expired"} 2
-# HELP portcullis_verifier_connections_total Captured connections by result (accepted, passthrough, refused_tls, refused_non_http, refused_limit, refused_timeout, refused_l4).
+# HELP portcullis_verifier_connections_total Captured connections by result (accepted, passthrough, refused_tls, refused_non_http, refused_limit, refused_node_limit, refused_timeout, refused_l4).
 # TYPE portcullis_verifier_connections_total counter
 portcullis_verifier_connections_total{result="accepted"} 1
 portcullis_verifier_connections_total{result="refused_tls"} 1

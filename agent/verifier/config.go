@@ -61,6 +61,10 @@ type Config struct {
 	// MaxConns bounds concurrent connections served for the pod; more are
 	// closed on accept and counted. Zero means 4096.
 	MaxConns int
+	// Budget, when not nil, is a bound shared with other Servers (every
+	// pod of the node): a connection is served only if it fits both
+	// MaxConns and Budget. Nil means no shared bound.
+	Budget *ConnBudget
 	// NoSplice moves every byte through user space, never with splice(2)
 	// (bodies of 64 KiB and more, upgraded and passthrough connections).
 	// Required when the Dialer's connections are locally accelerated

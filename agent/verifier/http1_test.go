@@ -363,7 +363,7 @@ func TestNonHTTPAndTLSRefused(t *testing.T) {
 		t.Error("non-HTTP bytes reached the application")
 	}
 	want := `
-# HELP portcullis_verifier_connections_total Captured connections by result (accepted, passthrough, refused_tls, refused_non_http, refused_limit, refused_timeout, refused_l4).
+# HELP portcullis_verifier_connections_total Captured connections by result (accepted, passthrough, refused_tls, refused_non_http, refused_limit, refused_node_limit, refused_timeout, refused_l4).
 # TYPE portcullis_verifier_connections_total counter
 portcullis_verifier_connections_total{result="refused_non_http"} 3
 portcullis_verifier_connections_total{result="refused_tls"} 1
@@ -395,6 +395,43 @@ func TestMaxConns(t *testing.T) {
 	}
 	if n := metricValue(t, h.metrics, "portcullis_verifier_connections_total", map[string]string{"result": metrics.ConnRefusedLimit}); n != 1 {
 		t.Errorf("refused_limit = %v, want 1", n)
+	}
+}
+
+// TestConnBudget: two Servers sharing a budget of one connection serve one
+// at a time between them, and the budget is returned when it closes.
+func TestConnBudget(t *testing.T) {
+	app := startApp(t, http.HandlerFunc(echoHeaders))
+	budget := NewConnBudget(1)
+	a := start(t, appAddr(app), Config{Budget: budget})
+	b := start(t, appAddr(app), Config{Budget: budget})
+	first, err := net.Dial("tcp", a.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(first, "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "+tokGood+"\r\n\r\n")
+	first.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(first), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if status, _ := rawRequest(t, b.addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n"); status != "" {
+		t.Errorf("connection to the other pod while the budget is used: got %q, want it closed", status)
+	}
+	if n := metricValue(t, b.metrics, "portcullis_verifier_connections_total", map[string]string{"result": metrics.ConnRefusedNodeLimit}); n != 1 {
+		t.Errorf("refused_node_limit = %v, want 1", n)
+	}
+	first.Close()
+	// The budget is returned once the server has seen the close; nothing
+	// signals that moment, so wait for it (bounded).
+	for deadline := time.Now().Add(5 * time.Second); budget.InUse() != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("budget in use %d 5s after the connection closed, want 0", budget.InUse())
+		}
+	}
+	if status, _ := rawRequest(t, b.addr, "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "+tokGood+"\r\n\r\n"); status != "HTTP/1.1 200 OK" {
+		t.Errorf("connection to the other pod after the first closed: got %q, want 200", status)
 	}
 }
 

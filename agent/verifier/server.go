@@ -46,6 +46,38 @@ type Server struct {
 	drained chan struct{}
 }
 
+// ConnBudget bounds the connections of several Servers together: every
+// client connection holds memory in the agent (about 20 KiB while idle),
+// so per-pod limits alone would let a node's pods together hold more than
+// the agent has. Safe for concurrent use.
+type ConnBudget struct{ sem chan struct{} }
+
+// NewConnBudget returns a budget of n concurrent connections (n > 0).
+func NewConnBudget(n int) *ConnBudget { return &ConnBudget{sem: make(chan struct{}, n)} }
+
+// acquire takes one connection from b, if it has room; a nil b always has.
+func (b *ConnBudget) acquire() bool {
+	if b == nil {
+		return true
+	}
+	select {
+	case b.sem <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+// release returns a connection taken by acquire.
+func (b *ConnBudget) release() {
+	if b != nil {
+		<-b.sem
+	}
+}
+
+// InUse is the number of connections currently holding the budget.
+func (b *ConnBudget) InUse() int { return len(b.sem) }
+
 // srvConn is the server's handle on one accepted connection, for Shutdown.
 type srvConn struct {
 	c net.Conn
@@ -144,8 +176,15 @@ func (s *Server) Serve(l net.Listener) error {
 			closeNoTimeWait(c)
 			continue
 		}
+		if !s.cfg.Budget.acquire() {
+			<-s.sem
+			s.cfg.Metrics.Connection(metrics.ConnRefusedNodeLimit)
+			closeNoTimeWait(c)
+			continue
+		}
 		sc := &srvConn{c: c}
 		if !s.track(sc) {
+			s.cfg.Budget.release()
 			<-s.sem
 			c.Close()
 			return ErrServerClosed
@@ -290,6 +329,7 @@ func (s *Server) serveConn(sc *srvConn) {
 	defer func() {
 		c.Close()
 		m.ConnClosed()
+		s.cfg.Budget.release()
 		<-s.sem
 		s.untrack(sc)
 	}()

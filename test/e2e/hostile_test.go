@@ -3,10 +3,12 @@ package e2e
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -111,4 +113,49 @@ func TestHostileClients(t *testing.T) {
 			t.Errorf("app saw client-sent X-Portcullis-Anything %q, want it stripped", v)
 		}
 	})
+}
+
+// TestNodeConnectionLimit: limits.maxConns bounds the connections of all
+// the node's pods together; beyond it a connection is closed unserved and
+// counted.
+func TestNodeConnectionLimit(t *testing.T) {
+	e := newEnv(t, demoPods(e2eApp))
+	e.setPolicies(readers("Enforce", "Orders.Read"))
+	e.agent.Extra = "limits:\n  maxConns: 1\n"
+	e.agent.Start()
+	addr := e.pods["orders-api"].Addr(appPort).String()
+
+	first, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	first.SetDeadline(time.Now().Add(10 * time.Second))
+	// A refusal keeps the connection: it stays open, holding the budget.
+	io.WriteString(first, "GET /orders/1 HTTP/1.1\r\nHost: orders\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(first), nil)
+	if err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("first connection: %v %v, want 401", resp, err)
+	}
+	resp.Body.Close()
+
+	// The agent resets it on accept: the reset may even beat the dial's
+	// return.
+	second, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	switch {
+	case errors.Is(err, syscall.ECONNRESET):
+	case err != nil:
+		t.Fatal(err)
+	default:
+		defer second.Close()
+		second.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(second, "GET /orders/1 HTTP/1.1\r\nHost: orders\r\n\r\n")
+		if resp, err := http.ReadResponse(bufio.NewReader(second), nil); err == nil {
+			resp.Body.Close()
+			t.Errorf("second connection over the node's limit: got %d, want it closed unserved", resp.StatusCode)
+		}
+	}
+	if got := e.agent.metric("portcullis_verifier_connections_total", `result="refused_node_limit"`); got != 1 {
+		t.Errorf(`connections_total{result="refused_node_limit"}: got %v, want 1`, got)
+	}
 }
