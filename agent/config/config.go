@@ -110,7 +110,7 @@ type AccelerationConfig struct {
 	Mark uint32 `json:"mark,omitempty"`
 }
 
-// DefaultMaxConns is LimitsConfig.MaxConns's default: about 170 MiB of
+// DefaultMaxConns is LimitsConfig.MaxConns's default: about 180 MiB of
 // idle connections, within the DaemonSet's 512Mi memory limit.
 const DefaultMaxConns = 8192
 
