@@ -196,6 +196,19 @@ func checkDaemonSet(t *testing.T, objs objects) {
 		t.Errorf("capabilities.add (-want +got):\n%s", diff)
 	}
 
+	// The Go runtime follows the container's limits (the agent reads
+	// PORTCULLIS_MEMORY_LIMIT; GOMEMLIMIT would leave no room for its BPF
+	// maps).
+	limitEnv := map[string]string{}
+	for _, e := range c.Env {
+		if e.ValueFrom != nil && e.ValueFrom.ResourceFieldRef != nil {
+			limitEnv[e.Name] = e.ValueFrom.ResourceFieldRef.Resource
+		}
+	}
+	if diff := cmp.Diff(map[string]string{"GOMAXPROCS": "limits.cpu", "PORTCULLIS_MEMORY_LIMIT": "limits.memory"}, limitEnv); diff != "" {
+		t.Errorf("env from resource limits (-want +got):\n%s", diff)
+	}
+
 	hostPaths := map[string]string{} // host path → mount path
 	mounts := map[string]string{}
 	for _, m := range c.VolumeMounts {

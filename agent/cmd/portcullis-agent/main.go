@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
+	"strconv"
 	"syscall"
 
 	"github.com/portcullis-mesh/portcullis/agent/config"
@@ -52,6 +54,13 @@ func run() int {
 		return 2
 	}
 	log := newLogger(cfg.Log)
+	if soft, ok, err := softMemoryLimit(os.Getenv); err != nil {
+		fmt.Fprintln(os.Stderr, "portcullis-agent:", err)
+		return 2
+	} else if ok {
+		debug.SetMemoryLimit(soft)
+		log.Info("Go memory limit set", "container_limit_bytes", os.Getenv(memoryLimitEnv), "soft_limit_bytes", soft)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -60,6 +69,27 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// memoryLimitEnv names the container's memory limit in bytes, as the
+// downward API gives it (resourceFieldRef limits.memory).
+const memoryLimitEnv = "PORTCULLIS_MEMORY_LIMIT"
+
+// softMemoryLimit returns the Go runtime's soft memory limit for the
+// container's limit in memoryLimitEnv: 90% of it, leaving room for what the
+// cgroup is charged besides Go's memory (the BPF maps the agent creates,
+// socket buffers). ok is false when the variable is unset, or when
+// GOMEMLIMIT is set: the runtime then uses that.
+func softMemoryLimit(getenv func(string) string) (soft int64, ok bool, err error) {
+	v := getenv(memoryLimitEnv)
+	if v == "" || getenv("GOMEMLIMIT") != "" {
+		return 0, false, nil
+	}
+	limit, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || limit <= 0 {
+		return 0, false, fmt.Errorf("%s: %q is not a positive number of bytes", memoryLimitEnv, v)
+	}
+	return limit / 10 * 9, true, nil
 }
 
 func newLogger(c config.LogConfig) *slog.Logger {
