@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"syscall"
@@ -318,6 +320,12 @@ func TestResetInboundAcceptQueue(t *testing.T) {
 // one that completed into the accept queue is reset, one still in progress
 // is dropped, and its client's next segment gets a RST.
 func TestResetInboundHandshake(t *testing.T) {
+	if _, err := exec.LookPath("iptables"); err != nil {
+		if os.Getenv(testenv.RequirePrivilegedEnv) == "1" {
+			t.Fatalf("iptables is needed to hold back a handshake, and %s=1 forbids skipping: %v", testenv.RequirePrivilegedEnv, err)
+		}
+		t.Skipf("iptables is needed to hold back a handshake: %v", err)
+	}
 	pod := testenv.NewNetwork(t).NewPod(t, testenv.PodOptions{NoProcess: true})
 	const port = 18083
 	ln, err := podnet.ListenTCP(context.Background(), pod.NetnsPath, fmt.Sprintf(":%d", port))

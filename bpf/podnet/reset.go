@@ -22,7 +22,6 @@ type Conn struct {
 	Inode uint32
 
 	family uint8
-	state  uint8
 	id     [48]byte // struct inet_diag_sockid, cookie included
 }
 
@@ -47,17 +46,17 @@ type ResetFilter struct {
 }
 
 // Snapshot is the set of TCP connections established in a netns at one
-// moment, by socket cookie, and of the handshakes in progress then (their
-// established sockets will have new cookies), by address pair.
+// moment, and of the handshakes in progress then, by socket cookie (a
+// connection keeps the cookie of its handshake's request socket:
+// inet_csk_clone_lock copies ir_cookie).
 type Snapshot struct {
-	cookies    map[uint64]bool
-	handshakes map[[2]netip.AddrPort]bool
+	cookies map[uint64]bool
 }
 
 // Established lists the TCP connections established or being established
 // in the netns at netnsPath now, for ResetFilter.Before.
 func Established(netnsPath string) (*Snapshot, error) {
-	s := &Snapshot{cookies: map[uint64]bool{}, handshakes: map[[2]netip.AddrPort]bool{}}
+	s := &Snapshot{cookies: map[uint64]bool{}}
 	err := Do(netnsPath, func() error {
 		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 			conns, err := diagDump(family, 1<<tcpEstablished|1<<tcpSynRecv)
@@ -65,11 +64,7 @@ func Established(netnsPath string) (*Snapshot, error) {
 				return err
 			}
 			for _, c := range conns {
-				if c.state == tcpSynRecv {
-					s.handshakes[[2]netip.AddrPort{c.Local, c.Remote}] = true
-				} else {
-					s.cookies[c.cookie()] = true
-				}
+				s.cookies[c.cookie()] = true
 			}
 		}
 		return nil
@@ -81,13 +76,11 @@ func Established(netnsPath string) (*Snapshot, error) {
 }
 
 // Len is the number of connections and handshakes in s.
-func (s *Snapshot) Len() int { return len(s.cookies) + len(s.handshakes) }
+func (s *Snapshot) Len() int { return len(s.cookies) }
 
-// has reports whether c was listed in s, established or as a handshake. A
+// has reports whether c, or the handshake it came from, was listed in s. A
 // nil s lists nothing.
-func (s *Snapshot) has(c Conn) bool {
-	return s != nil && (s.cookies[c.cookie()] || s.handshakes[[2]netip.AddrPort{c.Local, c.Remote}])
-}
+func (s *Snapshot) has(c Conn) bool { return s != nil && s.cookies[c.cookie()] }
 
 // ResetInbound closes, with SOCK_DESTROY (the peer gets a RST), the TCP
 // connections of the netns at netnsPath that reached an application
@@ -113,6 +106,7 @@ func ResetInbound(netnsPath string, f ResetFilter) ([]Conn, error) {
 	var reset []Conn
 	err := Do(netnsPath, func() error {
 		var all []Conn
+		var errs []error
 		listening := map[uint16]bool{}
 		for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 			conns, err := diagDump(family, 1<<tcpEstablished|1<<tcpSynRecv)
@@ -143,10 +137,11 @@ func ResetInbound(netnsPath string, f ResetFilter) ([]Conn, error) {
 			case errors.Is(err, unix.ENOENT):
 				// Closed meanwhile: nothing left to reset.
 			default:
-				return fmt.Errorf("destroy %s -> %s: %w", c.Remote, c.Local, err)
+				// One that cannot be reset does not spare the others.
+				errs = append(errs, fmt.Errorf("destroy %s -> %s: %w", c.Remote, c.Local, err))
 			}
 		}
-		return nil
+		return errors.Join(errs...)
 	})
 	if err != nil {
 		return reset, fmt.Errorf("reset connections in netns %s: %w", netnsPath, err)
@@ -259,7 +254,7 @@ func diagDump(family uint8, states uint32) ([]Conn, error) {
 		if typ != sockDiagByFamily || len(d) < sizeofDiagMsg {
 			return fmt.Errorf("unexpected sock_diag message type %d (%d bytes)", typ, len(d))
 		}
-		c := Conn{family: d[0], state: d[1], Inode: binary.NativeEndian.Uint32(d[68:])}
+		c := Conn{family: d[0], Inode: binary.NativeEndian.Uint32(d[68:])}
 		copy(c.id[:], d[4:52])
 		sport, dport := binary.BigEndian.Uint16(c.id[0:]), binary.BigEndian.Uint16(c.id[2:])
 		var src, dst netip.Addr
