@@ -417,6 +417,15 @@ func (d *Datapath) detachPod(st *podState) error {
 	return nil
 }
 
+// Capturing reports whether capture is attached for the pod with key:
+// enrolled by this datapath, or by a previous agent and re-adopted by Open.
+func (d *Datapath) Capturing(key string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.pods[key]
+	return st != nil && len(st.links) > 0
+}
+
 // Pods lists the enrolled pods, sorted by key.
 func (d *Datapath) Pods() ([]PodInfo, error) {
 	d.mu.Lock()

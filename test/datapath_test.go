@@ -295,8 +295,14 @@ func TestDatapathRestartReadopts(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(pinDir) })
+	if d1.Capturing(pod.Key) {
+		t.Errorf("Capturing before Enroll: got true, want false")
+	}
 	if err := d1.Enroll(pod); err != nil {
 		t.Fatal(err)
+	}
+	if !d1.Capturing(pod.Key) {
+		t.Errorf("Capturing after Enroll: got false, want true")
 	}
 	if err := d1.RegisterIdentity(server.CgroupID, 7); err != nil {
 		t.Fatal(err)
@@ -320,6 +326,9 @@ func TestDatapathRestartReadopts(t *testing.T) {
 			d2.Teardown()
 		}
 	})
+	if !d2.Capturing(pod.Key) {
+		t.Errorf("Capturing after re-adoption: got false, want true")
+	}
 	pods, err := d2.Pods()
 	if err != nil {
 		t.Fatal(err)

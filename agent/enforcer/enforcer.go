@@ -372,9 +372,15 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 	key := w.w.Key()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	// Listed before the agent listens: no connection in it can be one
-	// captured for the agent.
-	before := e.established(w)
+	// The pod's connections are listed before capture can steer any of
+	// them to the agent, so that none in the list is the agent's: just
+	// before capture is attached, or, when it already is (re-adopted from
+	// a previous agent), before the agent listens in the pod.
+	var before *podnet.Snapshot
+	adopted := e.dp.Capturing(key)
+	if adopted {
+		before = e.established(w)
+	}
 	ln, err := podnet.ListenTCP(ctx, w.w.NetnsPath, fmt.Sprintf(":%d", e.dp.ListenerPort()))
 	if err != nil {
 		return fmt.Errorf("listen in netns %s: %w", w.w.NetnsPath, err)
@@ -386,6 +392,9 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 		return err
 	}
 	e.serve(key, v, acc.view())
+	if !adopted {
+		before = e.established(w)
+	}
 	if err := e.dp.Enroll(bpf.Pod{Key: key, NetnsPath: w.w.NetnsPath, Ports: ports}); err != nil {
 		acc.Close()
 		_ = v.srv.Close()
