@@ -259,6 +259,32 @@ func TestWatcherLoadThenRun(t *testing.T) {
 	}
 }
 
+// TestWatcherBadEditAfterLoad: an invalid edit between Load and Run is not
+// fatal to Run: the loaded Set stays, and Run keeps watching.
+func TestWatcherBadEditAfterLoad(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "policies.yaml")
+	writeFile(t, file, policy("p", "  rules: [{from: {namespaces: [web]}}]"))
+	store := NewStore()
+	w, err := NewWatcher(WatcherConfig{Paths: []string{dir}, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Load(); err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	good := store.Load()
+	writeFile(t, file, "kind: [")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // Run makes its initial load, then returns
+	if err := w.Run(ctx); err != nil {
+		t.Errorf("Run after an invalid edit: got %v, want nil (the loaded set stays in force)", err)
+	}
+	if store.Load() != good {
+		t.Errorf("an invalid edit replaced the loaded set")
+	}
+}
+
 func TestWatcherInitialError(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "p.yaml")

@@ -38,6 +38,9 @@ type Watcher struct {
 	log      *slog.Logger
 	lastSum  [sha256.Size]byte
 	loadedOK bool
+	// inForce is set once a load succeeded: a later invalid edit then
+	// keeps that Set and is never fatal.
+	inForce bool
 }
 
 // NewWatcher checks cfg and returns a Watcher; Run starts it.
@@ -64,10 +67,10 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 func (w *Watcher) Load() error { return w.reload() }
 
 // Run loads the files once (unless Load did and they are unchanged), then
-// watches them until ctx is done. It returns the initial load error (so a
-// configuration that never worked is fatal to the caller), a watch setup
-// error, or nil when ctx ends. Later invalid edits are logged and keep the
-// running Set.
+// watches them until ctx is done. It returns the initial load error when no
+// Set was loaded yet (so a configuration that never worked is fatal to the
+// caller), a watch setup error, or nil when ctx ends. Invalid edits after
+// a successful load are logged and keep the running Set.
 func (w *Watcher) Run(ctx context.Context) error {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -93,7 +96,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			dirs[dir] = true
 		}
 	}
-	if err := w.reload(); err != nil {
+	if err := w.reload(); err != nil && !w.inForce {
 		return err
 	}
 
@@ -141,7 +144,7 @@ func (w *Watcher) reload() error {
 			// Remember refused content too, so it is reported once.
 			w.lastSum, w.loadedOK = sum, true
 		}
-		if w.cfg.Store.Load() != nil {
+		if w.inForce {
 			w.log.Error("policy reload refused, keeping the running policies", "error", err)
 		} else {
 			w.log.Error("policies refused", "error", err)
@@ -151,7 +154,7 @@ func (w *Watcher) reload() error {
 		}
 		return fmt.Errorf("load policies: %w", err)
 	}
-	w.lastSum, w.loadedOK = sum, true
+	w.lastSum, w.loadedOK, w.inForce = sum, true, true
 	st := w.cfg.Store.Stats()
 	w.log.Info("policies loaded", "generation", st.Generation, "policies", st.Policies,
 		"rules", st.Rules, "compile_seconds", st.CompileDuration.Seconds())
