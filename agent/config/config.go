@@ -186,8 +186,9 @@ type LimitsConfig struct {
 	MaxConnsPerPod int `json:"maxConnsPerPod,omitempty"`
 	// MaxConns bounds concurrent client connections of all the node's pods
 	// together, so that the pods together cannot make the agent hold more
-	// memory than it has (about 20 KiB per idle connection). Zero:
-	// DefaultMaxConns.
+	// memory than it has (about 22 KiB per idle connection). Each pod's
+	// first 32 connections (verifier.DefaultBudgetReserve) do not count, so
+	// that busy pods cannot lock the others out. Zero: DefaultMaxConns.
 	MaxConns int `json:"maxConns,omitempty"`
 	// PassthroughPorts are captured ports that carry non-HTTP traffic: only
 	// the source part of policies applies to them (L4). Zero: none.

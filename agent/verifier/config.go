@@ -63,8 +63,13 @@ type Config struct {
 	MaxConns int
 	// Budget, when not nil, is a bound shared with other Servers (every
 	// pod of the node): a connection is served only if it fits both
-	// MaxConns and Budget. Nil means no shared bound.
+	// MaxConns and Budget, or the pod's BudgetReserve. Nil means no shared
+	// bound.
 	Budget *ConnBudget
+	// BudgetReserve is how many of the pod's connections never draw on
+	// Budget, so that other pods exhausting it cannot lock this one out.
+	// Zero means DefaultBudgetReserve; negative means none.
+	BudgetReserve int
 	// NoSplice moves every byte through user space, never with splice(2)
 	// (bodies of 64 KiB and more, upgraded and passthrough connections).
 	// Required when the Dialer's connections are locally accelerated
@@ -122,6 +127,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxConns <= 0 {
 		c.MaxConns = 4096
+	}
+	switch {
+	case c.BudgetReserve == 0:
+		c.BudgetReserve = DefaultBudgetReserve
+	case c.BudgetReserve < 0:
+		c.BudgetReserve = 0
 	}
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 5 * time.Second

@@ -398,29 +398,43 @@ func TestMaxConns(t *testing.T) {
 	}
 }
 
-// TestConnBudget: two Servers sharing a budget of one connection serve one
-// at a time between them, and the budget is returned when it closes.
+// TestConnBudget: two Servers without reserves sharing a budget of one
+// connection serve one at a time between them, the budget is returned when
+// it closes, and a third Server's reserve is served while the budget is
+// used up.
 func TestConnBudget(t *testing.T) {
 	app := startApp(t, http.HandlerFunc(echoHeaders))
 	budget := NewConnBudget(1)
-	a := start(t, appAddr(app), Config{Budget: budget})
-	b := start(t, appAddr(app), Config{Budget: budget})
-	first, err := net.Dial("tcp", a.addr)
-	if err != nil {
-		t.Fatal(err)
+	a := start(t, appAddr(app), Config{Budget: budget, BudgetReserve: -1})
+	b := start(t, appAddr(app), Config{Budget: budget, BudgetReserve: -1})
+	c := start(t, appAddr(app), Config{Budget: budget, BudgetReserve: 1})
+	// open makes a request on a new connection and leaves it open.
+	open := func(addr string) net.Conn {
+		t.Helper()
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		io.WriteString(conn, "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "+tokGood+"\r\n\r\n")
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatalf("request on a connection to %s: %v", addr, err)
+		}
+		resp.Body.Close()
+		return conn
 	}
-	io.WriteString(first, "GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "+tokGood+"\r\n\r\n")
-	first.SetReadDeadline(time.Now().Add(5 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(first), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	first := open(a.addr)
 	if status, _ := rawRequest(t, b.addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n"); status != "" {
 		t.Errorf("connection to the other pod while the budget is used: got %q, want it closed", status)
 	}
 	if n := metricValue(t, b.metrics, "portcullis_verifier_connections_total", map[string]string{"result": metrics.ConnRefusedNodeLimit}); n != 1 {
 		t.Errorf("refused_node_limit = %v, want 1", n)
+	}
+	open(c.addr) // its reserve
+	if status, _ := rawRequest(t, c.addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n"); status != "" {
+		t.Errorf("connection beyond the reserve while the budget is used: got %q, want it closed", status)
 	}
 	first.Close()
 	// The budget is returned once the server has seen the close; nothing

@@ -30,7 +30,9 @@ type Server struct {
 	passthrough map[uint16]bool
 	strip       atomic.Pointer[map[string]bool]
 	sem         chan struct{}
-	pool        *pool
+	// reserved counts the connections admitted from BudgetReserve.
+	reserved atomic.Int32
+	pool     *pool
 	//lint:ignore SA1019 see initH2
 	h2     *http2.Server
 	h2base *http.Server
@@ -47,7 +49,7 @@ type Server struct {
 }
 
 // ConnBudget bounds the connections of several Servers together: every
-// client connection holds memory in the agent (about 20 KiB while idle),
+// client connection holds memory in the agent (about 22 KiB while idle),
 // so per-pod limits alone would let a node's pods together hold more than
 // the agent has. Safe for concurrent use.
 type ConnBudget struct{ sem chan struct{} }
@@ -78,6 +80,33 @@ func (b *ConnBudget) release() {
 // InUse is the number of connections currently holding the budget.
 func (b *ConnBudget) InUse() int { return len(b.sem) }
 
+// DefaultBudgetReserve is Config.BudgetReserve's default.
+const DefaultBudgetReserve = 32
+
+// takeBudget admits a connection under Config.Budget: from the pod's
+// reserve while it has room, else from the budget. budgeted says which
+// (for releaseBudget); ok is false when neither has room.
+func (s *Server) takeBudget() (budgeted, ok bool) {
+	if s.cfg.Budget == nil {
+		return false, true
+	}
+	if s.reserved.Add(1) <= int32(s.cfg.BudgetReserve) {
+		return false, true
+	}
+	s.reserved.Add(-1)
+	return true, s.cfg.Budget.acquire()
+}
+
+// releaseBudget returns what takeBudget gave a connection.
+func (s *Server) releaseBudget(budgeted bool) {
+	switch {
+	case budgeted:
+		s.cfg.Budget.release()
+	case s.cfg.Budget != nil:
+		s.reserved.Add(-1)
+	}
+}
+
 // srvConn is the server's handle on one accepted connection, for Shutdown.
 type srvConn struct {
 	c net.Conn
@@ -86,6 +115,8 @@ type srvConn struct {
 	idle bool
 	// kind says how Shutdown may end it.
 	kind connKind
+	// budgeted: the connection holds Config.Budget, not the reserve.
+	budgeted bool
 }
 
 type connKind uint8
@@ -176,15 +207,16 @@ func (s *Server) Serve(l net.Listener) error {
 			closeNoTimeWait(c)
 			continue
 		}
-		if !s.cfg.Budget.acquire() {
+		budgeted, ok := s.takeBudget()
+		if !ok {
 			<-s.sem
 			s.cfg.Metrics.Connection(metrics.ConnRefusedNodeLimit)
 			closeNoTimeWait(c)
 			continue
 		}
-		sc := &srvConn{c: c}
+		sc := &srvConn{c: c, budgeted: budgeted}
 		if !s.track(sc) {
-			s.cfg.Budget.release()
+			s.releaseBudget(budgeted)
 			<-s.sem
 			c.Close()
 			return ErrServerClosed
@@ -329,7 +361,7 @@ func (s *Server) serveConn(sc *srvConn) {
 	defer func() {
 		c.Close()
 		m.ConnClosed()
-		s.cfg.Budget.release()
+		s.releaseBudget(sc.budgeted)
 		<-s.sem
 		s.untrack(sc)
 	}()

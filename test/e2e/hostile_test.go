@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/portcullis-mesh/portcullis/agent/verifier"
 )
 
 // TestHostileClients sends what an attacker would to a captured port:
@@ -116,8 +118,8 @@ func TestHostileClients(t *testing.T) {
 }
 
 // TestNodeConnectionLimit: limits.maxConns bounds the connections of all
-// the node's pods together; beyond it a connection is closed unserved and
-// counted.
+// the node's pods together, beyond each pod's reserve; beyond both, a
+// connection is closed unserved and counted.
 func TestNodeConnectionLimit(t *testing.T) {
 	e := newEnv(t, demoPods(e2eApp))
 	e.setPolicies(readers("Enforce", "Orders.Read"))
@@ -125,34 +127,38 @@ func TestNodeConnectionLimit(t *testing.T) {
 	e.agent.Start()
 	addr := e.pods["orders-api"].Addr(appPort).String()
 
-	first, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
+	// The pod's reserve and then the node's one connection: each makes a
+	// request (refused without a token, the connection stays open) and
+	// holds its place.
+	for i := range verifier.DefaultBudgetReserve + 1 {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(c, "GET /orders/1 HTTP/1.1\r\nHost: orders\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("connection %d: %v %v, want 401", i, resp, err)
+		}
+		resp.Body.Close()
 	}
-	defer first.Close()
-	first.SetDeadline(time.Now().Add(10 * time.Second))
-	// A refusal keeps the connection: it stays open, holding the budget.
-	io.WriteString(first, "GET /orders/1 HTTP/1.1\r\nHost: orders\r\n\r\n")
-	resp, err := http.ReadResponse(bufio.NewReader(first), nil)
-	if err != nil || resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("first connection: %v %v, want 401", resp, err)
-	}
-	resp.Body.Close()
 
-	// The agent resets it on accept: the reset may even beat the dial's
-	// return.
-	second, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	// The agent resets the next one on accept: the reset may even beat the
+	// dial's return.
+	over, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	switch {
 	case errors.Is(err, syscall.ECONNRESET):
 	case err != nil:
 		t.Fatal(err)
 	default:
-		defer second.Close()
-		second.SetDeadline(time.Now().Add(10 * time.Second))
-		io.WriteString(second, "GET /orders/1 HTTP/1.1\r\nHost: orders\r\n\r\n")
-		if resp, err := http.ReadResponse(bufio.NewReader(second), nil); err == nil {
+		defer over.Close()
+		over.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(over, "GET /orders/1 HTTP/1.1\r\nHost: orders\r\n\r\n")
+		if resp, err := http.ReadResponse(bufio.NewReader(over), nil); err == nil {
 			resp.Body.Close()
-			t.Errorf("second connection over the node's limit: got %d, want it closed unserved", resp.StatusCode)
+			t.Errorf("connection over the reserve and the node's limit: got %d, want it closed unserved", resp.StatusCode)
 		}
 	}
 	if got := e.agent.metric("portcullis_verifier_connections_total", `result="refused_node_limit"`); got != 1 {
