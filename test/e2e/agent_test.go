@@ -295,6 +295,21 @@ func (a *agent) auditLog() []auditRecord {
 
 // metric returns the sum of the samples of a Prometheus metric whose
 // labels contain every one of match ("name" or "name{...}" lines).
+// metricReaches waits (at most 5s) until metric name (summed over the
+// series matching match) equals want, for counters the agent bumps after an
+// effect a test already saw; it returns the last value read.
+func (a *agent) metricReaches(want float64, name string, match ...string) float64 {
+	a.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := a.metric(name, match...)
+		if got == want || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func (a *agent) metric(name string, match ...string) float64 {
 	a.t.Helper()
 	c := &http.Client{Timeout: 5 * time.Second}
