@@ -177,22 +177,7 @@ func TestResetInbound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for _, c := range reset {
-		got = append(got, c.Remote.String())
-	}
-	slices.Sort(got)
-	want := []string{victim4.LocalAddr().String(), victim6.LocalAddr().String()}
-	slices.Sort(want)
-	if !slices.Equal(got, want) {
-		t.Errorf("reset connections from %v, want from %v", got, want)
-	}
-	for name, c := range map[string]net.Conn{"IPv4": victim4, "IPv6": victim6} {
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("%s connection from another host: read got %v, want ECONNRESET", name, err)
-		}
-	}
+	checkReset(t, reset, map[string]net.Conn{"IPv4 connection from another host": victim4, "IPv6 connection from another host": victim6})
 	for name, c := range map[string]net.Conn{"own": own, "other port": otherPort, "loopback": loopback, "pod to itself": self} {
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		b := make([]byte, 4)
@@ -382,24 +367,34 @@ func TestResetInboundHandshake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
-	for _, c := range reset {
-		got = append(got, c.Remote.String())
-	}
-	slices.Sort(got)
-	want := []string{done.LocalAddr().String(), pending.LocalAddr().String()}
-	slices.Sort(want)
-	if !slices.Equal(got, want) {
-		t.Errorf("ResetInbound: reset connections from %v, want from %v", got, want)
-	}
 	iptables("-D", pendingPort)
 	if _, err := pending.Write([]byte("ping")); err != nil {
 		t.Fatal(err)
 	}
-	for name, c := range map[string]net.Conn{"completed": done, "in progress": pending} {
+	checkReset(t, reset, map[string]net.Conn{"handshake completed at reset": done, "handshake in progress at reset": pending})
+}
+
+// checkReset checks that ResetInbound reset exactly the connections of
+// clients, and that each of those clients then reads ECONNRESET (within
+// 5s); clients are named by what they are.
+func checkReset(t *testing.T, reset []podnet.Conn, clients map[string]net.Conn) {
+	t.Helper()
+	var got, want []string
+	for _, c := range reset {
+		got = append(got, c.Remote.String())
+	}
+	for _, c := range clients {
+		want = append(want, c.LocalAddr().String())
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("ResetInbound: reset connections from %v, want from %v", got, want)
+	}
+	for name, c := range clients {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("handshake begun before the snapshot, %s at reset: read got %v, want ECONNRESET", name, err)
+			t.Errorf("%s: read got %v, want ECONNRESET", name, err)
 		}
 	}
 }
