@@ -122,17 +122,7 @@ func TestResetInbound(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				t.Cleanup(func() { c.Close() })
-				go io.Copy(c, c) //nolint:errcheck // echo
-				accepted <- c
-			}
-		}()
+		serveEcho(t, ln, accepted)
 	}
 	d, err := podnet.NewDialer(pod.NetnsPath)
 	if err != nil {
@@ -276,16 +266,7 @@ func TestResetInboundAcceptQueue(t *testing.T) {
 
 	// Now serve: the connection queued after the snapshot echoes, the one
 	// before it was reset.
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { c.Close() })
-			go io.Copy(c, c) //nolint:errcheck // echo
-		}
-	}()
+	serveEcho(t, ln, nil)
 	before.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := before.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("connection queued before the snapshot: read got %v, want ECONNRESET", err)
@@ -372,6 +353,24 @@ func TestResetInboundHandshake(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkReset(t, reset, map[string]net.Conn{"handshake completed at reset": done, "handshake in progress at reset": pending})
+}
+
+// serveEcho accepts on ln until it is closed and echoes on every
+// connection, handing each to accepted unless that is nil.
+func serveEcho(t *testing.T, ln net.Listener, accepted chan<- net.Conn) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			go io.Copy(c, c) //nolint:errcheck // echo
+			if accepted != nil {
+				accepted <- c
+			}
+		}
+	}()
 }
 
 // checkReset checks that ResetInbound reset exactly the connections of
