@@ -57,11 +57,8 @@ type ConnBudget struct{ sem chan struct{} }
 // NewConnBudget returns a budget of n concurrent connections (n > 0).
 func NewConnBudget(n int) *ConnBudget { return &ConnBudget{sem: make(chan struct{}, n)} }
 
-// acquire takes one connection from b, if it has room; a nil b always has.
+// acquire takes one connection from b, if it has room.
 func (b *ConnBudget) acquire() bool {
-	if b == nil {
-		return true
-	}
 	select {
 	case b.sem <- struct{}{}:
 		return true
@@ -71,11 +68,7 @@ func (b *ConnBudget) acquire() bool {
 }
 
 // release returns a connection taken by acquire.
-func (b *ConnBudget) release() {
-	if b != nil {
-		<-b.sem
-	}
-}
+func (b *ConnBudget) release() { <-b.sem }
 
 // InUse is the number of connections currently holding the budget.
 func (b *ConnBudget) InUse() int { return len(b.sem) }
