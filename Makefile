@@ -44,10 +44,8 @@ lint: ## gofmt check, go vet, staticcheck
 test-unit: ## go test -race over every package (privileged tests included when root)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-fuzz: ## run every fuzz target for FUZZTIME each
-	@set -e; for spec in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
-		for f in $$(grep -h '^func Fuzz' $$spec/*_test.go | sed -E 's/func (Fuzz[A-Za-z0-9_]*).*/\1/'); do \
-			echo "fuzz $$spec $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$spec; done; done
+fuzz: ## run every fuzz target for FUZZTIME each (tools/fuzz/run.sh)
+	GO=$(GO) FUZZTIME=$(FUZZTIME) tools/fuzz/run.sh
 
 kube-tools: ## build kube-apiserver, etcd, kubectl, helm for the Kubernetes tests (cached; a no-op when present)
 	test/kubeenv/build.sh
