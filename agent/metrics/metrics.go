@@ -57,6 +57,7 @@ type Metrics struct {
 	streamIdle      *prometheus.CounterVec
 	openConns       prometheus.Gauge
 	enrolledPods    prometheus.Gauge
+	enrolFailed     prometheus.Gauge
 	preexisting     prometheus.Counter
 }
 
@@ -105,6 +106,10 @@ func New(bi BuildInfo) *Metrics {
 			Namespace: Namespace, Subsystem: "agent", Name: "enrolled_pods",
 			Help: "Pods on this node whose inbound connections are captured.",
 		}),
+		enrolFailed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Subsystem: "agent", Name: "enrol_failed_pods",
+			Help: "Pods on this node a policy selects whose enrolment is failing (retried with backoff; see the workload's last error).",
+		}),
 		preexisting: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: Namespace, Subsystem: "agent", Name: "preexisting_connections_reset_total",
 			Help: "Connections an application accepted before capture covered their port, reset when capture started.",
@@ -132,7 +137,7 @@ func New(bi BuildInfo) *Metrics {
 	})
 	build.Set(1)
 	reg.MustRegister(m.requests, m.decisionSeconds, m.upstreamSeconds, m.connections, m.streamIdle, m.openConns,
-		m.enrolledPods, m.preexisting, build,
+		m.enrolledPods, m.enrolFailed, m.preexisting, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -209,6 +214,14 @@ func (m *Metrics) SetEnrolledPods(n int) {
 		return
 	}
 	m.enrolledPods.Set(float64(n))
+}
+
+// SetEnrolFailedPods sets the number of pods whose enrolment is failing.
+func (m *Metrics) SetEnrolFailedPods(n int) {
+	if m == nil {
+		return
+	}
+	m.enrolFailed.Set(float64(n))
 }
 
 func orNone(s string) string {

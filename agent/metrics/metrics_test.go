@@ -22,6 +22,7 @@ func TestRequestsAndConnections(t *testing.T) {
 	m.StreamIdleTimeout("h2")
 	m.StreamIdleTimeout("h2")
 	m.SetEnrolledPods(3)
+	m.SetEnrolFailedPods(1)
 	m.PreexistingReset(2)
 
 	want := `
@@ -40,13 +41,16 @@ portcullis_verifier_stream_idle_timeouts_total{protocol="upgrade"} 1
 # HELP portcullis_agent_enrolled_pods Pods on this node whose inbound connections are captured.
 # TYPE portcullis_agent_enrolled_pods gauge
 portcullis_agent_enrolled_pods 3
+# HELP portcullis_agent_enrol_failed_pods Pods on this node a policy selects whose enrolment is failing (retried with backoff; see the workload's last error).
+# TYPE portcullis_agent_enrol_failed_pods gauge
+portcullis_agent_enrol_failed_pods 1
 # HELP portcullis_agent_preexisting_connections_reset_total Connections an application accepted before capture covered their port, reset when capture started.
 # TYPE portcullis_agent_preexisting_connections_reset_total counter
 portcullis_agent_preexisting_connections_reset_total 2
 `
 	if err := testutil.GatherAndCompare(m.Registry(), strings.NewReader(want),
 		"portcullis_verifier_requests_total", "portcullis_verifier_connections_total",
-		"portcullis_verifier_stream_idle_timeouts_total", "portcullis_agent_enrolled_pods",
+		"portcullis_verifier_stream_idle_timeouts_total", "portcullis_agent_enrolled_pods", "portcullis_agent_enrol_failed_pods",
 		"portcullis_agent_preexisting_connections_reset_total"); err != nil {
 		t.Error(err)
 	}
