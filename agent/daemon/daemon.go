@@ -16,6 +16,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/portcullis-mesh/portcullis/agent/audit"
@@ -54,6 +55,23 @@ type Agent struct {
 	adminAddr net.Addr
 
 	issuersMu sync.Mutex
+	// policyErr, in kubernetes mode, is the error of the latest policy
+	// snapshot (kubepolicy.Result.Err: the objects quarantined in the set
+	// in force, or why the snapshot was refused); nil in local mode, where
+	// the store's LastError says it all.
+	policyErr atomic.Pointer[error]
+	// policyInvalid counts the objects the set in force does not apply as
+	// written (kubepolicy.Result.Invalid).
+	policyInvalid atomic.Int64
+}
+
+// policyLastError is the policy problem status reports: the latest
+// snapshot's in kubernetes mode, the store's in local mode.
+func (a *Agent) policyLastError() error {
+	if p := a.policyErr.Load(); p != nil {
+		return *p
+	}
+	return a.store.Stats().LastError
 }
 
 // Run starts the agent and blocks until ctx ends, then shuts down.

@@ -103,8 +103,8 @@ func (b *backend) Status(ctx context.Context) (*debugv1.GetStatusResponse, error
 	if !st.LastChange.IsZero() {
 		ps.UpdatedAt, ps.Age = timestamppb.New(st.LastChange), durationpb.New(time.Since(st.LastChange))
 	}
-	if st.LastError != nil {
-		ps.LastError = st.LastError.Error()
+	if err := a.policyLastError(); err != nil {
+		ps.LastError = err.Error()
 	}
 	resp := &debugv1.GetStatusResponse{
 		Version: Version, Commit: commit(), NodeName: a.cfg.NodeName, Mode: string(a.cfg.Mode),

@@ -71,6 +71,12 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 				a.applySet(set)
 				propagation.Observe(time.Since(observedAt).Seconds())
 			},
+			OnResult: func(r kubepolicy.Result) {
+				a.policyErr.Store(&r.Err)
+				if r.Applied {
+					a.policyInvalid.Store(int64(r.Invalid))
+				}
+			},
 		}, func() { close(policiesSynced) })
 	}()
 	select {
