@@ -126,6 +126,13 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 	// The acceleration mark is set whatever the node's default, so that a
 	// workload can opt in at run time; a mark no socket carries costs next
 	// to nothing (config.AccelerationConfig).
+	// In a container, a bpffs the datapath mounted itself would vanish with
+	// the container, and every restart would open the pods: refuse.
+	if cfg.Mode == config.ModeKubernetes {
+		if err := checkPinFS(cfg.PinDir); err != nil {
+			return nil, err
+		}
+	}
 	a.dp, err = bpf.Open(bpf.Config{
 		PinDir:       cfg.PinDir,
 		CgroupRoot:   cfg.CgroupRoot,
