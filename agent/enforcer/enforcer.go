@@ -4,6 +4,13 @@
 // listener inside the pod's network namespace and then attaches capture for
 // the selected ports. It consumes identity events and policy-set changes;
 // it is the only place where the datapath, identities and verifiers meet.
+//
+// Enrolment fails closed: when the listener or the verifier cannot be set
+// up, capture is attached anyway (or, re-adopted from a previous agent,
+// kept), so that new connections to the captured ports are dropped rather
+// than reach the application unchecked, and the enrolment is retried with
+// backoff until it succeeds. Capture is removed only when a source no
+// longer reports the pod or the policy set in force no longer selects it.
 package enforcer
 
 import (
@@ -11,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -60,6 +68,13 @@ type Config struct {
 	// ShutdownGrace bounds how long a pod's in-flight requests may finish
 	// when it is unenrolled or its verifier replaced. Zero means 10s.
 	ShutdownGrace time.Duration
+	// RetryBackoff is the delay before a failed enrolment is tried again;
+	// it doubles with each further failure, up to MaxRetryBackoff, and
+	// starts over after a success. Zero means 1s.
+	RetryBackoff time.Duration
+	// MaxRetryBackoff caps the delay between retries of a failing
+	// enrolment. Zero means 30s.
+	MaxRetryBackoff time.Duration
 	// Audit receives decisions; Metrics counts them. Nil means none.
 	Audit   *audit.Logger
 	Metrics *metrics.Metrics
@@ -85,10 +100,18 @@ type Enforcer struct {
 	synced    bool
 	closed    bool
 
+	// gcPending: the workload source synced while no policy set was in
+	// force, so stale enrolments wait for the first one (gcLocked).
+	gcPending bool
+
 	// closing is closed by Close: replaced verifiers still waiting to be
 	// retired (retiring) are retired at once.
 	closing  chan struct{}
 	retiring sync.WaitGroup
+
+	// retried, when set (tests), is called under mu after every retry of
+	// a failing enrolment with the workload's key and the retry's error.
+	retried func(key string, err error)
 }
 
 // workload is one local pod's state.
@@ -99,10 +122,21 @@ type workload struct {
 	cgroupID  uint64
 	id        identity.ID
 	policyW   atomic.Pointer[authz.Workload]
-	// enrolled state (nil when not captured)
-	pod   *enrolled
+	// enrolled state (nil when no verifier serves the pod)
+	pod *enrolled
+	// ports are the captured ports: served by pod, or, while enrolment
+	// fails, dropped by capture attached without a verifier (closed).
 	ports bpf.PortSpec
-	err   error // last enrolment error, for the debug API
+	// closed: capture is attached (by this agent or a previous one) but no
+	// verifier serves the pod, so new connections to ports are dropped.
+	closed bool
+	err    error // last enrolment error, for the debug API
+	regErr error // identity registration error, for the debug API
+	// failures counts consecutive failed enrolment attempts; while it is
+	// not zero, retry is armed. retryGen tells a stale timer from retry.
+	failures int
+	retry    *time.Timer
+	retryGen uint64
 }
 
 type enrolled struct {
@@ -134,6 +168,12 @@ func New(cfg Config) (*Enforcer, error) {
 	}
 	if cfg.ShutdownGrace == 0 {
 		cfg.ShutdownGrace = 10 * time.Second
+	}
+	if cfg.RetryBackoff == 0 {
+		cfg.RetryBackoff = time.Second
+	}
+	if cfg.MaxRetryBackoff == 0 {
+		cfg.MaxRetryBackoff = 30 * time.Second
 	}
 	if cfg.IPCache == nil {
 		cfg.IPCache = &ipcache.Cache{}
@@ -178,7 +218,14 @@ func (e *Enforcer) Handle(ev identity.Event) {
 	case identity.EventRemoved:
 		e.removeLocked(ev.Workload.Key())
 	case identity.EventSynced:
+		// Every workload's identity is registered by now: enrolment waits
+		// for this, so that no pod takes connections while callers that
+		// were reported later are still unknown (or known by a number the
+		// previous agent gave them).
 		e.synced = true
+		for _, key := range slices.Sorted(maps.Keys(e.workloads)) {
+			e.syncLocked(e.workloads[key])
+		}
 		e.gcLocked()
 	}
 }
@@ -188,11 +235,14 @@ func (e *Enforcer) Handle(ev identity.Event) {
 func (e *Enforcer) PolicyChanged() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.closed {
-		return
+	if e.closed || !e.synced {
+		return // Synced reconciles every workload
 	}
 	for _, w := range e.workloads {
 		e.reconcileLocked(w)
+	}
+	if e.gcPending {
+		e.gcLocked()
 	}
 }
 
@@ -216,9 +266,9 @@ func (e *Enforcer) upsertLocked(ev identity.Event) {
 	// Identity: (re)register the cgroup when it or the identity changed.
 	if w.w.CgroupPath != old.CgroupPath || src.ID != old.Source(e.cfg.TrustDomain).ID || w.id == 0 {
 		e.unregisterLocked(w, old)
-		if err := e.registerLocked(w, src); err != nil {
-			w.err = err
-			e.log.Warn("register workload identity", "workload", key, "error", err)
+		w.regErr = e.registerLocked(w, src)
+		if w.regErr != nil {
+			e.log.Warn("register workload identity", "workload", key, "error", w.regErr)
 		}
 	} else {
 		e.sources.Store(w.id, src) // client ID may have changed
@@ -227,6 +277,14 @@ func (e *Enforcer) upsertLocked(ev identity.Event) {
 	if w.pod != nil && w.pod.netnsKey != w.w.NetnsPath {
 		e.unenrollLocked(w)
 	}
+	if e.synced {
+		e.syncLocked(w)
+	}
+}
+
+// syncLocked brings w's capture and verifier in line with its workload and
+// the policy set in force.
+func (e *Enforcer) syncLocked(w *workload) {
 	e.reconcileLocked(w)
 	// The verifier's dialer and splicing follow local acceleration: a
 	// change needs a new verifier, on the same listener.
@@ -289,29 +347,56 @@ func (e *Enforcer) removeLocked(key string) {
 	if w == nil {
 		return
 	}
-	e.unenrollLocked(w)
+	// The pod is gone: whatever capture it had goes too, also one kept
+	// closed while its enrolment failed or re-adopted from a previous
+	// agent.
+	if w.pod != nil {
+		e.unenrollLocked(w)
+	} else {
+		e.releaseLocked(w)
+	}
+	e.clearFailureLocked(w)
 	e.unregisterLocked(w, w.w)
 	e.ipc.Delete(key)
 	delete(e.workloads, key)
-	e.setEnrolledMetric()
+	e.setMetricsLocked()
 }
 
-// gcLocked removes datapath state of pods a previous agent enrolled that no
-// source reports any more.
+// gcLocked removes the datapath state of pods, enrolled by a previous
+// agent, that no source reports any more or that the policy set in force
+// does not select. While no policy set is in force it removes nothing
+// (and runs again with the first one): it cannot tell which pods are
+// selected, and removing capture fails open. Pods whose enrolment is
+// failing are selected, so their capture stays (closed).
 func (e *Enforcer) gcLocked() {
+	if e.cfg.Engine.Set() == nil {
+		if !e.gcPending {
+			e.log.Warn("no policy set in force; enrolments of a previous agent are kept until one is")
+		}
+		e.gcPending = true
+		return
+	}
+	e.gcPending = false
 	pods, err := e.dp.Pods()
 	if err != nil {
 		e.log.Warn("list enrolled pods", "error", err)
 		return
 	}
 	for _, p := range pods {
-		if w := e.workloads[p.Key]; w == nil || w.pod == nil {
-			if err := e.dp.Remove(p.Key); err != nil {
-				e.log.Warn("remove stale pod", "workload", p.Key, "error", err)
+		w := e.workloads[p.Key]
+		if w != nil {
+			if want, _ := e.captureFor(w); want || w.pod != nil {
 				continue
 			}
-			e.log.Info("removed stale enrolment", "workload", p.Key)
 		}
+		if err := e.dp.Remove(p.Key); err != nil {
+			e.log.Warn("remove stale pod", "workload", p.Key, "error", err)
+			continue
+		}
+		if w != nil {
+			w.closed, w.ports = false, bpf.PortSpec{}
+		}
+		e.log.Info("removed stale enrolment", "workload", p.Key)
 	}
 }
 
@@ -343,39 +428,136 @@ func (e *Enforcer) captureFor(w *workload) (bool, bpf.PortSpec) {
 func (e *Enforcer) reconcileLocked(w *workload) {
 	want, ports := e.captureFor(w)
 	switch {
-	case !want && w.pod != nil:
-		e.unenrollLocked(w)
-	case want && w.pod == nil:
-		if err := e.enrollLocked(w, ports); err != nil {
-			w.err = err
-			e.log.Error("enrol workload", "workload", w.w.Key(), "error", err)
+	case !want:
+		if w.pod != nil {
+			e.unenrollLocked(w)
+		} else if e.cfg.Engine.Set() != nil {
+			// Capture kept closed for a failing enrolment, or re-adopted,
+			// that the policy set in force no longer wants. Without a
+			// set, nothing is known to be unwanted: it stays.
+			e.releaseLocked(w)
 		}
-	case want && !samePorts(w.ports, ports):
+		e.clearFailureLocked(w)
+	case w.pod == nil:
+		e.noteAttemptLocked(w, "enrol workload", e.enrollLocked(w, ports))
+	case !samePorts(w.ports, ports):
 		before := e.established(w)
 		if err := e.dp.UpdatePorts(w.w.Key(), ports); err != nil {
-			w.err = err
-			e.log.Error("update captured ports", "workload", w.w.Key(), "error", err)
-			return
+			e.noteAttemptLocked(w, "update captured ports", err)
+			break
 		}
 		old := w.ports
 		w.ports = ports
 		e.log.Info("captured ports changed", "workload", w.w.Key(), "ports", portsString(ports))
 		e.resetPreexisting(w, func(p uint16) bool { return ports.Covers(p) && !old.Covers(p) }, before)
+		e.noteAttemptLocked(w, "update captured ports", nil)
+	default:
+		e.noteAttemptLocked(w, "", nil)
 	}
-	e.setEnrolledMetric()
+	e.setMetricsLocked()
+}
+
+// noteAttemptLocked records the outcome of an attempt to enrol w or to
+// update its ports (what). A failure is logged at ERROR when w starts
+// failing and at WARN on every further failed retry; it arms a retry with
+// exponential backoff. A success ends the retries.
+func (e *Enforcer) noteAttemptLocked(w *workload, what string, err error) {
+	key := w.w.Key()
+	if err == nil {
+		if w.failures > 0 {
+			e.log.Info("enrolment recovered", "workload", key, "failed_attempts", w.failures)
+		}
+		e.clearFailureLocked(w)
+		return
+	}
+	w.err = err
+	w.failures++
+	delay := e.backoff(w.failures)
+	if w.failures == 1 {
+		e.log.Error(what, "workload", key, "error", err, "capture_closed", w.closed, "retry_in", delay.String())
+	} else {
+		e.log.Warn(what+" (retry)", "workload", key, "error", err, "attempt", w.failures, "capture_closed", w.closed, "retry_in", delay.String())
+	}
+	if w.retry != nil {
+		w.retry.Stop()
+	}
+	w.retryGen++
+	gen := w.retryGen
+	w.retry = time.AfterFunc(delay, func() { e.retryEnrol(key, w, gen) })
+}
+
+// backoff is the delay before retry number n (1 for the first).
+func (e *Enforcer) backoff(n int) time.Duration {
+	d := e.cfg.RetryBackoff
+	for i := 1; i < n && d < e.cfg.MaxRetryBackoff; i++ {
+		d *= 2
+	}
+	return min(d, e.cfg.MaxRetryBackoff)
+}
+
+// retryEnrol is a retry timer's function: it tries w again, unless w is
+// gone, has been tried since (gen), or the Enforcer is closed.
+func (e *Enforcer) retryEnrol(key string, w *workload, gen uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed || e.workloads[key] != w || w.retryGen != gen || w.failures == 0 {
+		return
+	}
+	w.retry = nil
+	e.syncLocked(w)
+	if e.retried != nil {
+		var err error
+		if w.failures > 0 {
+			err = w.err
+		}
+		e.retried(key, err)
+	}
+}
+
+// clearFailureLocked ends w's retries and forgets its enrolment error.
+func (e *Enforcer) clearFailureLocked(w *workload) {
+	if w.retry != nil {
+		w.retry.Stop()
+		w.retry = nil
+	}
+	w.retryGen++
+	w.failures = 0
+	w.err = nil
+}
+
+// releaseLocked removes capture the datapath holds for w while no verifier
+// serves it: kept closed for a failing enrolment, or re-adopted from a
+// previous agent. Only for a workload that is gone or no longer selected.
+func (e *Enforcer) releaseLocked(w *workload) {
+	key := w.w.Key()
+	if !w.closed && !e.dp.Capturing(key) {
+		return
+	}
+	if err := e.dp.Remove(key); err != nil {
+		e.log.Error("detach capture", "workload", key, "error", err)
+		return
+	}
+	w.closed, w.ports = false, bpf.PortSpec{}
+	e.log.Info("detached capture of a workload without a verifier", "workload", key)
 }
 
 // enrollLocked opens the listener first and attaches capture second: in the
 // other order new connections would be dropped for a moment (never let
-// through, since capture fails closed).
+// through, since capture fails closed). When the listener or the verifier
+// cannot be set up, capture is attached all the same (failClosedLocked):
+// with no listener in the pod, it drops new connections to the captured
+// ports. Capture that is attached, by this agent or re-adopted from a
+// previous one, is never removed here: Enroll can be retried.
 func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 	key := w.w.Key()
+	pod := bpf.Pod{Key: key, NetnsPath: w.w.NetnsPath, Ports: ports}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	// The pod's connections are listed before capture can steer any of
 	// them to the agent, so that none in the list is the agent's: just
 	// before capture is attached, or, when it already is (re-adopted from
-	// a previous agent), before the agent listens in the pod.
+	// a previous agent, or kept closed after a failed attempt), before the
+	// agent listens in the pod.
 	var before *podnet.Snapshot
 	adopted := e.dp.Capturing(key)
 	if adopted {
@@ -383,31 +565,59 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 	}
 	ln, err := podnet.ListenTCP(ctx, w.w.NetnsPath, fmt.Sprintf(":%d", e.dp.ListenerPort()))
 	if err != nil {
-		return fmt.Errorf("listen in netns %s: %w", w.w.NetnsPath, err)
+		return e.failClosedLocked(w, pod, adopted, before, fmt.Errorf("listen in netns %s: %w", w.w.NetnsPath, err))
 	}
 	acc := newAcceptor(ln)
 	v, err := e.newVerifierLocked(w)
 	if err != nil {
 		acc.Close()
-		return err
+		return e.failClosedLocked(w, pod, adopted, before, err)
 	}
 	e.serve(key, v, acc.view())
 	if !adopted {
 		before = e.established(w)
 	}
-	if err := e.dp.Enroll(bpf.Pod{Key: key, NetnsPath: w.w.NetnsPath, Ports: ports}); err != nil {
+	if err := e.dp.Enroll(pod); err != nil {
+		// Whatever Enroll attached stays: with the listener closed, it
+		// drops new connections.
 		acc.Close()
 		_ = v.srv.Close()
 		v.dialer.Close()
-		_ = e.dp.Remove(key)
+		w.closed = e.dp.Capturing(key)
+		if w.closed {
+			w.ports = ports
+			e.resetPreexisting(w, ports.Covers, before)
+		}
 		return fmt.Errorf("attach capture: %w", err)
 	}
 	w.pod = &enrolled{acc: acc, since: time.Now(), netnsKey: w.w.NetnsPath, podVerifier: v}
 	w.ports = ports
-	w.err = nil
+	w.closed = false
 	e.log.Info("enrolled workload", "workload", key, "identity", w.w.SPIFFEID(e.cfg.TrustDomain), "ports", portsString(ports), "local_acceleration", v.accel)
 	e.resetPreexisting(w, ports.Covers, before)
 	return nil
+}
+
+// failClosedLocked attaches capture for pod without a listener, after cause
+// kept the listener or the verifier from being set up, so that new
+// connections to the captured ports are dropped, and resets the
+// connections the application accepted on them before (as enrolment
+// does), so that none goes on unchecked. It returns cause, joined with
+// Enroll's error if capture could not be attached.
+func (e *Enforcer) failClosedLocked(w *workload, pod bpf.Pod, adopted bool, before *podnet.Snapshot, cause error) error {
+	if !adopted {
+		before = e.established(w)
+	}
+	err := e.dp.Enroll(pod)
+	w.closed = e.dp.Capturing(pod.Key)
+	if w.closed {
+		w.ports = pod.Ports
+		e.resetPreexisting(w, pod.Ports.Covers, before)
+	}
+	if err != nil {
+		return errors.Join(cause, fmt.Errorf("attach capture without a listener: %w", err))
+	}
+	return cause
 }
 
 // established lists w's connections before capture can steer any of them
@@ -595,7 +805,7 @@ func (e *Enforcer) unenrollLocked(w *workload) {
 		e.log.Error("detach capture", "workload", key, "error", err)
 	}
 	p := w.pod
-	w.pod, w.ports = nil, bpf.PortSpec{}
+	w.pod, w.ports, w.closed = nil, bpf.PortSpec{}, false
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ShutdownGrace)
 		defer cancel()
@@ -618,17 +828,21 @@ func (e *Enforcer) StripHeadersChanged() {
 	}
 }
 
-func (e *Enforcer) setEnrolledMetric() {
+func (e *Enforcer) setMetricsLocked() {
 	if e.cfg.Metrics == nil {
 		return
 	}
-	n := 0
+	enrolled, failing := 0, 0
 	for _, w := range e.workloads {
 		if w.pod != nil {
-			n++
+			enrolled++
+		}
+		if w.failures > 0 {
+			failing++
 		}
 	}
-	e.cfg.Metrics.SetEnrolledPods(n)
+	e.cfg.Metrics.SetEnrolledPods(enrolled)
+	e.cfg.Metrics.SetEnrolFailedPods(failing)
 }
 
 // Synced reports whether the workload source has reported every workload.
@@ -651,7 +865,14 @@ type WorkloadStatus struct {
 	// Accelerated: the verifier's upstream connections are locally
 	// accelerated (only while Enrolled).
 	Accelerated bool
-	LastError   string
+	// Closed: enrolment is failing but capture is attached, so new
+	// connections to Ports are dropped until a retry succeeds. A failing
+	// workload that is not Closed takes connections unchecked.
+	Closed bool
+	// Failures counts consecutive failed enrolment attempts (retried with
+	// backoff); LastError is the last one's error.
+	Failures  int
+	LastError string
 }
 
 // Workloads lists the node's workloads, sorted by key.
@@ -664,8 +885,10 @@ func (e *Enforcer) Workloads() []WorkloadStatus {
 		if w.pod != nil {
 			s.Enrolled, s.Since, s.Accelerated = true, w.pod.since, w.pod.accel
 		}
-		if w.err != nil {
-			s.LastError = w.err.Error()
+		s.Closed = w.pod == nil && w.closed
+		s.Failures = w.failures
+		if err := errors.Join(w.err, w.regErr); err != nil {
+			s.LastError = err.Error()
 		}
 		out = append(out, s)
 	}
@@ -694,6 +917,10 @@ func (e *Enforcer) Close(ctx context.Context) error {
 	e.closed = true
 	var pods []*enrolled
 	for _, w := range e.workloads {
+		if w.retry != nil {
+			w.retry.Stop()
+			w.retry = nil
+		}
 		if w.pod != nil {
 			pods = append(pods, w.pod)
 		}
