@@ -102,13 +102,16 @@ type Workload struct {
 	Policy policy.Workload
 	// NamespaceEnforced is true when the workload's namespace carries
 	// portcullis.dev/enforce=enabled: it is captured even when no policy
-	// selects it, and then nothing is allowed (ReasonNoPolicy).
+	// selects it, and nothing is allowed (ReasonNoPolicy) unless an
+	// enforced Allow policy selects it and a rule matches
+	// (policy.Workload.DefaultDeny).
 	NamespaceEnforced bool
 }
 
 // ReasonNoPolicy refuses requests to a workload of an enforced namespace
-// that no policy selects: enforcement by namespace is default-deny.
-const ReasonNoPolicy = "no_policy"
+// that no enforced Allow policy selects: enforcement by namespace is
+// default-deny.
+const ReasonNoPolicy = "no_policy" // policy.ReasonNoPolicy, untyped
 
 // For returns the verifier.Authorizer of one workload. w is read on every
 // request, so label changes apply to the next request.
@@ -146,6 +149,7 @@ func (e *Engine) Input(ctx context.Context, w *Workload, r *verifier.Request) (p
 	}
 	if w != nil {
 		in.Workload = w.Policy
+		in.Workload.DefaultDeny = w.NamespaceEnforced
 	}
 	if r.Token == "" {
 		in.TokenReason = tokencheck.ReasonMissingToken
@@ -160,10 +164,7 @@ func (e *Engine) Input(ctx context.Context, w *Workload, r *verifier.Request) (p
 // Authorize decides one request for workload w.
 func (e *Engine) Authorize(ctx context.Context, w *Workload, r *verifier.Request) verifier.Decision {
 	in, _ := e.Input(ctx, w, r)
-	pd, d := e.Decide(in)
-	if pd.Reason == policy.ReasonNotCaptured && w != nil && w.NamespaceEnforced {
-		return verifier.Decision{Status: 403, Reason: ReasonNoPolicy, Token: d.Token}
-	}
+	_, d := e.Decide(in)
 	return d
 }
 

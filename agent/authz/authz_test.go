@@ -148,3 +148,64 @@ func TestIssuerConfigs(t *testing.T) {
 		t.Errorf("converted issuer does not validate: %v", err)
 	}
 }
+
+func engineFor(t *testing.T, yaml string) *Engine {
+	t.Helper()
+	objs, err := policy.Load("p.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := policy.NewStore()
+	if _, err := store.Update(objs); err != nil {
+		t.Fatal(err)
+	}
+	return New(fakeTokens{}, store)
+}
+
+// TestNamespaceEnforcedPolicies: in an enforced namespace, Audit-mode and
+// Deny-only policies never open a workload; only an enforced Allow rule
+// does (review 5, finding 3).
+func TestNamespaceEnforcedPolicies(t *testing.T) {
+	if ReasonNoPolicy != string(policy.ReasonNoPolicy) {
+		t.Fatalf("ReasonNoPolicy: got %q, want %q", ReasonNoPolicy, policy.ReasonNoPolicy)
+	}
+	const head = "apiVersion: portcullis.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: trial, namespace: shop}\nspec:\n  selector: {matchLabels: {app: cart}}\n"
+	auditAllow := head + "  mode: Audit\n  rules: [{from: {namespaces: [shop]}}]\n"
+	auditAllowAll := head + "  mode: Audit\n  rules: [{}]\n"
+	auditDeny := head + "  mode: Audit\n  action: Deny\n  rules: [{to: {paths: [/admin/*]}}]\n"
+	denyOnly := head + "  action: Deny\n  rules: [{to: {paths: [/admin/*]}}]\n"
+	allowAnon := head + "  rules: [{from: {anonymous: true}, to: {paths: [/x]}}]\n"
+	refused := verifier.Decision{Status: 403, Reason: ReasonNoPolicy}
+	for _, tc := range []struct {
+		name     string
+		yaml     string
+		enforced bool
+		path     string
+		want     verifier.Decision
+	}{
+		{"audit allow, not matching", auditAllow, true, "/x", refused},
+		{"audit allow-all, would allow", auditAllowAll, true, "/x", refused},
+		{"audit deny, not matching", auditDeny, true, "/x", refused},
+		{"audit deny, matching", auditDeny, true, "/admin/x", refused},
+		{"deny only, not matching", denyOnly, true, "/x", refused},
+		{"deny only, matching", denyOnly, true, "/admin/x", verifier.Decision{Status: 403, Reason: "denied", Policy: "shop/trial", Rule: "0"}},
+		{"enforced allow, matching", allowAnon, true, "/x", verifier.Decision{Allow: true, Policy: "shop/trial", Rule: "0"}},
+		{"enforced allow, not matching", allowAnon, true, "/y", verifier.Decision{Status: 403, Reason: "no_matching_rule"}},
+		// Outside enforced namespaces, Audit and Deny-only policies keep
+		// their meaning: Audit reports and forwards, Deny-only denies what
+		// it matches.
+		{"not enforced: audit allow reports and forwards", auditAllow, false, "/x", verifier.Decision{Status: 403, Reason: "no_matching_rule", Mode: verifier.AuditOnly}},
+		{"not enforced: deny only, not matching, forwards", denyOnly, false, "/x", verifier.Decision{Allow: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := engineFor(t, tc.yaml)
+			var w atomic.Pointer[Workload]
+			w.Store(&Workload{Key: "shop/cart-1", Policy: policy.Workload{Namespace: "shop", Labels: map[string]string{"app": "cart"}}, NamespaceEnforced: tc.enforced})
+			got := e.For(&w).Authorize(context.Background(), &verifier.Request{Method: "GET", Path: tc.path,
+				Destination: netip.MustParseAddrPort("198.18.0.3:80"), Source: identity.AnonymousSource})
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("Authorize (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

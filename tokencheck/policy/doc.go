@@ -8,6 +8,10 @@
 //
 //   - A workload (and port) that no policy selects is not captured: the
 //     datapath leaves it alone and Evaluate allows with ReasonNotCaptured.
+//     In a namespace that enforces by default (Workload.DefaultDeny), it is
+//     refused instead (403, ReasonNoPolicy), and so is every request that
+//     no Deny rule refuses while no enforced Allow policy selects the
+//     workload and port: Deny-only and Audit-mode policies never open it.
 //   - Deny policies first: a request matching a Deny rule is refused (403).
 //     A Deny rule with token conditions does not match a request without a
 //     token; it refuses one with an invalid token as unauthenticated (401),

@@ -16,6 +16,12 @@ type Workload struct {
 	Namespace string
 	// Labels of the pod; nil means none.
 	Labels map[string]string
+	// DefaultDeny is true when the pod's namespace enforces by default
+	// (portcullis.dev/enforce=enabled): a request is then refused with
+	// ReasonNoPolicy unless an enforced Allow policy selects the pod and
+	// port (and a rule matches). Deny-only and Audit-mode policies never
+	// open such a pod. False means a pod no policy selects is not captured.
+	DefaultDeny bool
 }
 
 // Input is everything a decision depends on. Evaluate only reads it.
@@ -106,6 +112,10 @@ type Reason string
 const (
 	// ReasonNotCaptured: no policy selects the workload and port.
 	ReasonNotCaptured Reason = "not_captured"
+	// ReasonNoPolicy: the workload's namespace enforces by default
+	// (Workload.DefaultDeny) and no enforced Allow policy selects the
+	// workload and port.
+	ReasonNoPolicy Reason = "no_policy"
 	// ReasonAllowed: the request matched an Allow rule.
 	ReasonAllowed Reason = "allowed"
 	// ReasonNoAllowPolicy: only Deny policies select the workload and
@@ -157,8 +167,9 @@ type Decision struct {
 	Mode         Mode
 	AuditOutcome Outcome
 	AuditStatus  Status
-	// Captured is false when no policy selects the workload and port: the
-	// datapath should not have sent the request here at all.
+	// Captured is false when no policy selects the workload and port and
+	// its namespace does not enforce by default: the datapath should not
+	// have sent the request here at all.
 	Captured bool
 }
 
@@ -474,11 +485,11 @@ func Evaluate(s *Set, in Input) Decision {
 
 func (s *Set) decide(in *Input, tr *tracer) Decision {
 	if s == nil {
-		return notCaptured
+		return uncaptured(in)
 	}
 	ns := s.namespaces[in.Workload.Namespace]
 	if ns == nil {
-		return notCaptured
+		return uncaptured(in)
 	}
 	var deny, allow groupResult
 	evalGroup(&ns.enforceDeny, in, true, false, &deny, tr)
@@ -489,6 +500,9 @@ func (s *Set) decide(in *Input, tr *tracer) Decision {
 		return d
 	}
 	evalGroup(&ns.enforceAllow, in, false, false, &allow, tr)
+	// An enforced refusal stands whatever the Audit policies say, the
+	// default deny of an enforced namespace included: Audit only ever
+	// reports on top of what is enforced.
 	enforced := allowDecision(&deny, &allow, in)
 	if enforced.Outcome == OutcomeDeny || (ns.auditDeny.empty() && ns.auditAllow.empty()) {
 		if tr != nil {
@@ -519,7 +533,18 @@ func (s *Set) decide(in *Input, tr *tracer) Decision {
 	return audited
 }
 
-var notCaptured = Decision{Outcome: OutcomeAllow, Status: StatusOK, Reason: ReasonNotCaptured, Rule: -1}
+var (
+	notCaptured = Decision{Outcome: OutcomeAllow, Status: StatusOK, Reason: ReasonNotCaptured, Rule: -1}
+	noPolicy    = Decision{Outcome: OutcomeDeny, Status: StatusForbidden, Reason: ReasonNoPolicy, Rule: -1, Captured: true}
+)
+
+// uncaptured is the decision when no policy selects the workload and port.
+func uncaptured(in *Input) Decision {
+	if in.Workload.DefaultDeny {
+		return noPolicy
+	}
+	return notCaptured
+}
 
 // denyDecision returns the decision of the Deny policies, if they made one.
 func denyDecision(g *groupResult, in *Input) (Decision, bool) {
@@ -550,11 +575,12 @@ func unauthenticated(in *Input, policy string, rule int) Decision {
 	return d
 }
 
-// allowDecision combines the Allow policies once no Deny matched.
+// allowDecision combines the Allow policies once no Deny matched. Without
+// a selecting Allow policy, a default-deny workload is refused.
 func allowDecision(deny, allow *groupResult, in *Input) Decision {
 	switch {
-	case !allow.selected && !deny.selected:
-		return notCaptured
+	case !allow.selected && (in.Workload.DefaultDeny || !deny.selected):
+		return uncaptured(in)
 	case !allow.selected:
 		return Decision{Outcome: OutcomeAllow, Status: StatusOK, Reason: ReasonNoAllowPolicy, Rule: -1, Captured: true}
 	case allow.match != nil:

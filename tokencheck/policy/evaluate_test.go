@@ -272,6 +272,58 @@ func TestEvaluate(t *testing.T) {
 	}
 }
 
+// TestEvaluateDefaultDeny: in a namespace that enforces by default, only an
+// enforced Allow policy can let a request through; Deny-only and Audit-mode
+// policies never open the workload.
+func TestEvaluateDefaultDeny(t *testing.T) {
+	allowWeb := policy("allow-web", "  selector: {matchLabels: {app: orders}}\n  rules: [{from: {namespaces: [web]}, to: {ports: [8080]}}]")
+	auditAllowAll := policy("trial", "  selector: {matchLabels: {app: orders}}\n  mode: Audit\n  rules: [{}]")
+	auditDenyAdmin := policy("trial-deny", "  mode: Audit\n  action: Deny\n  rules: [{to: {paths: [/admin/*]}}]")
+	denyAdmin := policy("deny-admin", "  action: Deny\n  rules: [{to: {paths: [/admin/*]}}]")
+	defaultDeny := func(in *Input) { in.Workload.DefaultDeny = true }
+	noPolicyDec := Decision{Outcome: OutcomeDeny, Status: StatusForbidden, Reason: ReasonNoPolicy, Rule: -1, Captured: true}
+	tests := []struct {
+		name string
+		docs []string
+		in   Input
+		want Decision
+	}{
+		{"no policy at all", nil, req(defaultDeny), noPolicyDec},
+		{"policy of another namespace", []string{allowWeb}, req(defaultDeny, func(in *Input) { in.Workload.Namespace = "other" }), noPolicyDec},
+		{"allow policy of another port", []string{allowWeb}, req(defaultDeny, func(in *Input) { in.Port = 9090 }), noPolicyDec},
+		{"enforced allow matches", []string{allowWeb}, req(defaultDeny), allowed("shop/allow-web", 0)},
+		{"enforced allow does not match", []string{allowWeb}, req(defaultDeny, func(in *Input) { in.Source = anonymous }), noMatch},
+		{"deny only, not matching: default deny", []string{denyAdmin}, req(defaultDeny, func(in *Input) { in.Source = anonymous; noToken(in) }), noPolicyDec},
+		{"deny only, matching: denied", []string{denyAdmin}, req(defaultDeny, func(in *Input) { in.Path = "/admin/x" }), denied("shop/deny-admin", 0)},
+		{"audit allow alone, would allow: still refused", []string{auditAllowAll}, req(defaultDeny, func(in *Input) { in.Source = anonymous; noToken(in) }), noPolicyDec},
+		{"audit deny alone, not matching: still refused", []string{auditDenyAdmin}, req(defaultDeny, func(in *Input) { in.Source = anonymous; noToken(in) }), noPolicyDec},
+		{"audit deny alone, matching: still refused", []string{auditDenyAdmin}, req(defaultDeny, func(in *Input) { in.Path = "/admin/x" }), noPolicyDec},
+		{"enforced deny only and audit allow: still refused", []string{denyAdmin, auditAllowAll}, req(defaultDeny), noPolicyDec},
+		{"audit deny over enforced allow: reported, allowed", []string{allowWeb, auditDenyAdmin}, req(defaultDeny, func(in *Input) { in.Path = "/admin/x" }),
+			Decision{Outcome: OutcomeAllow, Status: StatusOK, Reason: ReasonDenied, Policy: "shop/trial-deny", Rule: 0, Mode: ModeAudit, AuditOutcome: OutcomeDeny, AuditStatus: StatusForbidden, Captured: true}},
+		// Without default deny, the same policies behave as before.
+		{"not enforced: audit allow alone allows and reports", []string{auditAllowAll}, req(func(in *Input) { in.Source = anonymous; noToken(in) }),
+			Decision{Outcome: OutcomeAllow, Status: StatusOK, Reason: ReasonAllowed, Policy: "shop/trial", Rule: 0, Mode: ModeAudit, AuditOutcome: OutcomeAllow, AuditStatus: StatusOK, Captured: true}},
+		{"not enforced: deny only, not matching, allows", []string{denyAdmin}, req(), noAllowPolicy},
+		{"not enforced: no policy, not captured", nil, req(), notCapturedDec},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			set := mustCompile(t, tt.docs...)
+			got := Evaluate(set, tt.in)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("Evaluate() mismatch (-want +got):\n%s", diff)
+			}
+			if ex := Explain(set, tt.in); ex.Decision != got {
+				t.Errorf("Explain().Decision: got %+v, want %+v", ex.Decision, got)
+			}
+		})
+	}
+	if got := Evaluate(nil, req(defaultDeny)); got != noPolicyDec {
+		t.Errorf("Evaluate(nil set) with default deny: got %+v, want %+v", got, noPolicyDec)
+	}
+}
+
 func TestEvaluateNilSet(t *testing.T) {
 	if got := Evaluate(nil, req()); got != notCapturedDec {
 		t.Errorf("Evaluate(nil) = %+v, want %+v", got, notCapturedDec)
