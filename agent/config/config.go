@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
+	"strconv"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -143,8 +145,12 @@ type AuditConfig struct {
 	// Path is the file audit records are appended to; "-" is standard
 	// output. Zero: standard output.
 	Path string `json:"path,omitempty"`
-	// AllowSampleRate is the fraction of allow decisions recorded, 0..1.
-	// Denies are always recorded. Zero (unset): 1, every allow.
+	// AllowSampleRate is the fraction of allow decisions recorded: 1/N
+	// for a whole N (1, 0.5, 0.25, 0.1, 0.01...), since one allow in every
+	// N is recorded; Validate refuses a rate more than 0.5% away from the
+	// nearest 1/N, which would silently record another fraction. 0 records
+	// no allow (strictly: only the first after start). Denies are always
+	// recorded. Unset: 1, every allow.
 	AllowSampleRate *float64 `json:"allowSampleRate,omitempty"`
 	// Buffer is how many records may wait to be written. Zero: 4096.
 	Buffer int `json:"buffer,omitempty"`
@@ -301,6 +307,25 @@ func (c *Config) Default() {
 	}
 }
 
+// sampleRateTolerance is how far, relatively, a recorded fraction 1/N may
+// be from audit.allowSampleRate: 0.333 is taken as 1/3, 0.33 is refused.
+const sampleRateTolerance = 0.005
+
+// AllowSampling is how the audit log samples allow decisions
+// (audit.Config.AllowSampling): one in every N, where AllowSampleRate is
+// 1/N. 1 records every allow; AllowSampleRate 0 gives the largest N. Call
+// it on a validated Config.
+func (a AuditConfig) AllowSampling() int {
+	switch r := *a.AllowSampleRate; {
+	case r >= 1:
+		return 1
+	case r <= 0:
+		return math.MaxInt
+	default:
+		return int(math.Round(1 / r))
+	}
+}
+
 // Validate reports every problem it finds, joined.
 func (c *Config) Validate() error {
 	var errs []error
@@ -327,8 +352,12 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("adminAddress: %w", err))
 		}
 	}
-	if r := *c.Audit.AllowSampleRate; r < 0 || r > 1 {
+	if r := *c.Audit.AllowSampleRate; r < 0 || r > 1 || math.IsNaN(r) {
 		errs = append(errs, fmt.Errorf("audit.allowSampleRate: %v is not within 0..1", r))
+	} else if r > 0 && math.Abs(r*math.Round(1/r)-1) > sampleRateTolerance {
+		lo, hi := math.Ceil(1/r), math.Floor(1/r)
+		errs = append(errs, fmt.Errorf("audit.allowSampleRate: %v is not 1/N for a whole N: one allow in every N is recorded, so write %s (1/%.0f) or %s (1/%.0f)",
+			r, strconv.FormatFloat(1/lo, 'g', 4, 64), lo, strconv.FormatFloat(1/hi, 'g', 4, 64), hi))
 	}
 	if c.Audit.Buffer < 0 {
 		errs = append(errs, fmt.Errorf("audit.buffer: %d is negative", c.Audit.Buffer))

@@ -1,8 +1,11 @@
 package config
 
 import (
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -146,5 +149,54 @@ func TestLoadLimits(t *testing.T) {
 				t.Errorf("Limits mismatch (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestAllowSampleRate(t *testing.T) {
+	for _, tc := range []struct {
+		rate float64
+		// want is audit.Config.AllowSampling; 0 means refused.
+		want int
+	}{
+		{1, 1},
+		{0.5, 2},
+		{0.25, 4},
+		{0.1, 10},
+		{0.01, 100},
+		{0.333, 3}, // within 0.5% of 1/3
+		{0.00015, 6667},
+		{0, math.MaxInt},
+		{0.7, 0}, // would record every allow
+		{0.4, 0}, // would record 1/3 or 1/2
+		{0.33, 0},
+		{0.15, 0},
+	} {
+		t.Run(strconv.FormatFloat(tc.rate, 'g', -1, 64), func(t *testing.T) {
+			body := fmt.Sprintf("local: {workloads: w, policies: p}\naudit: {allowSampleRate: %v}\n", tc.rate)
+			c, err := Load(writeFile(t, t.TempDir(), "agent.yaml", body))
+			if tc.want == 0 {
+				if err == nil || !strings.Contains(err.Error(), "is not 1/N") {
+					t.Fatalf("Load: got %v, want an error saying the rate is not 1/N", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			n := c.Audit.AllowSampling()
+			if n != tc.want {
+				t.Errorf("AllowSampling: got %d, want %d", n, tc.want)
+			}
+			// The fraction the audit log records (one in every n) is the
+			// configured one.
+			if got := 1 / float64(n); tc.rate > 0 && math.Abs(got/tc.rate-1) > sampleRateTolerance {
+				t.Errorf("recorded fraction: got %v, want %v", got, tc.rate)
+			}
+		})
+	}
+	p := writeFile(t, t.TempDir(), "agent.yaml", "local: {workloads: w, policies: p}\naudit: {allowSampleRate: 0.7}\n")
+	_, err := Load(p)
+	if want := "audit.allowSampleRate: 0.7 is not 1/N for a whole N: one allow in every N is recorded, so write 0.5 (1/2) or 1 (1/1)"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Load error: got %v, want it to contain %q", err, want)
 	}
 }

@@ -104,16 +104,10 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 		}
 		w, a.auditOut = f, f
 	}
-	sampling := 1
-	if r := *cfg.Audit.AllowSampleRate; r > 0 && r < 1 {
-		sampling = int(1/r + 0.5)
-	} else if r == 0 {
-		sampling = 1 << 30 // effectively none
-	}
 	// Records are batched for up to 20ms: one write(2) per batch instead of
 	// one per request (profiling showed per-record writes at 8% of the
 	// agent's CPU under load). Shutdown flushes.
-	a.audit = audit.New(audit.Config{Writer: w, BufferSize: cfg.Audit.Buffer, AllowSampling: sampling, FlushInterval: 20 * time.Millisecond, Logger: log})
+	a.audit = audit.New(audit.Config{Writer: w, BufferSize: cfg.Audit.Buffer, AllowSampling: cfg.Audit.AllowSampling(), FlushInterval: 20 * time.Millisecond, Logger: log})
 	if err := a.metrics.RegisterAuditDrops(func() (uint64, uint64, uint64) {
 		s := a.audit.Stats()
 		return s.DroppedAllows, s.DroppedDenies, s.SubscriberDrops
