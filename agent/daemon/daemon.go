@@ -74,10 +74,17 @@ func (a *Agent) policyLastError() error {
 	return a.store.Stats().LastError
 }
 
-// Run starts the agent and blocks until ctx ends, then shuts down.
+// Run starts the agent and blocks until ctx ends, then shuts down. When ctx
+// ends while the agent is still starting (a SIGTERM during a rollout), Run
+// undoes what was started and returns nil: being told to stop is not a
+// failure, whatever the start was waiting for.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	a, err := Start(ctx, cfg, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("agent stopped while starting", "cause", context.Cause(ctx), "start_error", err)
+			return nil
+		}
 		return err
 	}
 	<-ctx.Done()

@@ -62,8 +62,12 @@ func run() int {
 		log.Info("Go memory limit set", "container_limit_bytes", os.Getenv(memoryLimitEnv), "soft_limit_bytes", soft)
 	}
 
+	// SIGINT or SIGTERM stops the agent, at any point, and the exit is
+	// clean (0). A second one kills it at once: the pins stay, so that too
+	// fails closed.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	go func() { <-ctx.Done(); stop() }()
 	if err := daemon.Run(ctx, cfg, log); err != nil {
 		log.Error("agent failed", "error", err)
 		return 1
