@@ -157,8 +157,9 @@ type podVerifier struct {
 }
 
 // New returns an Enforcer. It adopts nothing yet: pods a previous agent left
-// enrolled stay captured (and closed) until a source reports them again or
-// Synced lets GC remove those that are gone.
+// enrolled stay captured (and closed) until they are enrolled again, which
+// waits for EventSynced, or until, with EventSynced and a policy set in
+// force, GC removes those that are gone or not selected.
 func New(cfg Config) (*Enforcer, error) {
 	if cfg.Datapath == nil || cfg.Engine == nil {
 		return nil, errors.New("enforcer: Datapath and Engine are required")
@@ -530,15 +531,17 @@ func (e *Enforcer) clearFailureLocked(w *workload) {
 // previous agent. Only for a workload that is gone or no longer selected.
 func (e *Enforcer) releaseLocked(w *workload) {
 	key := w.w.Key()
-	if !w.closed && !e.dp.Capturing(key) {
-		return
-	}
+	attached := w.closed || e.dp.Capturing(key)
+	// Also when nothing is attached: a failed Enroll may have left the
+	// pod's map entries.
 	if err := e.dp.Remove(key); err != nil {
 		e.log.Error("detach capture", "workload", key, "error", err)
 		return
 	}
 	w.closed, w.ports = false, bpf.PortSpec{}
-	e.log.Info("detached capture of a workload without a verifier", "workload", key)
+	if attached {
+		e.log.Info("detached capture of a workload without a verifier", "workload", key)
+	}
 }
 
 // enrollLocked opens the listener first and attaches capture second: in the
@@ -604,6 +607,13 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 // connections the application accepted on them before (as enrolment
 // does), so that none goes on unchecked. It returns cause, joined with
 // Enroll's error if capture could not be attached.
+//
+// Capture steers a new connection to whatever listens on the listener
+// port for the destination address. When the listener could not be opened
+// because a socket of the pod's own holds that port on the pod's address
+// or the wildcard, capture hands the connections to that socket; only a
+// socket bound elsewhere (loopback, say) leaves capture dropping them.
+// Telling the agent's listener apart is the datapath's to do.
 func (e *Enforcer) failClosedLocked(w *workload, pod bpf.Pod, adopted bool, before *podnet.Snapshot, cause error) error {
 	if !adopted {
 		before = e.established(w)
