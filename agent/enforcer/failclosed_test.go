@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/portcullis-mesh/portcullis/agent/authz"
 	"github.com/portcullis-mesh/portcullis/agent/metrics"
 	"github.com/portcullis-mesh/portcullis/bpf"
@@ -476,5 +478,18 @@ func TestGCRemovesStaleEnrolments(t *testing.T) {
 				t.Errorf("GET: got %d with %d connections accepted by the app, want 200 from the app", resp.StatusCode, f.appAccepted()-before)
 			}
 		})
+	}
+}
+
+func TestRetryBackoff(t *testing.T) {
+	// The defaults New sets: 1s, doubling up to 30s.
+	e := &Enforcer{cfg: Config{RetryBackoff: time.Second, MaxRetryBackoff: 30 * time.Second}}
+	var got []time.Duration
+	for _, n := range []int{1, 2, 3, 4, 5, 6, 7, 1000} {
+		got = append(got, e.backoff(n))
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second, 30 * time.Second}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("backoff for attempts 1..7 and 1000 (-want +got):\n%s", diff)
 	}
 }
