@@ -185,8 +185,16 @@ type Decision struct {
 	Token TokenInfo
 	// Headers are added to the forwarded request (forwardClaims). Names
 	// must also be listed in Config.StripHeaders so a client cannot send
-	// them when the token lacks the claim. Values with CR, LF or NUL are
-	// dropped.
+	// them when the token lacks the claim. A field is skipped (and logged at
+	// debug level) when its value has CR, LF or NUL, or when its name is
+	// one the verifier strips or sets itself, compared case-insensitively
+	// with '_' as '-': X-Portcullis-*, X-Forwarded-*, Forwarded,
+	// X-Real-Ip, X-Client-Ip, True-Client-Ip, X-Original-Forwarded-For,
+	// X-Original-Url, X-Rewrite-Url, Host, and the hop-by-hop and framing
+	// headers (Connection, Keep-Alive, Proxy-*, Te, Trailer,
+	// Transfer-Encoding, Upgrade, Content-Length, Http2-Settings). A client's
+	// copy of a named header (head or trailer) never reaches the
+	// application.
 	Headers []HeaderField
 }
 

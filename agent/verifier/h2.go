@@ -244,7 +244,7 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 		out.Header["Te"] = []string{"trailers"} // gRPC requires it end to end
 	}
 	for _, f := range dec.Headers {
-		if validField(f) {
+		if s.forwardable(f) {
 			out.Header.Add(f.Name, f.Value)
 		}
 	}

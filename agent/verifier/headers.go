@@ -2,6 +2,8 @@ package verifier
 
 import (
 	"bytes"
+	"context"
+	"log/slog"
 	"net/http"
 	"strings"
 
@@ -10,17 +12,22 @@ import (
 
 // dropRequestHeader reports whether a client-sent header must not reach the
 // application: hop-by-hop headers, framing (the verifier re-frames), the
-// forwarding headers the verifier sets itself, X-Portcullis-* and the
-// configured claim headers. Names are compared with '_' as '-', because
-// some application stacks (CGI-style environments) fold the two.
+// forwarding headers (every X-Forwarded-*, Forwarded, and the client
+// address headers frameworks trust: the verifier sets its own),
+// X-Portcullis-* and the configured claim headers. Names are compared with
+// '_' as '-', because some application stacks (CGI-style environments)
+// fold the two.
 func dropRequestHeader(k string, strip map[string]bool, connTokens []string) bool {
 	switch k {
 	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Host",
-		"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded", "Http2-Settings":
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Host", "Http2-Settings",
+		"Forwarded", "X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "X-Original-Forwarded-For",
+		// Request-target overrides (Symfony and IIS-era frameworks, CVE-2018-14773):
+		// the application would route by them, not by the path the policy saw.
+		"X-Original-Url", "X-Rewrite-Url":
 		return true
 	}
-	if hasPrefixFold(k, "x-portcullis-") {
+	if hasPrefixFold(k, "x-portcullis-") || hasPrefixFold(k, "x-forwarded-") {
 		return true
 	}
 	if strings.IndexByte(k, '_') >= 0 {
@@ -33,6 +40,14 @@ func dropRequestHeader(k string, strip map[string]bool, connTokens []string) boo
 		return true
 	}
 	return len(connTokens) > 0 && httpguts.HeaderValuesContainsToken(connTokens, k)
+}
+
+// reservedHeader reports whether an Authorizer-supplied header name is one
+// the verifier strips from every request or sets itself (framing,
+// hop-by-hop, Host, forwarding and X-Portcullis-* headers): a Decision
+// cannot set those.
+func reservedHeader(name string) bool {
+	return dropRequestHeader(http.CanonicalHeaderKey(name), nil, nil)
 }
 
 // dropResponseHeader reports whether an application response header is
@@ -70,6 +85,25 @@ func hasPrefixFold(s, prefix string) bool {
 // as is: a token name and a value without CR, LF or NUL.
 func validField(f HeaderField) bool {
 	return httpguts.ValidHeaderFieldName(f.Name) && httpguts.ValidHeaderFieldValue(f.Value)
+}
+
+// forwardable reports whether a Decision header can be added to the
+// forwarded request: a valid field whose name is not reserved. Skipped
+// fields are logged at debug level (name only: values may be claims).
+func (s *Server) forwardable(f HeaderField) bool {
+	var why string
+	switch {
+	case !validField(f):
+		why = "invalid field"
+	case reservedHeader(f.Name):
+		why = "reserved name"
+	default:
+		return true
+	}
+	if s.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+		s.cfg.Logger.Debug("decision header skipped", "header", f.Name, "why", why)
+	}
+	return false
 }
 
 // bearerToken extracts the bearer token from the Authorization values. n is

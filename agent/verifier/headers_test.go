@@ -48,7 +48,11 @@ func TestDropRequestHeader(t *testing.T) {
 		"X-Portcullis-Source": true, "X-Portcullis-Anything": true, "X_portcullis_source": true,
 		"X-User-Oid": true, "X_user_oid": true, "X-Hop": true, "Connection": true,
 		"Transfer-Encoding": true, "Forwarded": true, "X-Forwarded-For": true, "Proxy-Authorization": true,
+		"X-Forwarded-Port": true, "X-Forwarded-Prefix": true, "x-forwarded-anything": true, "X_Forwarded_Ssl": true,
+		"X-Real-Ip": true, "X_real_ip": true, "X-Client-Ip": true, "True-Client-Ip": true,
+		"X-Original-Forwarded-For": true, "X-Original-Url": true, "X-Rewrite-Url": true,
 		"Authorization": false, "X-Portcullis": false, "Content-Type": false, "X-Keep": false,
+		"X-Forwarded": false, "X-Original-Method": false,
 	} {
 		if got := dropRequestHeader(k, strip, conn); got != want {
 			t.Errorf("dropRequestHeader(%q) = %v, want %v", k, got, want)

@@ -548,7 +548,7 @@ func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Deci
 		}
 	}
 	for _, f := range dec.Headers {
-		if validField(f) {
+		if h.s.forwardable(f) {
 			writeField(bw, f.Name, f.Value)
 		}
 	}

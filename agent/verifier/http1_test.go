@@ -134,6 +134,19 @@ func TestHeadersStrippedAndSet(t *testing.T) {
 				"X-Forwarded-Host":    "evil",
 				"Forwarded":           "for=6.6.6.6",
 				"X-Keep":              "kept",
+				// Forwarding headers frameworks trust for scheme, port,
+				// prefix or client address.
+				"X-Forwarded-Port":         "443",
+				"X-Forwarded-Ssl":          "on",
+				"X-Forwarded-Prefix":       "/evil",
+				"X_Forwarded_Scheme":       "https",
+				"x-forwarded-server":       "evil",
+				"X-Real-Ip":                "6.6.6.6",
+				"X-Client-Ip":              "6.6.6.6",
+				"True-Client-Ip":           "6.6.6.6",
+				"X-Original-Forwarded-For": "6.6.6.6",
+				"X-Original-Url":           "/admin",
+				"X-Rewrite-Url":            "/admin",
 			}
 			if tt.h1 {
 				// Connection-specific headers do not exist in HTTP/2.
@@ -147,19 +160,30 @@ func TestHeadersStrippedAndSet(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := map[string][]string{
-				"X-Portcullis-Source": {frontendSource.ID},
-				"X_portcullis_source": nil,
-				"X-Portcullis-Other":  nil,
-				"X-Claim-Oid":         {"oid-1"},
-				"X-Bad":               nil, // CR/LF in an authorizer value: dropped
-				"Injected":            nil,
-				"X-Forwarded-For":     {"127.0.0.1"},
-				"X-Forwarded-Host":    {h.addr},
-				"X-Forwarded-Proto":   {"http"},
-				"Forwarded":           {"for=127.0.0.1;proto=http"},
-				"X-Hop":               nil,
-				"X-Keep":              {"kept"},
-				"Authorization":       {"Bearer " + tokGood},
+				"X-Portcullis-Source":      {frontendSource.ID},
+				"X_portcullis_source":      nil,
+				"X-Portcullis-Other":       nil,
+				"X-Claim-Oid":              {"oid-1"},
+				"X-Bad":                    nil, // CR/LF in an authorizer value: dropped
+				"Injected":                 nil,
+				"X-Forwarded-For":          {"127.0.0.1"},
+				"X-Forwarded-Host":         {h.addr},
+				"X-Forwarded-Proto":        {"http"},
+				"Forwarded":                {"for=127.0.0.1;proto=http"},
+				"X-Hop":                    nil,
+				"X-Keep":                   {"kept"},
+				"X-Forwarded-Port":         nil,
+				"X-Forwarded-Ssl":          nil,
+				"X-Forwarded-Prefix":       nil,
+				"X_forwarded_scheme":       nil,
+				"X-Forwarded-Server":       nil,
+				"X-Real-Ip":                nil,
+				"X-Client-Ip":              nil,
+				"True-Client-Ip":           nil,
+				"X-Original-Forwarded-For": nil,
+				"X-Original-Url":           nil,
+				"X-Rewrite-Url":            nil,
+				"Authorization":            {"Bearer " + tokGood},
 			}
 			for k, v := range want {
 				if diff := cmp.Diff(v, got[k]); diff != "" {
