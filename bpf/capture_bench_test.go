@@ -13,7 +13,7 @@ func BenchmarkCaptureProgram(b *testing.B) {
 	if err := d.writePorts(&podState{key: "test/bench", cookie: cookie}, PortSpec{Ports: []uint16{testPort}}); err != nil {
 		b.Fatal(err)
 	}
-	prog, err := d.loadCapture(cookie)
+	prog, err := d.loadCapture(cookie, captureEthernet)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -107,26 +107,30 @@ func FuzzCaptureProgram(f *testing.F) {
 	if err := d.writePorts(&podState{key: "test/fuzz", cookie: cookie}, PortSpec{Ports: []uint16{testPort, 443}}); err != nil {
 		f.Fatal(err)
 	}
-	prog, err := d.loadCapture(cookie)
-	if err != nil {
-		f.Fatal(err)
+	// Both instances: BPF_PROG_TEST_RUN puts the network header after the
+	// 14 bytes of the frame, where the L3 instance finds it too.
+	progs := map[captureKind]*ebpf.Program{
+		captureEthernet: loadCaptureTest(f, d, cookie, captureEthernet),
+		captureL3:       loadCaptureTest(f, d, cookie, captureL3),
 	}
-	f.Cleanup(func() { prog.Close() })
 	captured := map[uint16]bool{testPort: true, 443: true}
 
 	f.Fuzz(func(t *testing.T, frame []byte) {
 		if len(frame) < 14 || len(frame) > 1500 {
 			return
 		}
-		got, err := prog.Run(&ebpf.RunOptions{Data: frame})
-		if errors.Is(err, unix.EINVAL) {
-			return // BPF_PROG_TEST_RUN refuses some short frames outright
-		}
-		if err != nil {
-			t.Fatalf("run: %v", err)
-		}
-		if want := modelVerdict(frame, d.cfg.ListenerPort, captured); got != want {
-			t.Errorf("frame %x: verdict %d, model says %d", frame, int32(got), int32(want))
+		want := modelVerdict(frame, d.cfg.ListenerPort, captured)
+		for kind, prog := range progs {
+			got, err := prog.Run(&ebpf.RunOptions{Data: frame})
+			if errors.Is(err, unix.EINVAL) {
+				return // BPF_PROG_TEST_RUN refuses some short frames outright
+			}
+			if err != nil {
+				t.Fatalf("run %s: %v", kind, err)
+			}
+			if got != want {
+				t.Errorf("%s: frame %x: verdict %d, model says %d", kind, frame, int32(got), int32(want))
+			}
 		}
 	})
 }

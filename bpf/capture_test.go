@@ -2,12 +2,14 @@ package bpf
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"net/netip"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 )
 
 // Packet builders for BPF_PROG_TEST_RUN.
@@ -102,9 +104,48 @@ func freePort(t testing.TB) uint16 {
 	return port
 }
 
+// loadCaptureTest loads the capture program of kind for cookie, closed
+// when the test ends.
+func loadCaptureTest(t testing.TB, d *Datapath, cookie uint64, kind captureKind) *ebpf.Program {
+	t.Helper()
+	prog, err := d.loadCapture(cookie, kind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	return prog
+}
+
+// counterDiff runs fn and returns how much each counter grew meanwhile.
+func counterDiff(t *testing.T, d *Datapath, fn func()) map[Counter]uint64 {
+	t.Helper()
+	before, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn()
+	after, err := d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	diff := make(map[Counter]uint64)
+	for c, v := range after {
+		if v != before[c] {
+			diff[c] = v - before[c]
+		}
+	}
+	return diff
+}
+
 // TestCaptureProgramVerdicts runs the capture program on crafted packets
 // with BPF_PROG_TEST_RUN. There is no agent listener in the test's netns, so
 // captured new connections must be dropped.
+//
+// Both instances run every packet: the Ethernet one, and the one for
+// devices without an Ethernet header, which reads from the network header.
+// BPF_PROG_TEST_RUN always builds an Ethernet frame (the network header
+// follows the 14 bytes), so both must agree; TestTunCapture covers a
+// packet that starts at its network header.
 func TestCaptureProgramVerdicts(t *testing.T) {
 	d := openTestWith(t, Config{ListenerPort: freePort(t)})
 	const cookie = 0x5eed
@@ -112,16 +153,6 @@ func TestCaptureProgramVerdicts(t *testing.T) {
 	if err := d.writePorts(st, PortSpec{Ports: []uint16{testPort}}); err != nil {
 		t.Fatal(err)
 	}
-	prog, err := d.loadCapture(cookie)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { prog.Close() })
-	notEnrolled, err := d.loadCapture(cookie + 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { notEnrolled.Close() })
 	listener := d.cfg.ListenerPort
 
 	tcp := func(dport uint16) []byte { return tcpHeader(40000, dport) }
@@ -150,40 +181,96 @@ func TestCaptureProgramVerdicts(t *testing.T) {
 		{name: "ipv6 udp behind extension header", pkt: ethFrame(ethIPv6, ipv6([]uint8{destOpts}, protoUDP, tcp(testPort))), want: tcxNext},
 		{name: "ipv6 first fragment to captured port", pkt: ethFrame(ethIPv6, ipv6([]uint8{fragment}, protoTCP, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureMalformed}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			before, err := d.Counters()
-			if err != nil {
-				t.Fatal(err)
-			}
-			p := prog
-			if tt.notEnrolled {
-				p = notEnrolled
-			}
-			got, err := p.Run(&ebpf.RunOptions{Data: tt.pkt})
-			if err != nil {
-				t.Fatalf("run: %v", err)
-			}
-			if got != tt.want {
-				t.Errorf("verdict: got %d, want %d", int32(got), int32(tt.want))
-			}
-			after, err := d.Counters()
-			if err != nil {
-				t.Fatal(err)
-			}
-			diff := make(map[Counter]uint64)
-			for c, v := range after {
-				if v != before[c] {
-					diff[c] = v - before[c]
+	for _, kind := range []captureKind{captureEthernet, captureL3} {
+		prog := loadCaptureTest(t, d, cookie, kind)
+		notEnrolled := loadCaptureTest(t, d, cookie+1, kind)
+		for _, tt := range tests {
+			t.Run(kind.String()+"/"+tt.name, func(t *testing.T) {
+				p := prog
+				if tt.notEnrolled {
+					p = notEnrolled
 				}
-			}
-			want := map[Counter]uint64{}
-			for _, c := range tt.counted {
-				want[c] = 1
-			}
-			if d := cmp.Diff(want, diff); d != "" {
-				t.Errorf("counter changes (-want +got):\n%s", d)
-			}
-		})
+				var got uint32
+				diff := counterDiff(t, d, func() {
+					var err error
+					if got, err = p.Run(&ebpf.RunOptions{Data: tt.pkt}); err != nil {
+						t.Fatalf("run: %v", err)
+					}
+				})
+				if got != tt.want {
+					t.Errorf("verdict: got %d, want %d", int32(got), int32(tt.want))
+				}
+				want := map[Counter]uint64{}
+				for _, c := range tt.counted {
+					want[c] = 1
+				}
+				if d := cmp.Diff(want, diff); d != "" {
+					t.Errorf("counter changes (-want +got):\n%s", d)
+				}
+			})
+		}
+	}
+}
+
+// skbContext is the start of struct __sk_buff up to data_end, the one
+// field set: BPF_PROG_TEST_RUN puts only the first data_end bytes of the
+// packet in the skb's linear part, the rest in page fragments.
+type skbContext struct {
+	_       [20]uint32 // len .. data
+	DataEnd uint32
+}
+
+// TestCaptureProgramNonLinearHeaders: a TCP header outside the linear part
+// of the skb is parsed, not taken for a malformed packet. The L3 instance
+// reads relative to the network header, which only reaches the linear
+// part: it must pull the skb and read again.
+func TestCaptureProgramNonLinearHeaders(t *testing.T) {
+	d := openTestWith(t, Config{ListenerPort: freePort(t)})
+	const cookie = 0x11ea
+	if err := d.writePorts(&podState{key: "test/nonlinear", cookie: cookie}, PortSpec{Ports: []uint16{testPort}}); err != nil {
+		t.Fatal(err)
+	}
+	tcp := func(dport uint16) []byte { return tcpHeader(40000, dport) }
+	tests := []struct {
+		name    string
+		pkt     []byte
+		linear  uint32 // bytes in the linear part: the IP header, which BPF_PROG_TEST_RUN needs there
+		want    uint32
+		counted Counter
+	}{
+		{"ipv4 captured", ethFrame(ethIPv4, ipv4(protoTCP, 0, tcp(testPort))), 14 + 20, tcxDrop, CaptureNoListener},
+		{"ipv4 uncaptured", ethFrame(ethIPv4, ipv4(protoTCP, 0, tcp(otherPort))), 14 + 20, tcxNext, CaptureUncaptured},
+		{"ipv6 captured behind extension header", ethFrame(ethIPv6, ipv6([]uint8{destOpts}, protoTCP, tcp(testPort))), 14 + 40, tcxDrop, CaptureNoListener},
+		{"ipv6 uncaptured", ethFrame(ethIPv6, ipv6(nil, protoTCP, tcp(otherPort))), 14 + 40, tcxNext, CaptureUncaptured},
+	}
+	probe := loadCaptureTest(t, d, cookie, captureEthernet)
+	_, err := probe.Run(&ebpf.RunOptions{Data: tests[0].pkt, Context: skbContext{DataEnd: uint32(len(tests[0].pkt))}})
+	if errors.Is(err, unix.EINVAL) {
+		// Linux 6.19 ("bpf: Craft non-linear skbs in BPF_PROG_TEST_RUN").
+		t.Skip("this kernel's BPF_PROG_TEST_RUN cannot build non-linear skbs (ctx data_end)")
+	}
+	if err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	for _, kind := range []captureKind{captureEthernet, captureL3} {
+		prog := loadCaptureTest(t, d, cookie, kind)
+		for _, tt := range tests {
+			t.Run(kind.String()+"/"+tt.name, func(t *testing.T) {
+				var got uint32
+				diff := counterDiff(t, d, func() {
+					var err error
+					got, err = prog.Run(&ebpf.RunOptions{Data: tt.pkt, Context: skbContext{DataEnd: tt.linear}})
+					if err != nil {
+						t.Fatalf("run: %v", err)
+					}
+				})
+				if got != tt.want {
+					t.Errorf("verdict: got %d, want %d", int32(got), int32(tt.want))
+				}
+				if diff := cmp.Diff(map[Counter]uint64{tt.counted: 1}, diff); diff != "" {
+					t.Errorf("counter changes (-want +got):\n%s", diff)
+				}
+			})
+		}
 	}
 }

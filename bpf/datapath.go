@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +47,16 @@ type Config struct {
 	// accelerated, and the agent must not splice from its upstream
 	// sockets. Zero (the default) turns it off.
 	AccelMark uint32
+	// OnError receives the errors of the interface watchers (see
+	// Pod.Interfaces) with the key of the pod concerned: an interface that
+	// appeared and could not be captured (ErrUnsupportedInterface, or an
+	// attach error: that interface is then not captured), or a lost
+	// subscription to the pod's link events (the watcher subscribes again
+	// and lists the links anew). It is called from the watcher's goroutine,
+	// never with the datapath's lock held, so it may call the Datapath; it
+	// should return quickly. Nil means the errors are only kept in
+	// PodInfo.WatchErr.
+	OnError func(key string, err error)
 }
 
 // Datapath is a loaded (or re-adopted) datapath. Its methods are safe for
@@ -60,6 +71,21 @@ type Datapath struct {
 	accel   *link.RawAttachProgramOptions // sk_msg attachment, nil when off
 	pods    map[string]*podState          // by Pod.Key
 	closed  bool
+	// stopped are the done channels of watchers stopped under mu, waited
+	// for by unlockAndWait once mu is released (a watcher may be waiting
+	// for mu to handle one last event).
+	stopped []<-chan struct{}
+}
+
+// unlockAndWait releases d.mu, then waits for the watchers stopped while it
+// was held to end.
+func (d *Datapath) unlockAndWait() {
+	stopped := d.stopped
+	d.stopped = nil
+	d.mu.Unlock()
+	for _, done := range stopped {
+		<-done
+	}
 }
 
 // sharedObjects are loaded once per datapath; the capture program is
@@ -83,15 +109,18 @@ var unpinnedMaps = map[string]bool{
 
 // Pin layout below Config.PinDir.
 const (
-	pinProgSockops = "prog_sockops"
-	pinLinkSockops = "link_sockops"
-	pinMapPrefix   = "map_"
-	pinPodsDir     = "pods" // pods/<netns cookie>/tcx_<ifindex>
-	pinLinkPrefix  = "tcx_" // one pinned TCX link per interface
-	pinPodDirMode  = 0o700  // directories on bpffs
+	pinProgSockops  = "prog_sockops"
+	pinLinkSockops  = "link_sockops"
+	pinMapPrefix    = "map_"
+	pinPodsDir      = "pods"   // pods/<netns cookie>/tcx_<ifindex>
+	pinLinkPrefix   = "tcx_"   // one pinned TCX link per Ethernet interface
+	pinLinkL3Prefix = "tcxl3_" // one per interface without an Ethernet header
+	pinPodDirMode   = 0o700    // directories on bpffs
 )
 
-// Open loads the datapath, re-adopting pinned objects from a previous run.
+// Open loads the datapath, re-adopting pinned objects from a previous run:
+// pods, their ports and capture links stay; registered identities and
+// connection records are dropped (see RegisterIdentity).
 func Open(cfg Config) (*Datapath, error) {
 	if cfg.PinDir == "" {
 		cfg.PinDir = DefaultPinDir
@@ -176,6 +205,18 @@ func (d *Datapath) load() error {
 	if err != nil {
 		return fmt.Errorf("load datapath: %w", verifierDetail(err))
 	}
+	// Identity numbers belong to one agent run: the agent numbers its
+	// workloads afresh when it starts, so a pinned cgroup -> identity entry,
+	// or a connection recorded with one, could name another workload now.
+	// Callers are anonymous until the agent registers them again.
+	for _, name := range []string{portcullisMapPcCgroups, portcullisMapPcConns} {
+		if m, ok := replacements[name]; ok {
+			if err := clearMap(m); err != nil {
+				d.objs.Close()
+				return fmt.Errorf("clear pinned map %s: %w", name, err)
+			}
+		}
+	}
 	maps := map[string]*ebpf.Map{
 		portcullisMapPcCgroups:  d.objs.PcCgroups,
 		portcullisMapPcConns:    d.objs.PcConns,
@@ -217,6 +258,28 @@ func (d *Datapath) load() error {
 	return nil
 }
 
+// clearMap deletes every entry of a hash map. Keys are listed first:
+// deleting while iterating a hash map can restart or skip the walk.
+func clearMap(m *ebpf.Map) error {
+	var (
+		keys [][]byte
+		k, v []byte
+	)
+	iter := m.Iterate()
+	for iter.Next(&k, &v) {
+		keys = append(keys, slices.Clone(k))
+	}
+	if err := iter.Err(); err != nil {
+		return fmt.Errorf("iterate: %w", err)
+	}
+	for _, k := range keys {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete: %w", err)
+		}
+	}
+	return nil
+}
+
 // verifierDetail expands a verifier error with its full log (%+v).
 func verifierDetail(err error) error {
 	var verr *ebpf.VerifierError
@@ -226,10 +289,13 @@ func verifierDetail(err error) error {
 	return err
 }
 
-// loadCapture loads the capture program for the pod whose netns has the
-// given cookie, sharing the datapath's maps.
-func (d *Datapath) loadCapture(cookie uint64) (*ebpf.Program, error) {
+// loadCapture loads the capture program for the interfaces of one kind of
+// the pod whose netns has the given cookie, sharing the datapath's maps.
+func (d *Datapath) loadCapture(cookie uint64, kind captureKind) (*ebpf.Program, error) {
 	spec := d.spec.Copy()
+	if err := spec.Variables[portcullisVarPcL3Dev].Set(kind == captureL3); err != nil {
+		return nil, fmt.Errorf("set interface kind: %w", err)
+	}
 	if err := spec.Variables[portcullisVarPcListenerPort].Set(d.cfg.ListenerPort); err != nil {
 		return nil, fmt.Errorf("set listener port: %w", err)
 	}
@@ -247,7 +313,7 @@ func (d *Datapath) loadCapture(cookie uint64) (*ebpf.Program, error) {
 		portcullisMapPcConns:    d.objs.PcConns,
 	}})
 	if err != nil {
-		return nil, fmt.Errorf("load capture program: %w", verifierDetail(err))
+		return nil, fmt.Errorf("load %s capture program: %w", kind, verifierDetail(err))
 	}
 	return objs.Prog, nil
 }
@@ -288,7 +354,7 @@ func (d *Datapath) adopt() error {
 	iter := d.objs.PcPods.Iterate()
 	for iter.Next(&cookie, &pod) {
 		key := cString(pod.Key[:])
-		d.pods[key] = &podState{key: key, cookie: cookie, links: make(map[int]link.Link)}
+		d.pods[key] = &podState{key: key, cookie: cookie, links: make(map[int]podLink)}
 	}
 	if err := iter.Err(); err != nil {
 		return fmt.Errorf("iterate pods: %w", err)
@@ -306,31 +372,38 @@ func (d *Datapath) adopt() error {
 		if err != nil {
 			continue // not ours
 		}
-		p := byCookie[cookie]
-		if p != nil && p.prog == nil {
-			if p.prog, err = d.loadCapture(cookie); err != nil {
-				return err
-			}
-		}
-		if err := d.adoptPodLinks(cookie, p); err != nil {
+		if err := d.adoptPodLinks(cookie, byCookie[cookie]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
+// parseLinkPin parses the name of a pinned TCX link: tcx_<ifindex> or
+// tcxl3_<ifindex>.
+func parseLinkPin(name string) (kind captureKind, ifindex int, ok bool) {
+	for _, kind := range []captureKind{captureEthernet, captureL3} {
+		if rest, found := strings.CutPrefix(name, kind.pinPrefix()); found {
+			ifindex, err := strconv.Atoi(rest)
+			return kind, ifindex, err == nil
+		}
+	}
+	return 0, 0, false
+}
+
 // adoptPodLinks loads the pinned TCX links of the pod with netns cookie
-// cookie and points them at the new program. Links whose interface is gone,
-// and links of a pod missing from the pods map, are removed.
+// cookie and points each at the new program instance of its kind. Links
+// whose interface is gone, and links of a pod missing from the pods map,
+// are removed.
 func (d *Datapath) adoptPodLinks(cookie uint64, p *podState) error {
-	dir := d.pin(pinPodsDir, strconv.FormatUint(cookie, 10))
+	dir := d.podPinDir(cookie)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("read pinned links of netns %d: %w", cookie, err)
 	}
 	for _, e := range entries {
-		ifindex, err := strconv.Atoi(strings.TrimPrefix(e.Name(), pinLinkPrefix))
-		if err != nil || !strings.HasPrefix(e.Name(), pinLinkPrefix) {
+		kind, ifindex, ok := parseLinkPin(e.Name())
+		if !ok {
 			continue
 		}
 		path := filepath.Join(dir, e.Name())
@@ -338,14 +411,21 @@ func (d *Datapath) adoptPodLinks(cookie uint64, p *podState) error {
 		if err != nil {
 			return fmt.Errorf("load pinned link %s: %w", path, err)
 		}
-		if p == nil || l.Update(p.prog) != nil {
+		var prog *ebpf.Program
+		if p != nil {
+			if prog, err = d.captureProgLocked(p, kind); err != nil {
+				l.Close()
+				return err
+			}
+		}
+		if p == nil || l.Update(prog) != nil {
 			// Orphan, or defunct because its interface was destroyed.
 			if err := unpinClose(l); err != nil {
 				return fmt.Errorf("remove stale link %s: %w", path, err)
 			}
 			continue
 		}
-		p.links[ifindex] = l
+		p.links[ifindex] = podLink{link: l, kind: kind}
 	}
 	if p == nil {
 		if err := os.Remove(dir); err != nil {
@@ -382,12 +462,11 @@ func cString(b []int8) string {
 func (d *Datapath) closeHandles() error {
 	var errs []error
 	for _, p := range d.pods {
+		d.stopWatchLocked(p)
 		for _, l := range p.links {
-			errs = append(errs, l.Close())
+			errs = append(errs, l.link.Close())
 		}
-		if p.prog != nil {
-			errs = append(errs, p.prog.Close())
-		}
+		errs = append(errs, p.closeProgs())
 	}
 	if d.sockops != nil {
 		errs = append(errs, d.sockops.Close())
@@ -396,12 +475,12 @@ func (d *Datapath) closeHandles() error {
 	return errors.Join(errs...)
 }
 
-// Close releases the datapath's handles. Everything stays attached and
-// pinned: capture keeps failing closed until an agent opens the pin
-// directory again.
+// Close stops the interface watchers and releases the datapath's handles.
+// Everything stays attached and pinned: capture keeps failing closed until
+// an agent opens the pin directory again.
 func (d *Datapath) Close() error {
+	defer d.unlockAndWait()
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.closed {
 		return nil
 	}
@@ -415,17 +494,15 @@ func (d *Datapath) Close() error {
 // Teardown detaches every program, removes every pin and the pin directory,
 // and closes the datapath. Captured ports become reachable directly.
 func (d *Datapath) Teardown() error {
+	defer d.unlockAndWait()
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.closed {
 		return errors.New("teardown datapath: already closed")
 	}
 	var errs []error
 	for key, p := range d.pods {
-		errs = append(errs, d.detachPod(p))
-		if p.prog != nil {
-			errs = append(errs, p.prog.Close())
-		}
+		d.stopWatchLocked(p)
+		errs = append(errs, d.detachPod(p), p.closeProgs())
 		delete(d.pods, key)
 	}
 	if d.sockops != nil {

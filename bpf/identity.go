@@ -13,7 +13,10 @@ import (
 // RegisterIdentity names the workload that owns a cgroup: connections
 // opened by processes in the cgroup, or in any cgroup below it, are
 // attributed to identity (the deepest registered cgroup wins). cgroupID is
-// cgroupv2.ID of the directory. identity must not be 0.
+// cgroupv2.ID of the directory. identity must not be 0. Registrations, and
+// the connections recorded with them, do not survive a restart: Open
+// empties them, since identity numbers are the caller's and belong to one
+// run; register every workload again after Open.
 func (d *Datapath) RegisterIdentity(cgroupID uint64, identity uint32) error {
 	if identity == 0 {
 		return fmt.Errorf("register identity of cgroup %d: identity 0 is reserved", cgroupID)

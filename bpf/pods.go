@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 
@@ -27,12 +28,13 @@ const maxKeyLen = len(portcullisPcPod{}.Key) - 1
 // ErrNotEnrolled is returned for operations on a pod that is not enrolled.
 var ErrNotEnrolled = errors.New("pod not enrolled")
 
-// ErrUnsupportedInterface is returned by Enroll when the pod has a network
-// interface capture cannot parse (not Ethernet: a tunnel, wireguard, tun).
-// Traffic arriving there would bypass capture, so a pod with such an
-// interface is only enrolled when Pod.Interfaces names the interfaces to
-// capture explicitly.
-var ErrUnsupportedInterface = errors.New("interface without an Ethernet header")
+// ErrUnsupportedInterface is returned by Enroll, and reported through
+// Config.OnError by the interface watcher, for a network interface of the
+// pod whose link type capture does not know (see captureKindOf): traffic
+// arriving there could bypass capture. Interfaces that are down are not
+// refused (nothing arrives on them) unless Pod.Interfaces names them; the
+// watcher reports them if they come up.
+var ErrUnsupportedInterface = errors.New("interface of an unsupported link type")
 
 // CaptureMode says how PortSpec.Ports is read.
 type CaptureMode uint32
@@ -100,8 +102,18 @@ type Pod struct {
 	// /run/netns/<name>, ...).
 	NetnsPath string
 	// Interfaces are the interface names inside the pod's netns whose
-	// ingress is captured. Empty means every non-loopback interface present
-	// at enrolment, all of which must be Ethernet (ErrUnsupportedInterface).
+	// ingress is captured. Empty means every non-loopback interface:
+	// Ethernet ones and those without a link layer header (tun, wireguard,
+	// IP tunnels), whatever their state. An interface that is up and of
+	// another link type fails Enroll with ErrUnsupportedInterface.
+	//
+	// Interfaces that appear after Enroll (a CNI plugin creating eth0 late,
+	// Multus, hot-plug) are captured too: the datapath watches the pod's
+	// netns for new links until Remove or Close, so Enroll accepts a pod
+	// with no interface yet besides lo and capture starts as interfaces
+	// appear. With names, only interfaces of those names are captured,
+	// also when they are created later. Errors of the watcher go to
+	// Config.OnError and PodInfo.WatchErr.
 	Interfaces []string
 	// Ports says which ports are captured.
 	Ports PortSpec
@@ -117,19 +129,122 @@ type PodInfo struct {
 	// Ifindexes are the interfaces (inside the pod's netns) with a capture
 	// link, sorted.
 	Ifindexes []int
+	// WatchErr is the last error of the pod's interface watcher (also
+	// reported through Config.OnError), nil when none since the pod's last
+	// Enroll. A pod re-adopted by Open and not enrolled again since has no
+	// watcher.
+	WatchErr error
+}
+
+// captureKind is how the capture program reads an interface's packets.
+// Each kind is a separate program instance (the load-time constant
+// pc_l3_dev), and its links are pinned with their own prefix so that Open
+// re-points each pinned link to the instance of its kind.
+type captureKind int
+
+const (
+	// captureEthernet: packets start with an Ethernet header.
+	captureEthernet captureKind = iota
+	// captureL3: devices without an Ethernet header (tun, wireguard, IP
+	// tunnels); headers are read from the network header.
+	captureL3
+	numCaptureKinds
+)
+
+func (k captureKind) String() string {
+	if k == captureL3 {
+		return "l3"
+	}
+	return "ethernet"
+}
+
+// pinPrefix is the name prefix of pinned links of this kind: tcx_<ifindex>
+// (as before L3 support, so older pins re-adopt as Ethernet) or
+// tcxl3_<ifindex>.
+func (k captureKind) pinPrefix() string {
+	if k == captureL3 {
+		return pinLinkL3Prefix
+	}
+	return pinLinkPrefix
+}
+
+// l3LinkTypes are the link types (netlink's names for ARPHRD_*) of devices
+// that deliver IP packets without an Ethernet header, with skb->protocol
+// set and the network header at the IP header, which is all capture needs.
+// Their fallback devices (tunl0, sit0, ip6tnl0, gre0, ip6gre0) exist in
+// every netns on nodes where the tunnel modules are loaded.
+var l3LinkTypes = map[string]bool{
+	"none":       true, // ARPHRD_NONE: tun, wireguard
+	"ipip":       true, // ARPHRD_TUNNEL: ipip, tunl0, vti
+	"tunnel6":    true, // ARPHRD_TUNNEL6: ip6tnl, ip6tnl0, vti6
+	"sit":        true, // ARPHRD_SIT: sit, sit0
+	"gre":        true, // ARPHRD_IPGRE: gre, gre0
+	"unknown823": true, // ARPHRD_IP6GRE: ip6gre, ip6gre0 (netlink has no name)
+	"unknown519": true, // ARPHRD_RAWIP: raw IP modems
+	"ppp":        true, // ARPHRD_PPP
+}
+
+// captureKindOf says how capture reads the packets of a link, ok false when
+// capture does not support its link type. Loopback is never captured: the
+// agent reaches the app over it.
+func captureKindOf(a *netlink.LinkAttrs) (kind captureKind, ok bool) {
+	switch {
+	case a.EncapType == "ether":
+		return captureEthernet, true
+	case l3LinkTypes[a.EncapType]:
+		return captureL3, true
+	}
+	return 0, false
+}
+
+func isLoopback(a *netlink.LinkAttrs) bool {
+	return a.Flags&net.FlagLoopback != 0 || a.EncapType == "loopback"
+}
+
+// podLink is a capture link on one interface of a pod.
+type podLink struct {
+	link link.Link
+	kind captureKind
 }
 
 type podState struct {
 	key    string
 	cookie uint64
-	prog   *ebpf.Program     // this pod's capture program instance
-	links  map[int]link.Link // by ifindex in the pod's netns
+	// progs are this pod's capture program instances by kind, loaded when
+	// the pod first has an interface of that kind.
+	progs [numCaptureKinds]*ebpf.Program
+	links map[int]podLink // by ifindex in the pod's netns
+	// names are Pod.Interfaces of the last Enroll (nil: every interface).
+	names []string
+	// watch is the interface watcher, nil for a pod re-adopted and not
+	// enrolled since.
+	watch *podWatch
+	// watchErr is the watcher's last error (PodInfo.WatchErr).
+	watchErr error
+}
+
+// wants reports whether the pod captures the interface named name.
+func (st *podState) wants(name string) bool {
+	return len(st.names) == 0 || slices.Contains(st.names, name)
 }
 
 // NetnsCookie returns the cookie of the network namespace at path.
 func NetnsCookie(netnsPath string) (uint64, error) {
+	ns, err := netns.GetFromPath(netnsPath)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie of %s: %w", netnsPath, err)
+	}
+	defer ns.Close()
+	cookie, err := netnsCookie(ns)
+	if err != nil {
+		return 0, fmt.Errorf("netns cookie of %s: %w", netnsPath, err)
+	}
+	return cookie, nil
+}
+
+func netnsCookie(ns netns.NsHandle) (uint64, error) {
 	var cookie uint64
-	err := podnet.Do(netnsPath, func() error {
+	err := podnet.DoIn(ns, func() error {
 		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("socket: %w", err)
@@ -141,18 +256,18 @@ func NetnsCookie(netnsPath string) (uint64, error) {
 		}
 		return nil
 	})
-	if err != nil {
-		return 0, fmt.Errorf("netns cookie of %s: %w", netnsPath, err)
-	}
-	return cookie, nil
+	return cookie, err
 }
 
 // Enroll starts capturing p: it writes p's port list, then attaches the
-// capture program to p's interfaces. Enroll is idempotent: enrolling a pod
-// that is already enrolled (also by a previous agent, re-adopted by Open)
+// capture program to p's interfaces, then starts watching p's netns for
+// interfaces that appear later (see Pod.Interfaces) until Remove or Close.
+// The watcher holds the netns open, as the agent's in-pod listeners do.
+// Enroll is idempotent: enrolling a pod that is already enrolled (also by
+// a previous agent, re-adopted by Open, which then gets its watcher)
 // updates its ports and attaches only interfaces not attached yet. A pod
 // whose key is enrolled with another netns is replaced. On error the pod
-// may be partly enrolled; Remove cleans it up.
+// may be partly enrolled, without a watcher; Remove cleans it up.
 func (d *Datapath) Enroll(p Pod) error {
 	if err := d.enroll(p); err != nil {
 		return fmt.Errorf("enroll pod %s: %w", p.Key, err)
@@ -167,17 +282,27 @@ func (d *Datapath) enroll(p Pod) error {
 	if err := p.Ports.validate(); err != nil {
 		return err
 	}
-	cookie, err := NetnsCookie(p.NetnsPath)
+	ns, err := netns.GetFromPath(p.NetnsPath)
 	if err != nil {
-		return err
+		return fmt.Errorf("open netns %s: %w", p.NetnsPath, err)
 	}
-	ifaces, err := podInterfaces(p.NetnsPath, p.Interfaces)
+	// ns goes to the watcher when one is started.
+	defer func() {
+		if ns.IsOpen() {
+			ns.Close()
+		}
+	}()
+	cookie, err := netnsCookie(ns)
 	if err != nil {
-		return err
+		return fmt.Errorf("netns cookie of %s: %w", p.NetnsPath, err)
+	}
+	ifaces, err := podInterfaces(ns, p.Interfaces)
+	if err != nil {
+		return fmt.Errorf("netns %s: %w", p.NetnsPath, err)
 	}
 
+	defer d.unlockAndWait()
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.closed {
 		return errors.New("datapath closed")
 	}
@@ -189,45 +314,105 @@ func (d *Datapath) enroll(p Pod) error {
 		st = nil
 	}
 	if st == nil {
-		st = &podState{key: p.Key, cookie: cookie, links: make(map[int]link.Link)}
+		st = &podState{key: p.Key, cookie: cookie, links: make(map[int]podLink)}
 		d.pods[p.Key] = st
 	}
+	st.names = slices.Clone(p.Interfaces)
+	st.watchErr = nil
 	if err := d.writePorts(st, p.Ports); err != nil {
 		return err
 	}
-	if st.prog == nil {
-		if st.prog, err = d.loadCapture(cookie); err != nil {
-			return err
-		}
-	}
-	dir := d.pin(pinPodsDir, strconv.FormatUint(cookie, 10))
-	if err := os.MkdirAll(dir, pinPodDirMode); err != nil {
+	if err := os.MkdirAll(d.podPinDir(cookie), pinPodDirMode); err != nil {
 		return fmt.Errorf("create pin directory: %w", err)
 	}
-	for _, ifindex := range ifaces {
-		if _, ok := st.links[ifindex]; ok {
-			continue
-		}
-		l, err := attachTCX(p.NetnsPath, ifindex, st.prog)
-		if err != nil {
+	for _, iface := range ifaces {
+		if err := d.attachLocked(st, ns, iface); err != nil {
 			return err
 		}
-		if err := l.Pin(fmt.Sprintf("%s/%s%d", dir, pinLinkPrefix, ifindex)); err != nil {
-			l.Close()
-			return fmt.Errorf("pin link of ifindex %d: %w", ifindex, err)
-		}
-		st.links[ifindex] = l
+	}
+	if st.watch == nil {
+		st.watch = d.startWatch(st, ns)
+		ns = netns.None() // the watcher's now
 	}
 	return nil
+}
+
+// podIface is an interface to capture.
+type podIface struct {
+	index int
+	name  string
+	kind  captureKind
+}
+
+// attachLocked attaches the capture program of the interface's kind at its
+// TCX ingress, unless a link is there already, and pins the link.
+func (d *Datapath) attachLocked(st *podState, ns netns.NsHandle, iface podIface) error {
+	if pl, ok := st.links[iface.index]; ok {
+		if pl.kind == iface.kind {
+			return nil
+		}
+		// Its link type changed (tun's TUNSETLINK, only while down).
+		if err := d.detachLocked(st, iface.index); err != nil {
+			return err
+		}
+	}
+	prog, err := d.captureProgLocked(st, iface.kind)
+	if err != nil {
+		return err
+	}
+	l, err := attachTCX(ns, iface.index, prog)
+	if err != nil {
+		return fmt.Errorf("interface %s: %w", iface.name, err)
+	}
+	if err := l.Pin(d.podLinkPin(st.cookie, iface.kind, iface.index)); err != nil {
+		l.Close()
+		return fmt.Errorf("pin link of interface %s: %w", iface.name, err)
+	}
+	st.links[iface.index] = podLink{link: l, kind: iface.kind}
+	return nil
+}
+
+// detachLocked detaches and unpins the link on ifindex, if any.
+func (d *Datapath) detachLocked(st *podState, ifindex int) error {
+	pl, ok := st.links[ifindex]
+	if !ok {
+		return nil
+	}
+	delete(st.links, ifindex)
+	if err := unpinClose(pl.link); err != nil {
+		return fmt.Errorf("detach ifindex %d: %w", ifindex, err)
+	}
+	return nil
+}
+
+// captureProgLocked returns the pod's capture program of kind, loading it
+// on first use.
+func (d *Datapath) captureProgLocked(st *podState, kind captureKind) (*ebpf.Program, error) {
+	if st.progs[kind] == nil {
+		prog, err := d.loadCapture(st.cookie, kind)
+		if err != nil {
+			return nil, err
+		}
+		st.progs[kind] = prog
+	}
+	return st.progs[kind], nil
+}
+
+func (d *Datapath) podPinDir(cookie uint64) string {
+	return d.pin(pinPodsDir, strconv.FormatUint(cookie, 10))
+}
+
+func (d *Datapath) podLinkPin(cookie uint64, kind captureKind, ifindex int) string {
+	return filepath.Join(d.podPinDir(cookie), kind.pinPrefix()+strconv.Itoa(ifindex))
 }
 
 // attachTCX attaches prog at TCX ingress of ifindex inside the netns: the
 // kernel resolves the ifindex in the caller's netns. The program goes to
 // the head of the chain so that no other program can pass a packet to the
 // stack before capture decided.
-func attachTCX(netnsPath string, ifindex int, prog *ebpf.Program) (link.Link, error) {
+func attachTCX(ns netns.NsHandle, ifindex int, prog *ebpf.Program) (link.Link, error) {
 	var l link.Link
-	err := podnet.Do(netnsPath, func() error {
+	err := podnet.DoIn(ns, func() error {
 		var err error
 		l, err = link.AttachTCX(link.TCXOptions{
 			Interface: ifindex,
@@ -238,59 +423,52 @@ func attachTCX(netnsPath string, ifindex int, prog *ebpf.Program) (link.Link, er
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("attach tcx to ifindex %d in netns %s: %w", ifindex, netnsPath, err)
+		return nil, fmt.Errorf("attach tcx to ifindex %d: %w", ifindex, err)
 	}
 	return l, nil
 }
 
-// podInterfaces resolves names (or, when empty, every non-loopback Ethernet
-// interface) to ifindexes inside the netns. Capture parses Ethernet frames
-// only, so other link types are refused.
-func podInterfaces(netnsPath string, names []string) ([]int, error) {
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		return nil, fmt.Errorf("open netns %s: %w", netnsPath, err)
-	}
-	defer ns.Close()
+// podInterfaces lists the interfaces to capture in the netns: those named,
+// or when names is empty every non-loopback interface of a supported link
+// type. An unsupported interface fails with ErrUnsupportedInterface when
+// it is named or up; one that is down is left to the watcher.
+func podInterfaces(ns netns.NsHandle, names []string) ([]podIface, error) {
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
-		return nil, fmt.Errorf("netlink in netns %s: %w", netnsPath, err)
+		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
 	var links []netlink.Link
 	if len(names) == 0 {
-		all, err := h.LinkList()
-		if err != nil {
-			return nil, fmt.Errorf("list interfaces in netns %s: %w", netnsPath, err)
-		}
-		for _, l := range all {
-			a := l.Attrs()
-			if a.Flags&net.FlagLoopback != 0 || a.EncapType == "loopback" {
-				continue
-			}
-			if a.EncapType != "ether" {
-				return nil, fmt.Errorf("interface %s (%s) in netns %s: %w", a.Name, a.EncapType, netnsPath, ErrUnsupportedInterface)
-			}
-			links = append(links, l)
+		if links, err = h.LinkList(); err != nil {
+			return nil, fmt.Errorf("list interfaces: %w", err)
 		}
 	} else {
 		for _, name := range names {
 			l, err := h.LinkByName(name)
 			if err != nil {
-				return nil, fmt.Errorf("find interface %s in netns %s: %w", name, netnsPath, err)
-			}
-			if l.Attrs().EncapType != "ether" {
-				return nil, fmt.Errorf("interface %s (%s) in netns %s: %w", name, l.Attrs().EncapType, netnsPath, ErrUnsupportedInterface)
+				return nil, fmt.Errorf("find interface %s: %w", name, err)
 			}
 			links = append(links, l)
 		}
 	}
-	ifindexes := make([]int, 0, len(links))
+	var out []podIface
 	for _, l := range links {
-		ifindexes = append(ifindexes, l.Attrs().Index)
+		a := l.Attrs()
+		if len(names) == 0 && isLoopback(a) {
+			continue
+		}
+		kind, ok := captureKindOf(a)
+		if !ok {
+			if len(names) == 0 && a.Flags&net.FlagUp == 0 {
+				continue
+			}
+			return nil, fmt.Errorf("interface %s (%s): %w", a.Name, a.EncapType, ErrUnsupportedInterface)
+		}
+		out = append(out, podIface{index: a.Index, name: a.Name, kind: kind})
 	}
-	slices.Sort(ifindexes)
-	return ifindexes, nil
+	slices.SortFunc(out, func(a, b podIface) int { return a.index - b.index })
+	return out, nil
 }
 
 // writePorts installs spec for st atomically: new entries under the next
@@ -368,11 +546,12 @@ func (d *Datapath) UpdatePorts(key string, spec PortSpec) error {
 	return nil
 }
 
-// Remove stops capturing the pod: it detaches its links, then deletes its
-// map entries and pins. Removing a pod that is not enrolled does nothing.
+// Remove stops capturing the pod: it stops its interface watcher, detaches
+// its links, then deletes its map entries and pins. Removing a pod that is
+// not enrolled does nothing.
 func (d *Datapath) Remove(key string) error {
+	defer d.unlockAndWait()
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	st, ok := d.pods[key]
 	if !ok {
 		return nil
@@ -384,6 +563,7 @@ func (d *Datapath) Remove(key string) error {
 }
 
 func (d *Datapath) removeLocked(st *podState) error {
+	d.stopWatchLocked(st)
 	if err := d.detachPod(st); err != nil {
 		return err
 	}
@@ -393,25 +573,33 @@ func (d *Datapath) removeLocked(st *podState) error {
 	if err := d.objs.PcPods.Delete(st.cookie); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("delete pod entry: %w", err)
 	}
-	if st.prog != nil {
-		st.prog.Close()
-		st.prog = nil
-	}
+	st.closeProgs()
 	delete(d.pods, st.key)
 	return nil
+}
+
+// closeProgs closes the pod's program instances (their links keep them
+// attached while pinned).
+func (st *podState) closeProgs() error {
+	var errs []error
+	for i, p := range st.progs {
+		if p != nil {
+			errs = append(errs, p.Close())
+			st.progs[i] = nil
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // detachPod unpins and closes the pod's links, which detaches them, and
 // removes its pin directory.
 func (d *Datapath) detachPod(st *podState) error {
-	for ifindex, l := range st.links {
-		if err := unpinClose(l); err != nil {
-			return fmt.Errorf("detach ifindex %d: %w", ifindex, err)
+	for ifindex := range st.links {
+		if err := d.detachLocked(st, ifindex); err != nil {
+			return err
 		}
-		delete(st.links, ifindex)
 	}
-	dir := d.pin(pinPodsDir, strconv.FormatUint(st.cookie, 10))
-	if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := os.RemoveAll(d.podPinDir(st.cookie)); err != nil {
 		return fmt.Errorf("remove pin directory: %w", err)
 	}
 	return nil
@@ -465,6 +653,7 @@ func (d *Datapath) Pods() ([]PodInfo, error) {
 			info.Ifindexes = append(info.Ifindexes, ifindex)
 		}
 		slices.Sort(info.Ifindexes)
+		info.WatchErr = st.watchErr
 		out = append(out, info)
 	}
 	slices.SortFunc(out, func(a, b PodInfo) int {
@@ -507,25 +696,45 @@ func (d *Datapath) MapEntries() (map[string]int, error) {
 }
 
 // CaptureProgramIDs returns the kernel IDs of the pods' capture programs
-// (one instance per pod), by pod key, so that callers can find their links
-// (bpftool, leak checks).
+// (one instance per pod and per kind of interface), by pod key: the
+// Ethernet instance, or the one for interfaces without an Ethernet header
+// when the pod has no Ethernet instance. Callers use them to find the
+// pods' links (bpftool, leak checks); CaptureProgramIDsAll lists every
+// instance.
 func (d *Datapath) CaptureProgramIDs() (map[string]ebpf.ProgramID, error) {
+	all, err := d.CaptureProgramIDsAll()
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]ebpf.ProgramID, len(all))
+	for key, ids := range all {
+		out[key] = ids[0]
+	}
+	return out, nil
+}
+
+// CaptureProgramIDsAll returns the kernel IDs of every capture program
+// instance of every pod, by pod key: the Ethernet instance first when
+// there is one.
+func (d *Datapath) CaptureProgramIDsAll() (map[string][]ebpf.ProgramID, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make(map[string]ebpf.ProgramID, len(d.pods))
+	out := make(map[string][]ebpf.ProgramID, len(d.pods))
 	for key, st := range d.pods {
-		if st.prog == nil {
-			continue
+		for _, prog := range st.progs {
+			if prog == nil {
+				continue
+			}
+			info, err := prog.Info()
+			if err != nil {
+				return nil, fmt.Errorf("capture program info of %s: %w", key, err)
+			}
+			id, ok := info.ID()
+			if !ok {
+				return nil, fmt.Errorf("capture program info of %s: no id", key)
+			}
+			out[key] = append(out[key], id)
 		}
-		info, err := st.prog.Info()
-		if err != nil {
-			return nil, fmt.Errorf("capture program info of %s: %w", key, err)
-		}
-		id, ok := info.ID()
-		if !ok {
-			return nil, fmt.Errorf("capture program info of %s: no id", key)
-		}
-		out[key] = id
 	}
 	return out, nil
 }

@@ -103,6 +103,7 @@ const (
 	portcullisProgPcCaptureIn       = "pc_capture_in"
 	portcullisProgPcSockops         = "pc_sockops"
 	portcullisVarPcAccelMark        = "pc_accel_mark"
+	portcullisVarPcL3Dev            = "pc_l3_dev"
 	portcullisVarPcListenerPort     = "pc_listener_port"
 	portcullisVarPcPodNetnsCookie   = "pc_pod_netns_cookie"
 )
@@ -172,6 +173,7 @@ type portcullisMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type portcullisVariableSpecs struct {
 	PcAccelMark      *ebpf.VariableSpec `ebpf:"pc_accel_mark"`
+	PcL3Dev          *ebpf.VariableSpec `ebpf:"pc_l3_dev"`
 	PcListenerPort   *ebpf.VariableSpec `ebpf:"pc_listener_port"`
 	PcPodNetnsCookie *ebpf.VariableSpec `ebpf:"pc_pod_netns_cookie"`
 }
@@ -222,6 +224,7 @@ func (m *portcullisMaps) Close() error {
 // It can be passed to loadPortcullisObjects or ebpf.CollectionSpec.LoadAndAssign.
 type portcullisVariables struct {
 	PcAccelMark      *ebpf.Variable `ebpf:"pc_accel_mark"`
+	PcL3Dev          *ebpf.Variable `ebpf:"pc_l3_dev"`
 	PcListenerPort   *ebpf.Variable `ebpf:"pc_listener_port"`
 	PcPodNetnsCookie *ebpf.Variable `ebpf:"pc_pod_netns_cookie"`
 }

@@ -26,6 +26,18 @@ const volatile __u16 pc_listener_port = 0;
  * (net/core/filter.c, __bpf_get_netns_cookie). */
 const volatile __u64 pc_pod_netns_cookie = 0;
 
+/* pc_l3_dev is set by the loader in the instance it attaches to devices
+ * without an Ethernet header (tun, wireguard, ipip, sit, gre: ARPHRD_NONE
+ * and the IP tunnel types). What precedes the network header at TCX ingress
+ * depends on the device: the kernel pushes the skb back by mac_len
+ * (net/core/dev.c, tcx_run with needs_mac), which is 0 for tun but covers
+ * the outer headers when a tunnel left its mac header on them. So this
+ * instance reads headers relative to the network header the stack set
+ * (bpf_skb_load_bytes_relative, BPF_HDR_START_NET), which is where ip_rcv
+ * will parse the packet, whatever the device. skb->protocol is set either
+ * way. The Ethernet instance reads at ETH_HLEN with bpf_skb_load_bytes. */
+const volatile __u8 pc_l3_dev = 0;
+
 /* pc_pods: enrolled pods by netns cookie. Sized for a node with 250 pods
  * with room for pods that are being replaced. ~330 bytes per entry. */
 struct {
@@ -99,17 +111,32 @@ enum pc_parse {
 	PC_PARSE_MALFORMED,
 };
 
-/* Headers are read with bpf_skb_load_bytes rather than direct packet access
- * so that a header outside the linear part of the skb is still parsed
- * instead of being mistaken for a malformed packet. */
+/* pc_load reads len bytes at offset off from the network header. Headers
+ * are read with helpers rather than direct packet access so that a header
+ * outside the linear part of the skb is still parsed instead of being
+ * mistaken for a malformed packet: bpf_skb_load_bytes reads fragments;
+ * bpf_skb_load_bytes_relative reads the linear part only, so when it fails
+ * the skb is made linear (bpf_skb_pull_data with 0: all of it, rare) and
+ * read again. Returns 0 or a negative error. */
+static __always_inline long pc_load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
+{
+	if (!pc_l3_dev)
+		return bpf_skb_load_bytes(skb, ETH_HLEN + off, to, len);
+	if (bpf_skb_load_bytes_relative(skb, off, to, len, BPF_HDR_START_NET) == 0)
+		return 0;
+	if (bpf_skb_pull_data(skb, 0) < 0)
+		return -1;
+	return bpf_skb_load_bytes_relative(skb, off, to, len, BPF_HDR_START_NET);
+}
+
 static __always_inline enum pc_parse pc_parse_ipv4(struct __sk_buff *skb, struct pc_pkt *pkt)
 {
-	__u32 off = sizeof(struct ethhdr);
+	__u32 off = 0;
 	struct iphdr ip;
 	struct pc_tcp_head th;
 	__u32 ihl;
 
-	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0)
+	if (pc_load(skb, off, &ip, sizeof(ip)) < 0)
 		return PC_PARSE_MALFORMED;
 	if (ip.protocol != IPPROTO_TCP)
 		return PC_PARSE_OK;
@@ -124,7 +151,7 @@ static __always_inline enum pc_parse pc_parse_ipv4(struct __sk_buff *skb, struct
 	ihl = ip.ihl * 4;
 	if (ihl < sizeof(ip))
 		return PC_PARSE_MALFORMED;
-	if (bpf_skb_load_bytes(skb, off + ihl, &th, PC_TCP_HEAD_LEN) < 0)
+	if (pc_load(skb, off + ihl, &th, PC_TCP_HEAD_LEN) < 0)
 		return PC_PARSE_MALFORMED;
 	pkt->tuple.ipv4.saddr = ip.saddr;
 	pkt->tuple.ipv4.daddr = ip.daddr;
@@ -142,14 +169,14 @@ static __always_inline bool pc_ipv6_ext(__u8 nexthdr)
 
 static __always_inline enum pc_parse pc_parse_ipv6(struct __sk_buff *skb, struct pc_pkt *pkt)
 {
-	__u32 off = sizeof(struct ethhdr);
+	__u32 off = 0;
 	struct ipv6hdr ip6;
 	struct pc_tcp_head th;
 	__u8 nexthdr;
 	int i;
 
 	pkt->ipv6 = true;
-	if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+	if (pc_load(skb, off, &ip6, sizeof(ip6)) < 0)
 		return PC_PARSE_MALFORMED;
 	off += sizeof(ip6);
 	nexthdr = ip6.nexthdr;
@@ -161,12 +188,12 @@ static __always_inline enum pc_parse pc_parse_ipv6(struct __sk_buff *skb, struct
 
 		if (!pc_ipv6_ext(nexthdr))
 			break;
-		if (bpf_skb_load_bytes(skb, off, &opt, sizeof(opt)) < 0)
+		if (pc_load(skb, off, &opt, sizeof(opt)) < 0)
 			return PC_PARSE_MALFORMED;
 		if (nexthdr == IPPROTO_FRAGMENT) {
 			__be16 frag_off;
 
-			if (bpf_skb_load_bytes(skb, off + 2, &frag_off, sizeof(frag_off)) < 0)
+			if (pc_load(skb, off + 2, &frag_off, sizeof(frag_off)) < 0)
 				return PC_PARSE_MALFORMED;
 			pkt->fragment = true;
 			if (frag_off & bpf_htons(0xfff8)) {
@@ -185,7 +212,7 @@ static __always_inline enum pc_parse pc_parse_ipv6(struct __sk_buff *skb, struct
 	if (nexthdr != IPPROTO_TCP)
 		return PC_PARSE_OK;
 	pkt->tcp = true;
-	if (bpf_skb_load_bytes(skb, off, &th, PC_TCP_HEAD_LEN) < 0)
+	if (pc_load(skb, off, &th, PC_TCP_HEAD_LEN) < 0)
 		return PC_PARSE_MALFORMED;
 	__builtin_memcpy(pkt->tuple.ipv6.saddr, &ip6.saddr, 16);
 	__builtin_memcpy(pkt->tuple.ipv6.daddr, &ip6.daddr, 16);
@@ -195,8 +222,8 @@ static __always_inline enum pc_parse pc_parse_ipv6(struct __sk_buff *skb, struct
 	return PC_PARSE_OK;
 }
 
-/* pc_parse fills pkt from an Ethernet frame. Interfaces without an Ethernet
- * header are refused by the loader. */
+/* pc_parse fills pkt from the packet's network header, of the protocol
+ * skb->protocol names. */
 static __always_inline enum pc_parse pc_parse(struct __sk_buff *skb, struct pc_pkt *pkt)
 {
 	if (skb->protocol == bpf_htons(ETH_P_IP))

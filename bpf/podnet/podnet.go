@@ -31,6 +31,11 @@ func Do(netnsPath string, fn func() error) error {
 	return do(target, fn)
 }
 
+// DoIn is Do for a netns handle the caller holds open.
+func DoIn(ns netns.NsHandle, fn func() error) error {
+	return do(ns, fn)
+}
+
 func do(target netns.NsHandle, fn func() error) error {
 	runtime.LockOSThread()
 	orig, err := netns.Get()

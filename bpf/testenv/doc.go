@@ -13,7 +13,8 @@
 // Network.NewPod creates a pod: a named network namespace (NetnsPath is
 // /run/netns/<name>), a veth pair with "eth0" inside the pod and the other
 // end on the bridge, one IPv4 and one IPv6 address, a cgroup v2 directory
-// (optionally with a container child cgroup, PodOptions.ContainerCgroup)
+// (optionally with a container child cgroup, PodOptions.ContainerCgroup;
+// with PodOptions.NoInterface the veth comes later, from Pod.AddInterface)
 // and, unless PodOptions.NoProcess, a real process inside both: the test
 // binary re-executed as a small HTTP server on PodOptions.AppPorts. The
 // process answers every request with

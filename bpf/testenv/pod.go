@@ -161,6 +161,10 @@ type PodOptions struct {
 	// name below the pod's cgroup, as Kubernetes puts containers below the
 	// pod's cgroup. Empty means the pod's cgroup itself.
 	ContainerCgroup string
+	// NoInterface leaves the netns with lo only, as a CNI plugin that has
+	// not run yet would: Pod.AddInterface creates the veth later. The
+	// pod's addresses are reserved anyway.
+	NoInterface bool
 }
 
 // Pod is a network namespace with a veth to the Network, addresses, a
@@ -184,6 +188,7 @@ type Pod struct {
 	// AppPorts are the ports the pod's process serves.
 	AppPorts []uint16
 
+	net  *Network
 	proc *podProcess
 }
 
@@ -203,6 +208,7 @@ func (n *Network) NewPod(t testing.TB, opts PodOptions) *Pod {
 		IPv4:     addrAt(n.Subnet4.Addr(), host),
 		IPv6:     addrAt(n.Subnet6.Addr(), host),
 		AppPorts: opts.AppPorts,
+		net:      n,
 	}
 	p.NetnsPath = filepath.Join(netnsRunDir, p.Name)
 
@@ -216,18 +222,13 @@ func (n *Network) NewPod(t testing.TB, opts PodOptions) *Pod {
 			t.Errorf("delete netns %s: %v", p.Name, err)
 		}
 	})
-	if err := p.wire(n, ns); err != nil {
-		t.Fatalf("wire pod %s: %v", p.Name, err)
-	}
-	t.Cleanup(func() {
-		// Deleting one end deletes the pair; the netns going away does
-		// too, so a missing link is fine.
-		if l, err := netlink.LinkByName(p.HostVeth); err == nil {
-			if err := netlink.LinkDel(l); err != nil {
-				t.Errorf("delete veth %s: %v", p.HostVeth, err)
-			}
+	if opts.NoInterface {
+		if err := setLoUp(ns); err != nil {
+			t.Fatalf("pod %s: %v", p.Name, err)
 		}
-	})
+	} else {
+		p.addInterface(t, ns)
+	}
 
 	root, err := cgroupv2.Root()
 	if err != nil {
@@ -273,6 +274,51 @@ func (n *Network) NewPod(t testing.TB, opts PodOptions) *Pod {
 		}
 	})
 	return p
+}
+
+// AddInterface creates the pod's veth (PodInterface inside), its addresses
+// and routes, for a pod made with PodOptions.NoInterface.
+func (p *Pod) AddInterface(t testing.TB) {
+	t.Helper()
+	ns, err := netns.GetFromPath(p.NetnsPath)
+	if err != nil {
+		t.Fatalf("open netns of pod %s: %v", p.Name, err)
+	}
+	defer ns.Close()
+	p.addInterface(t, ns)
+}
+
+func (p *Pod) addInterface(t testing.TB, ns netns.NsHandle) {
+	t.Helper()
+	// Registered first: wire may fail half way.
+	t.Cleanup(func() {
+		// Deleting one end deletes the pair; the netns going away does
+		// too, so a missing link is fine.
+		if l, err := netlink.LinkByName(p.HostVeth); err == nil {
+			if err := netlink.LinkDel(l); err != nil {
+				t.Errorf("delete veth %s: %v", p.HostVeth, err)
+			}
+		}
+	})
+	if err := p.wire(p.net, ns); err != nil {
+		t.Fatalf("wire pod %s: %v", p.Name, err)
+	}
+}
+
+func setLoUp(ns netns.NsHandle) error {
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink in pod: %w", err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("find lo: %w", err)
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("set lo up: %w", err)
+	}
+	return nil
 }
 
 func addrAt(base netip.Addr, host int) netip.Addr {
