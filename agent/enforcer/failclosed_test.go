@@ -493,3 +493,30 @@ func TestRetryBackoff(t *testing.T) {
 		t.Errorf("backoff for attempts 1..7 and 1000 (-want +got):\n%s", diff)
 	}
 }
+
+// TestEnrolWaitsForSync: during the initial list, workloads' identities are
+// registered but no pod is enrolled, so that once pods take connections
+// every caller already listed is known by its own identity number (not
+// one a previous agent gave to another).
+func TestEnrolWaitsForSync(t *testing.T) {
+	f := newFixture(t)
+	d := f.openDatapath()
+	e := f.newEnforcer(d, f.store(fmt.Sprint(appPort)))
+	e.Handle(identity.Event{Type: identity.EventAdded, Workload: f.workload()})
+	s := e.status(t)
+	ids, err := d.Identities()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.ID == 0 || ids[f.pod.CgroupID] != uint32(s.ID) {
+		t.Errorf("before sync: cgroup %d registered as %d, want the workload's identity %d", f.pod.CgroupID, ids[f.pod.CgroupID], s.ID)
+	}
+	if s.Enrolled || d.Capturing(podKey) {
+		t.Errorf("before sync: got Enrolled %t, Capturing %t; want neither", s.Enrolled, d.Capturing(podKey))
+	}
+	e.Handle(identity.Event{Type: identity.EventSynced})
+	if s := e.status(t); !s.Enrolled {
+		t.Errorf("after sync: got %+v, want enrolled", s)
+	}
+	f.checkVerified("after sync")
+}
