@@ -78,7 +78,7 @@ func buildView(set *policy.Set) *setView {
 		}
 		sort.Strings(claims)
 		for _, c := range claims {
-			h := is.Spec.ForwardClaims[c]
+			h := string(is.Spec.ForwardClaims[c])
 			v.forward[is.Ref] = append(v.forward[is.Ref], forwardClaim{claim: c, header: h})
 			if !seen[strings.ToLower(h)] {
 				seen[strings.ToLower(h)] = true

@@ -387,9 +387,14 @@ func (c *compiler) checkIssuerSpec(o any, kind string, s *v1.IssuerSpec) {
 		}
 	}
 	for _, claim := range slices.Sorted(mapKeys(s.ForwardClaims)) {
-		h := s.ForwardClaims[claim]
-		if !headerRE.MatchString(h) {
+		h := string(s.ForwardClaims[claim])
+		switch {
+		case len(h) > maxHeaderName:
+			c.report(o, kind, "spec.forwardClaims["+claim+"]", "header name of %d bytes: at most %d", len(h), maxHeaderName)
+		case !headerRE.MatchString(h):
 			c.report(o, kind, "spec.forwardClaims["+claim+"]", "invalid header name %q", h)
+		case reservedHeader(h) != "":
+			c.report(o, kind, "spec.forwardClaims["+claim+"]", "header %q is reserved (%s): choose another name, such as X-Claim-%s", h, reservedHeader(h), claimHeaderSuffix(claim))
 		}
 	}
 	if len(c.problems) > before {
@@ -402,10 +407,13 @@ func (c *compiler) checkIssuerSpec(o any, kind string, s *v1.IssuerSpec) {
 	}
 }
 
+// maxHeaderName mirrors the CRD's maxLength of a forwardClaims header.
+const maxHeaderName = 256
+
 // supportedAlgorithms mirrors the CRD enum of IssuerSpec.Algorithms.
 var supportedAlgorithms = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
 
-func mapKeys(m map[string]string) func(func(string) bool) {
+func mapKeys[V any](m map[string]V) func(func(string) bool) {
 	return func(yield func(string) bool) {
 		for k := range m {
 			if !yield(k) {

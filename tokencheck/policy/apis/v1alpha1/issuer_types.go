@@ -60,14 +60,25 @@ type IssuerSpec struct {
 	// +kubebuilder:validation:items:Enum=RS256;RS384;RS512;PS256;PS384;PS512;ES256;ES384;ES512
 	// +listType=set
 	Algorithms []string `json:"algorithms,omitempty"`
-	// ForwardClaims maps a claim name to the request header that carries
-	// its value to the application once the request is allowed (for
-	// example oid: X-Caller-Oid). Client-sent headers of the same names are
-	// always removed first. Empty means no claim is forwarded.
+	// ForwardClaims maps a claim name to the request header carrying its
+	// value to the application once the request is allowed (for example
+	// oid: X-Caller-Oid); client-sent copies are removed. Empty means none.
+	// Framing, credential and caller headers are refused: Host, Content-*,
+	// Transfer-Encoding, Connection, Authorization, Cookie, Forwarded,
+	// X-Forwarded-*, X-Portcullis-* and the like.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=32
-	ForwardClaims map[string]string `json:"forwardClaims,omitempty"`
+	ForwardClaims map[string]HeaderName `json:"forwardClaims,omitempty"`
 }
+
+// The rule below mirrors tokencheck/policy/headers.go, which also checks
+// the name's syntax; keep them together.
+
+// HeaderName is the name of a request header set from a claim.
+// +kubebuilder:validation:MinLength=1
+// +kubebuilder:validation:MaxLength=256
+// +kubebuilder:validation:XValidation:rule="!(self.lowerAscii().replace('_', '-') in ['host', 'connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings', 'expect', 'forwarded', 'authorization', 'cookie', 'proxy-authorization', 'x-real-ip', 'x-client-ip', 'true-client-ip', 'x-http-method-override', 'x-http-method', 'x-method-override', 'x-rewrite-url', 'x-original-forwarded-for']) && !['x-portcullis-', 'x-forwarded-', 'x-original-', 'proxy-', 'content-', 'grpc-', 'sec-'].exists(p, self.lowerAscii().replace('_', '-').startsWith(p))",messageExpression="'header ' + self + ' is reserved (a framing, credential or caller header): choose another name, such as X-Claim-<Claim>'"
+type HeaderName string
 
 // AzureADIssuer describes an Entra ID tenant. The accepted `iss` is the
 // one of the tenant's discovery document ({tenantid} filled from the

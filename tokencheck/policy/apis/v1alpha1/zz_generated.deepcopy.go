@@ -409,7 +409,7 @@ func (in *IssuerSpec) DeepCopyInto(out *IssuerSpec) {
 	}
 	if in.ForwardClaims != nil {
 		in, out := &in.ForwardClaims, &out.ForwardClaims
-		*out = make(map[string]string, len(*in))
+		*out = make(map[string]HeaderName, len(*in))
 		for key, val := range *in {
 			(*out)[key] = val
 		}
