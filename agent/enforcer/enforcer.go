@@ -137,6 +137,9 @@ type workload struct {
 	failures int
 	retry    *time.Timer
 	retryGen uint64
+	// reattach: the datapath reported an error for the enrolled pod
+	// (DatapathError); its capture is to be attached again.
+	reattach bool
 }
 
 type enrolled struct {
@@ -441,21 +444,56 @@ func (e *Enforcer) reconcileLocked(w *workload) {
 		e.clearFailureLocked(w)
 	case w.pod == nil:
 		e.noteAttemptLocked(w, "enrol workload", e.enrollLocked(w, ports))
-	case !samePorts(w.ports, ports):
-		before := e.established(w)
-		if err := e.dp.UpdatePorts(w.w.Key(), ports); err != nil {
-			e.noteAttemptLocked(w, "update captured ports", err)
-			break
-		}
-		old := w.ports
-		w.ports = ports
-		e.log.Info("captured ports changed", "workload", w.w.Key(), "ports", portsString(ports))
-		e.resetPreexisting(w, func(p uint16) bool { return ports.Covers(p) && !old.Covers(p) }, before)
-		e.noteAttemptLocked(w, "update captured ports", nil)
 	default:
-		e.noteAttemptLocked(w, "", nil)
+		e.noteAttemptLocked(w, "update capture", e.updateLocked(w, ports))
 	}
 	e.setMetricsLocked()
+}
+
+// updateLocked brings the capture of an enrolled pod in line: it attaches
+// it again after the datapath reported an error (DatapathError), and
+// updates its ports.
+func (e *Enforcer) updateLocked(w *workload, ports bpf.PortSpec) error {
+	key := w.w.Key()
+	if w.reattach {
+		// Enroll is idempotent: it attaches what is missing.
+		if err := e.dp.Enroll(bpf.Pod{Key: key, NetnsPath: w.w.NetnsPath, Ports: w.ports}); err != nil {
+			return fmt.Errorf("attach capture again: %w", err)
+		}
+		w.reattach = false
+	}
+	if samePorts(w.ports, ports) {
+		return nil
+	}
+	before := e.established(w)
+	if err := e.dp.UpdatePorts(key, ports); err != nil {
+		return err
+	}
+	old := w.ports
+	w.ports = ports
+	e.log.Info("captured ports changed", "workload", key, "ports", portsString(ports))
+	e.resetPreexisting(w, func(p uint16) bool { return ports.Covers(p) && !old.Covers(p) }, before)
+	return nil
+}
+
+// DatapathError records an error the datapath reported for a pod after it
+// was enrolled (bpf.Config.OnError: an interface that appeared and could
+// not be captured, a lost interface watch): the workload counts as
+// failing, and its capture is attached again with backoff until that
+// succeeds. It does not wait for the Enforcer's lock, so the datapath may
+// call it from its watchers.
+func (e *Enforcer) DatapathError(key string, err error) {
+	go func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		w := e.workloads[key]
+		if e.closed || w == nil || w.pod == nil {
+			return // not enrolled: enrolment retries on its own
+		}
+		w.reattach = true
+		e.noteAttemptLocked(w, "capture pod interfaces", err)
+		e.setMetricsLocked()
+	}()
 }
 
 // noteAttemptLocked records the outcome of an attempt to enrol w or to
@@ -815,7 +853,7 @@ func (e *Enforcer) unenrollLocked(w *workload) {
 		e.log.Error("detach capture", "workload", key, "error", err)
 	}
 	p := w.pod
-	w.pod, w.ports, w.closed = nil, bpf.PortSpec{}, false
+	w.pod, w.ports, w.closed, w.reattach = nil, bpf.PortSpec{}, false, false
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ShutdownGrace)
 		defer cancel()

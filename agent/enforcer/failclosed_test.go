@@ -520,3 +520,22 @@ func TestEnrolWaitsForSync(t *testing.T) {
 	}
 	f.checkVerified("after sync")
 }
+
+// TestDatapathErrorReattaches: an error the datapath reports for an enrolled
+// pod (its interface watcher) makes the workload fail until capture is
+// attached again, which a retry does.
+func TestDatapathErrorReattaches(t *testing.T) {
+	f := newFixture(t)
+	d := f.openDatapath()
+	e := f.newEnforcer(d, f.store(fmt.Sprint(appPort)))
+	f.report(e, true)
+	e.DatapathError(podKey, fmt.Errorf("interface tun9 (x): %w", bpf.ErrUnsupportedInterface))
+	e.waitRetry(t, "that succeeds", func(err error) bool { return err == nil })
+	if s := e.status(t); !s.Enrolled || s.Failures != 0 || s.LastError != "" {
+		t.Errorf("after the retry: got Enrolled %t, Failures %d, LastError %q; want enrolled without error", s.Enrolled, s.Failures, s.LastError)
+	}
+	if got := strings.Count(e.log.String(), `level=ERROR msg="capture pod interfaces"`); got != 1 {
+		t.Errorf("ERROR lines for the datapath error: got %d, want 1", got)
+	}
+	f.checkVerified("after the retry")
+}
