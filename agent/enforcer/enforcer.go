@@ -27,6 +27,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/portcullis-mesh/portcullis/agent/audit"
 	"github.com/portcullis-mesh/portcullis/agent/authz"
 	"github.com/portcullis-mesh/portcullis/agent/metrics"
@@ -651,8 +653,15 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 // because a socket of the pod's own holds that port on the pod's address
 // or the wildcard, capture hands the connections to that socket; only a
 // socket bound elsewhere (loopback, say) leaves capture dropping them.
-// Telling the agent's listener apart is the datapath's to do.
+// Telling the agent's listener apart is the datapath's to do; until then
+// the error says so (heldListenerPort).
 func (e *Enforcer) failClosedLocked(w *workload, pod bpf.Pod, adopted bool, before *podnet.Snapshot, cause error) error {
+	if errors.Is(cause, unix.EADDRINUSE) {
+		if a, ok := heldListenerPort(w.w.NetnsPath, w.w.IPs, e.dp.ListenerPort()); ok {
+			cause = fmt.Errorf("%w; a socket of the pod listens on %s, so capture hands it the new connections to captured ports, unchecked",
+				cause, netip.AddrPortFrom(a, e.dp.ListenerPort()))
+		}
+	}
 	if !adopted {
 		before = e.established(w)
 	}
@@ -666,6 +675,38 @@ func (e *Enforcer) failClosedLocked(w *workload, pod bpf.Pod, adopted bool, befo
 		return errors.Join(cause, fmt.Errorf("attach capture without a listener: %w", err))
 	}
 	return cause
+}
+
+// heldListenerPort reports an address of ips on which another socket in
+// the netns listens on port, which capture's listener lookup would find:
+// binding it, as any socket may while no other listens there, fails with
+// EADDRINUSE. Errors other than that count as not held.
+func heldListenerPort(netnsPath string, ips []netip.Addr, port uint16) (netip.Addr, bool) {
+	var held netip.Addr
+	_ = podnet.Do(netnsPath, func() error {
+		for _, ip := range ips {
+			ip = ip.Unmap()
+			family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{Port: int(port), Addr: ip.As16()})
+			if ip.Is4() {
+				family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(port), Addr: ip.As4()}
+			}
+			fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				continue
+			}
+			// As the agent's listener: connections that used the port
+			// before (TIME_WAIT, a previous agent's) do not conflict.
+			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+			err = unix.Bind(fd, sa)
+			unix.Close(fd)
+			if errors.Is(err, unix.EADDRINUSE) {
+				held = ip
+				return nil
+			}
+		}
+		return nil
+	})
+	return held, held.IsValid()
 }
 
 // established lists w's connections before capture can steer any of them

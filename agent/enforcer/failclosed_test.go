@@ -347,6 +347,9 @@ func TestEnrolFailureFailsClosedAndRetries(t *testing.T) {
 		t.Errorf("while the port is taken: got Enrolled %t, Closed %t, Failures %d, LastError %q; want not enrolled, closed, failures and EADDRINUSE",
 			s.Enrolled, s.Closed, s.Failures, s.LastError)
 	}
+	if strings.Contains(s.LastError, "a socket of the pod listens") {
+		t.Errorf("LastError %q says capture hands connections to the pod's socket, which listens on loopback only", s.LastError)
+	}
 	if !d.Capturing(podKey) {
 		t.Error("Capturing while enrolment fails: got false, want true")
 	}
@@ -538,4 +541,25 @@ func TestDatapathErrorReattaches(t *testing.T) {
 		t.Errorf("ERROR lines for the datapath error: got %d, want 1", got)
 	}
 	f.checkVerified("after the retry")
+}
+
+// TestListenerPortHeldByApp: when the pod's app listens on the listener
+// port for the pod's address, capture (attached to fail closed) hands that
+// socket the connections to captured ports, since the datapath cannot tell
+// it from the agent's listener; the workload's error says so.
+func TestListenerPortHeldByApp(t *testing.T) {
+	f := newFixture(t)
+	d := f.openDatapath()
+	ln, err := podnet.ListenTCP(context.Background(), f.pod.NetnsPath, fmt.Sprintf(":%d", d.ListenerPort()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	e := f.newEnforcer(d, f.store(fmt.Sprint(appPort)))
+	f.report(e, true)
+	want := fmt.Sprintf("a socket of the pod listens on %s, so capture hands it the new connections to captured ports, unchecked",
+		netip.AddrPortFrom(f.pod.IPv4, d.ListenerPort()))
+	if s := e.status(t); !strings.Contains(s.LastError, want) {
+		t.Errorf("LastError: got %q, want it to contain %q", s.LastError, want)
+	}
 }
