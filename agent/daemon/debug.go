@@ -87,16 +87,21 @@ type backend struct {
 
 func (b *backend) Status(ctx context.Context) (*debugv1.GetStatusResponse, error) {
 	a := b.a
-	ws := a.enforcer.Workloads()
-	var attached uint32
-	for _, w := range ws {
+	dp := &debugv1.DatapathStatus{State: debugapi.DatapathAttached, PinPath: a.dp.PinDir()}
+	var failing []string
+	for _, w := range a.enforcer.Workloads() {
 		if w.Enrolled {
-			attached++
+			dp.AttachedWorkloads++
+		}
+		if w.Enrolled || w.LastError != "" {
+			dp.EnrolledWorkloads++
+		}
+		if w.LastError != "" {
+			failing = append(failing, w.Workload.Key())
 		}
 	}
-	dp := &debugv1.DatapathStatus{State: "attached", PinPath: a.dp.PinDir(), EnrolledWorkloads: uint32(len(ws)), AttachedWorkloads: attached}
-	if err := a.Ready(); err != nil {
-		dp.Message = err.Error()
+	if len(failing) > 0 {
+		dp.State, dp.Message = debugapi.DatapathDegraded, failingMessage(failing)
 	}
 	st := a.store.Stats()
 	ps := &debugv1.PolicySetStatus{Generation: st.Generation, Policies: uint32(st.Policies), Rules: uint32(st.Rules)}
@@ -109,7 +114,10 @@ func (b *backend) Status(ctx context.Context) (*debugv1.GetStatusResponse, error
 	resp := &debugv1.GetStatusResponse{
 		Version: Version, Commit: commit(), NodeName: a.cfg.NodeName, Mode: string(a.cfg.Mode),
 		StartTime: timestamppb.New(a.started), Uptime: durationpb.New(time.Since(a.started)),
-		Datapath: dp, PolicySet: ps,
+		Datapath: dp, PolicySet: ps, Ready: true,
+	}
+	if err := a.Ready(); err != nil {
+		resp.Ready, resp.NotReady = false, err.Error()
 	}
 	for _, is := range a.tokens.Issuers() {
 		h := &debugv1.IssuerHealth{Name: is.Ref, Healthy: true}
@@ -128,6 +136,21 @@ func (b *backend) Status(ctx context.Context) (*debugv1.GetStatusResponse, error
 		resp.Issuers = append(resp.Issuers, h)
 	}
 	return resp, nil
+}
+
+// failingMessage says which workloads (keys, sorted) are failing to enrol,
+// naming at most a few.
+func failingMessage(keys []string) string {
+	const show = 5
+	noun := "workloads"
+	if len(keys) == 1 {
+		noun = "workload"
+	}
+	named := strings.Join(keys[:min(len(keys), show)], ", ")
+	if len(keys) > show {
+		named += fmt.Sprintf(" and %d more", len(keys)-show)
+	}
+	return fmt.Sprintf("%d %s failing to enrol: %s (portcullis workloads says why)", len(keys), noun, named)
 }
 
 func (b *backend) Workloads(ctx context.Context) ([]*debugv1.Workload, error) {

@@ -37,3 +37,18 @@ type Backend interface {
 // ErrUnsupported is returned by a Backend for a call this agent cannot
 // answer (e.g. DumpBPFMaps with the datapath disabled).
 var ErrUnsupported = errors.New("not supported by this agent")
+
+// The values of debugv1.DatapathStatus.State the agent reports.
+const (
+	// DatapathAttached: every pod the policies select is enrolled.
+	DatapathAttached = "attached"
+	// DatapathDegraded: some pods are failing to enrol (their
+	// Workload.attach_error says why); the others are enforced.
+	DatapathDegraded = "degraded"
+)
+
+// Healthy reports whether st describes an agent that is ready and whose
+// datapath is not degraded: what `portcullis status` exits 0 for.
+func Healthy(st *debugv1.GetStatusResponse) bool {
+	return st.GetReady() && st.GetDatapath().GetState() == DatapathAttached
+}

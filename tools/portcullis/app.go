@@ -29,6 +29,7 @@ const (
 	exitRefused     = 1 // a deny from explain, an invalid token, or any other failure
 	exitUsage       = 2
 	exitUnreachable = 3
+	exitDegraded    = 4 // status: the agent is not ready or some pods are failing to enrol; workloads: some are
 )
 
 // socketEnv overrides the default socket path.
@@ -237,7 +238,8 @@ what it enforces: workloads, policies, issuers, decisions and eBPF maps, and
 explains why a request would be allowed or refused.
 
 Exit codes: 0 ok, 1 refused (explain deny, invalid token) or other failure,
-2 usage error, 3 agent unreachable.`,
+2 usage error, 3 agent unreachable, 4 degraded (status: the agent is not
+ready or some workloads are failing to enrol; workloads: some are).`,
 		SilenceErrors:     true,
 		SilenceUsage:      true,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/portcullis-mesh/portcullis/agent/debugapi"
 	"github.com/portcullis-mesh/portcullis/agent/debugapi/debugv1"
 )
 
@@ -59,7 +60,13 @@ func (a *app) statusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.printMessage(st, func(w io.Writer) error { return a.statusTable(w, st) })
+			if err := a.printMessage(st, func(w io.Writer) error { return a.statusTable(w, st) }); err != nil {
+				return err
+			}
+			if !debugapi.Healthy(st) {
+				return &exitError{code: exitDegraded}
+			}
+			return nil
 		},
 	}
 }
@@ -73,10 +80,18 @@ func (a *app) statusTable(w io.Writer, st *debugv1.GetStatusResponse) error {
 	fmt.Fprintf(w, "Node:\t%s\n", cell(st.GetNodeName()))
 	fmt.Fprintf(w, "Mode:\t%s\n", cell(st.GetMode()))
 	fmt.Fprintf(w, "Uptime:\t%s\n", durationCell(st.GetUptime()))
+	ready := "yes"
+	if !st.GetReady() {
+		ready = "no"
+		if st.GetNotReady() != "" {
+			ready += ": " + oneLine(st.GetNotReady())
+		}
+	}
+	fmt.Fprintf(w, "Ready:\t%s\n", a.paintBool(st.GetReady(), ready, ready))
 
 	dp := st.GetDatapath()
 	state := cell(dp.GetState())
-	state = a.paintBool(dp.GetState() == "attached", state, state)
+	state = a.paintBool(dp.GetState() == debugapi.DatapathAttached, state, state)
 	fmt.Fprintf(w, "Datapath:\t%s, %d/%d workloads attached, pins %s\n", state,
 		dp.GetAttachedWorkloads(), dp.GetEnrolledWorkloads(), cell(dp.GetPinPath()))
 	if dp.GetMessage() != "" {
@@ -125,7 +140,7 @@ func (a *app) workloadsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return a.printMessage(r, func(w io.Writer) error {
+			err = a.printMessage(r, func(w io.Writer) error {
 				fmt.Fprintf(w, "WORKLOAD\tIDENTITY\tID\tIPS\tPORTS\t%s\tNETNS\tCGROUP\n", a.head("STATE"))
 				for _, wl := range r.GetWorkloads() {
 					state := cell(wl.GetAttachState())
@@ -149,6 +164,16 @@ func (a *app) workloadsCmd() *cobra.Command {
 				}
 				return nil
 			})
+			if err != nil {
+				return err
+			}
+			// The same rule as status's "degraded".
+			for _, wl := range r.GetWorkloads() {
+				if wl.GetAttachError() != "" {
+					return &exitError{code: exitDegraded}
+				}
+			}
+			return nil
 		},
 	}
 }

@@ -56,6 +56,8 @@ type fakeBackend struct {
 
 	mu          sync.Mutex
 	lastExplain *debugv1.ExplainRequest
+	// editStatus, when set, changes what Status answers.
+	editStatus func(*debugv1.GetStatusResponse)
 }
 
 func newFakeBackend() *fakeBackend {
@@ -76,6 +78,17 @@ func (b *fakeBackend) SubscribeDecisions() *debugapi.Subscription {
 }
 
 func (b *fakeBackend) Status(context.Context) (*debugv1.GetStatusResponse, error) {
+	st := b.status()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.editStatus != nil {
+		b.editStatus(st)
+	}
+	return st, nil
+}
+
+// status is ready, and degraded as Workloads says: shop/cart fails.
+func (b *fakeBackend) status() *debugv1.GetStatusResponse {
 	return &debugv1.GetStatusResponse{
 		Version:   "v0.3.0",
 		Commit:    "4f2a9c1",
@@ -84,14 +97,16 @@ func (b *fakeBackend) Status(context.Context) (*debugv1.GetStatusResponse, error
 		StartTime: ts(-26 * time.Hour),
 		Uptime:    durationpb.New(26*time.Hour + 5*time.Minute),
 		Datapath: &debugv1.DatapathStatus{
-			State: "attached", PinPath: "/sys/fs/bpf/portcullis", EnrolledWorkloads: 2, AttachedWorkloads: 2,
+			State: "degraded", Message: "1 workload failing to enrol: shop/cart (portcullis workloads says why)",
+			PinPath: "/sys/fs/bpf/portcullis", EnrolledWorkloads: 2, AttachedWorkloads: 1,
 		},
+		Ready: true,
 		Issuers: []*debugv1.IssuerHealth{
 			{Name: "shop/entra", Healthy: true, KeyCount: 3, JwksAge: durationpb.New(12 * time.Minute)},
 			{Name: "devidp", Healthy: false, KeyCount: 0, LastError: "fetch jwks: connection refused"},
 		},
 		PolicySet: &debugv1.PolicySetStatus{Generation: 7, UpdatedAt: ts(-90 * time.Second), Age: durationpb.New(90 * time.Second), Policies: 2, Rules: 3},
-	}, nil
+	}
 }
 
 func (b *fakeBackend) Workloads(context.Context) ([]*debugv1.Workload, error) {
@@ -336,11 +351,11 @@ func TestGolden(t *testing.T) {
 		stdin string
 		want  int
 	}{
-		{"status", []string{"status"}, "", exitOK},
-		{"status_json", []string{"status", "-o", "json"}, "", exitOK},
-		{"status_yaml", []string{"status", "-o", "yaml"}, "", exitOK},
-		{"workloads", []string{"workloads"}, "", exitOK},
-		{"workloads_json", []string{"workloads", "-o", "json"}, "", exitOK},
+		{"status", []string{"status"}, "", exitDegraded},
+		{"status_json", []string{"status", "-o", "json"}, "", exitDegraded},
+		{"status_yaml", []string{"status", "-o", "yaml"}, "", exitDegraded},
+		{"workloads", []string{"workloads"}, "", exitDegraded},
+		{"workloads_json", []string{"workloads", "-o", "json"}, "", exitDegraded},
 		{"policies", []string{"policies"}, "", exitOK},
 		{"policies_json", []string{"policies", "-o", "json"}, "", exitOK},
 		{"issuers", []string{"issuers"}, "", exitOK},
@@ -351,7 +366,7 @@ func TestGolden(t *testing.T) {
 		{"decisions_none", []string{"decisions", "--reason", "expired"}, "", exitOK},
 		{"decisions_json", []string{"decisions", "-o", "json"}, "", exitOK},
 		{"decisions_color", []string{"decisions", "--color", "always"}, "", exitOK},
-		{"workloads_color", []string{"workloads", "--color", "always"}, "", exitOK},
+		{"workloads_color", []string{"workloads", "--color", "always"}, "", exitDegraded},
 		{"explain_allow", []string{"explain", "--workload", "shop/orders-api", "--port", "8080", "--path", "/orders/42",
 			"--source", "web/frontend", "--token-file", tokenFile}, "", exitOK},
 		{"explain_deny", []string{"explain", "--workload", "shop/orders-api", "--port", "8080", "--path", "/admin"}, "", exitRefused},
@@ -599,5 +614,48 @@ func TestColorKeepsLayout(t *testing.T) {
 		if got := ap.useColor(); got != tc.want {
 			t.Errorf("auto colour with tty=%v NO_COLOR=%q: got %v, want %v", tc.tty, tc.noColor, got, tc.want)
 		}
+	}
+}
+
+// TestStatusExitCode checks that status exits 0 only for a ready agent
+// whose datapath is not degraded, whatever the output format.
+func TestStatusExitCode(t *testing.T) {
+	a := startAgent(t)
+	for _, tc := range []struct {
+		name string
+		edit func(*debugv1.GetStatusResponse)
+		want int
+		// line is in the table output.
+		line string
+	}{
+		{"healthy", func(st *debugv1.GetStatusResponse) {
+			st.Datapath.State, st.Datapath.Message, st.Datapath.AttachedWorkloads = debugapi.DatapathAttached, "", 2
+		}, exitOK, "Datapath:    attached, 2/2 workloads attached"},
+		{"degraded", nil, exitDegraded, "Datapath:    degraded, 1/2 workloads attached"},
+		{"not ready", func(st *debugv1.GetStatusResponse) {
+			st.Datapath.State, st.Datapath.Message, st.Datapath.AttachedWorkloads = debugapi.DatapathAttached, "", 2
+			st.Ready, st.NotReady = false, "workloads not synced"
+		}, exitDegraded, "Ready:       no: workloads not synced"},
+		{"unknown state", func(st *debugv1.GetStatusResponse) {
+			st.Datapath.State, st.Datapath.Message = "detached", ""
+		}, exitDegraded, "Datapath:    detached,"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a.b.mu.Lock()
+			a.b.editStatus = tc.edit
+			a.b.mu.Unlock()
+			for _, out := range []string{"table", "json", "yaml"} {
+				r := cli(testContext(t), map[string]string{socketEnv: a.sock}, "", newSyncBuffer(), "status", "-o", out)
+				if r.code != tc.want {
+					t.Errorf("status -o %s: exit code: got %d, want %d\n%s", out, r.code, tc.want, r)
+				}
+				if r.stderr != "" {
+					t.Errorf("status -o %s: stderr: got %q, want none", out, r.stderr)
+				}
+				if out == "table" && !strings.Contains(r.stdout, tc.line) {
+					t.Errorf("status: got\n%s\nwant a line containing %q", r.stdout, tc.line)
+				}
+			}
+		})
 	}
 }

@@ -84,8 +84,15 @@ type GetStatusResponse struct {
 	Uptime    *durationpb.Duration   `protobuf:"bytes,6,opt,name=uptime,proto3" json:"uptime,omitempty"`
 	Datapath  *DatapathStatus        `protobuf:"bytes,7,opt,name=datapath,proto3" json:"datapath,omitempty"`
 	// One entry per configured issuer.
-	Issuers       []*IssuerHealth  `protobuf:"bytes,8,rep,name=issuers,proto3" json:"issuers,omitempty"`
-	PolicySet     *PolicySetStatus `protobuf:"bytes,9,opt,name=policy_set,json=policySet,proto3" json:"policy_set,omitempty"`
+	Issuers   []*IssuerHealth  `protobuf:"bytes,8,rep,name=issuers,proto3" json:"issuers,omitempty"`
+	PolicySet *PolicySetStatus `protobuf:"bytes,9,opt,name=policy_set,json=policySet,proto3" json:"policy_set,omitempty"`
+	// Ready is what the agent's /readyz answers: the datapath is open, the
+	// first workload and policy syncs are done, a policy set is in force and
+	// every issuer has keys or is reported failing. not_ready says why not.
+	// A degraded datapath (some pods failing to enrol) does not make the
+	// agent unready: one bad pod must not stall a rollout on every node.
+	Ready         bool   `protobuf:"varint,10,opt,name=ready,proto3" json:"ready,omitempty"`
+	NotReady      string `protobuf:"bytes,11,opt,name=not_ready,json=notReady,proto3" json:"not_ready,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -183,16 +190,32 @@ func (x *GetStatusResponse) GetPolicySet() *PolicySetStatus {
 	return nil
 }
 
+func (x *GetStatusResponse) GetReady() bool {
+	if x != nil {
+		return x.Ready
+	}
+	return false
+}
+
+func (x *GetStatusResponse) GetNotReady() string {
+	if x != nil {
+		return x.NotReady
+	}
+	return ""
+}
+
 type DatapathStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// State: "attached" (programs loaded and attached to every enrolled pod),
-	// "degraded" (some pods failed to attach), "detached" or "error".
+	// State: "attached" (every pod the policies select is enrolled) or
+	// "degraded" (some are failing to enrol: see ListWorkloads'
+	// attach_error).
 	State string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
-	// Human-readable detail, e.g. the last attach error.
+	// Human-readable detail, e.g. which pods are failing to enrol.
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// bpffs directory where the agent pins its maps and links.
 	PinPath string `protobuf:"bytes,3,opt,name=pin_path,json=pinPath,proto3" json:"pin_path,omitempty"`
-	// Enrolled pods and, of those, the ones whose programs are attached.
+	// Pods the policies select (enrolled or failing to enrol) and, of those,
+	// the ones whose capture is attached.
 	EnrolledWorkloads uint32 `protobuf:"varint,4,opt,name=enrolled_workloads,json=enrolledWorkloads,proto3" json:"enrolled_workloads,omitempty"`
 	AttachedWorkloads uint32 `protobuf:"varint,5,opt,name=attached_workloads,json=attachedWorkloads,proto3" json:"attached_workloads,omitempty"`
 	unknownFields     protoimpl.UnknownFields
@@ -2305,7 +2328,7 @@ var File_portcullis_debug_v1_debug_proto protoreflect.FileDescriptor
 const file_portcullis_debug_v1_debug_proto_rawDesc = "" +
 	"\n" +
 	"\x1fportcullis/debug/v1/debug.proto\x12\x13portcullis.debug.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n" +
-	"\x10GetStatusRequest\"\xa7\x03\n" +
+	"\x10GetStatusRequest\"\xda\x03\n" +
 	"\x11GetStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
 	"\x06commit\x18\x02 \x01(\tR\x06commit\x12\x1b\n" +
@@ -2317,7 +2340,10 @@ const file_portcullis_debug_v1_debug_proto_rawDesc = "" +
 	"\bdatapath\x18\a \x01(\v2#.portcullis.debug.v1.DatapathStatusR\bdatapath\x12;\n" +
 	"\aissuers\x18\b \x03(\v2!.portcullis.debug.v1.IssuerHealthR\aissuers\x12C\n" +
 	"\n" +
-	"policy_set\x18\t \x01(\v2$.portcullis.debug.v1.PolicySetStatusR\tpolicySet\"\xb9\x01\n" +
+	"policy_set\x18\t \x01(\v2$.portcullis.debug.v1.PolicySetStatusR\tpolicySet\x12\x14\n" +
+	"\x05ready\x18\n" +
+	" \x01(\bR\x05ready\x12\x1b\n" +
+	"\tnot_ready\x18\v \x01(\tR\bnotReady\"\xb9\x01\n" +
 	"\x0eDatapathStatus\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x19\n" +
