@@ -245,9 +245,18 @@ func checkDaemonSet(t *testing.T, objs objects) {
 	if adminPort != 9901 {
 		t.Errorf("admin port: got %d, want 9901", adminPort)
 	}
-	for name, probe := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
-		if probe == nil || probe.HTTPGet == nil || probe.HTTPGet.Port.String() != "admin" {
-			t.Errorf("%s probe: got %+v, want httpGet on the admin port", name, probe)
+	// The startup probe waits for readiness, so that liveness (which
+	// restarts) starts only once the first sync is done.
+	for _, p := range []struct {
+		name, path string
+		probe      *corev1.Probe
+	}{
+		{"liveness", "/healthz", c.LivenessProbe},
+		{"readiness", "/readyz", c.ReadinessProbe},
+		{"startup", "/readyz", c.StartupProbe},
+	} {
+		if p.probe == nil || p.probe.HTTPGet == nil || p.probe.HTTPGet.Port.String() != "admin" || p.probe.HTTPGet.Path != p.path {
+			t.Errorf("%s probe: got %+v, want httpGet %s on the admin port", p.name, p.probe, p.path)
 		}
 	}
 	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {

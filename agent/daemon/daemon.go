@@ -324,7 +324,15 @@ func (a *Agent) startAdmin() error {
 		return nil
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	// Liveness: the enforcer still answers (see enforcerStallLimit).
+	health := &watchdog{probe: func() { a.enforcer.Synced() }, limit: enforcerStallLimit, now: time.Now}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := health.check(); err != nil {
+			http.Error(w, "unhealthy: enforcer: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := a.Ready(); err != nil {
 			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)

@@ -1,0 +1,53 @@
+package daemon
+
+import (
+	"fmt"
+	"sync"
+	"time"
+)
+
+// enforcerStallLimit is how long the enforcer may go without answering
+// before /healthz fails and the kubelet restarts the agent. A wedged
+// enforcer enrols no new pod and applies no policy change, and only a
+// restart recovers it; the limit is far above the longest legitimate wait
+// (one enrolment's listen timeout is 5 s) so that a slow but working
+// agent, whose restart would cut every proxied connection of the node, is
+// never killed.
+const enforcerStallLimit = 2 * time.Minute
+
+// watchdog tells whether a component still answers, without ever making
+// its caller wait: check starts a probe (a call that takes the component's
+// lock) when none is in flight, and fails once one has been in flight
+// longer than limit.
+type watchdog struct {
+	probe func()
+	limit time.Duration
+	now   func() time.Time
+	// probed, when set, is called after each probe returns (tests).
+	probed func()
+
+	mu      sync.Mutex
+	pending time.Time // when the probe in flight started; zero when none
+}
+
+func (w *watchdog) check() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.pending.IsZero() {
+		if d := w.now().Sub(w.pending); d > w.limit {
+			return fmt.Errorf("no answer for %s", d.Round(time.Second))
+		}
+		return nil
+	}
+	w.pending = w.now()
+	go func() {
+		w.probe()
+		w.mu.Lock()
+		w.pending = time.Time{}
+		w.mu.Unlock()
+		if w.probed != nil {
+			w.probed()
+		}
+	}()
+	return nil
+}
