@@ -89,6 +89,7 @@ func (b *backend) Status(ctx context.Context) (*debugv1.GetStatusResponse, error
 	a := b.a
 	dp := &debugv1.DatapathStatus{State: debugapi.DatapathAttached, PinPath: a.dp.PinDir()}
 	var failing []string
+	open := 0
 	for _, w := range a.enforcer.Workloads() {
 		if w.Enrolled {
 			dp.AttachedWorkloads++
@@ -98,10 +99,13 @@ func (b *backend) Status(ctx context.Context) (*debugv1.GetStatusResponse, error
 		}
 		if w.LastError != "" {
 			failing = append(failing, w.Workload.Key())
+			if !w.Enrolled && !w.Closed {
+				open++
+			}
 		}
 	}
 	if len(failing) > 0 {
-		dp.State, dp.Message = debugapi.DatapathDegraded, failingMessage(failing)
+		dp.State, dp.Message = debugapi.DatapathDegraded, failingMessage(failing, open)
 	}
 	st := a.store.Stats()
 	ps := &debugv1.PolicySetStatus{Generation: st.Generation, Policies: uint32(st.Policies), Rules: uint32(st.Rules)}
@@ -139,8 +143,9 @@ func (b *backend) Status(ctx context.Context) (*debugv1.GetStatusResponse, error
 }
 
 // failingMessage says which workloads (keys, sorted) are failing to enrol,
-// naming at most a few.
-func failingMessage(keys []string) string {
+// naming at most a few, and how many of them are not captured at all
+// (their connections reach the app unchecked).
+func failingMessage(keys []string, notCaptured int) string {
 	const show = 5
 	noun := "workloads"
 	if len(keys) == 1 {
@@ -150,7 +155,11 @@ func failingMessage(keys []string) string {
 	if len(keys) > show {
 		named += fmt.Sprintf(" and %d more", len(keys)-show)
 	}
-	return fmt.Sprintf("%d %s failing to enrol: %s (portcullis workloads says why)", len(keys), noun, named)
+	open := ""
+	if notCaptured > 0 {
+		open = fmt.Sprintf(", %d not captured", notCaptured)
+	}
+	return fmt.Sprintf("%d %s failing to enrol%s: %s (portcullis workloads says why)", len(keys), noun, open, named)
 }
 
 func (b *backend) Workloads(ctx context.Context) ([]*debugv1.Workload, error) {
@@ -182,8 +191,10 @@ func (b *backend) Workloads(ctx context.Context) ([]*debugv1.Workload, error) {
 			if len(q) > 0 {
 				pw.AttachState += " (" + strings.Join(q, ", ") + ")"
 			}
+		case s.LastError != "" && s.Closed:
+			pw.AttachState = "error (capture closed)"
 		case s.LastError != "":
-			pw.AttachState = "error"
+			pw.AttachState = "error (not captured)"
 		case w.NetnsPath == "":
 			pw.AttachState = "remote"
 		default:

@@ -147,7 +147,7 @@ func (a *app) workloadsCmd() *cobra.Command {
 					switch {
 					case strings.HasPrefix(state, "attached"):
 						state = a.paint(ansiGreen, state)
-					case state == "error":
+					case strings.HasPrefix(state, "error"):
 						state = a.paint(ansiRed, state)
 					default:
 						state = a.paint(ansiDefault, state)

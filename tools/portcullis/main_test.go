@@ -126,7 +126,7 @@ func (b *fakeBackend) Workloads(context.Context) ([]*debugv1.Workload, error) {
 		},
 		{
 			Namespace: "shop", Name: "cart", Identity: "spiffe://cluster.local/ns/shop/sa/default", IdentityId: 14,
-			CapturedPorts: []uint32{8080}, AttachState: "error", AttachError: "attach tcx to eth0 in netns /run/netns/pc-cart: no such device",
+			CapturedPorts: []uint32{8080}, AttachState: "error (capture closed)", AttachError: "attach tcx to eth0 in netns /run/netns/pc-cart: no such device",
 		},
 	}, nil
 }

@@ -554,7 +554,10 @@ type Workload struct {
 	// Attach state, as the agent words it: "attached" (possibly with
 	// qualifiers, e.g. "attached (all ports except listed, locally
 	// accelerated)"), "not selected" (no policy selects the pod), "remote"
-	// (not on this node), "excluded: <why>" or "error" (see attach_error).
+	// (not on this node), "excluded: <why>", or, while enrolment is failing
+	// (see attach_error; it is retried), "error (capture closed)" (new
+	// connections to the captured ports are dropped) or "error (not
+	// captured)" (they reach the app unchecked).
 	AttachState string `protobuf:"bytes,12,opt,name=attach_state,json=attachState,proto3" json:"attach_state,omitempty"`
 	// Last attach error, if any.
 	AttachError string            `protobuf:"bytes,13,opt,name=attach_error,json=attachError,proto3" json:"attach_error,omitempty"`
