@@ -204,7 +204,6 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 		Body:          r.Body,
 		ContentLength: r.ContentLength,
 		Host:          r.Host,
-		Trailer:       r.Trailer,
 	}
 	if r.ContentLength == 0 {
 		out.Body = http.NoBody
@@ -228,11 +227,21 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 		cancel()
 	})
 	defer sw.stop()
-	if out.Body != http.NoBody && sw != nil {
-		sw.begin(nil, nil, string(proto))
-		out.Body = &watchedBody{ReadCloser: r.Body, w: sw}
-	}
 	strip := *s.strip.Load()
+	var trailer http.Header
+	for k := range r.Trailer { // the names the client announced
+		if !dropTrailer(k, strip, dec) {
+			if trailer == nil {
+				trailer = make(http.Header, len(r.Trailer))
+			}
+			trailer[k] = nil
+		}
+	}
+	if out.Body != http.NoBody && (sw != nil || trailer != nil) {
+		sw.begin(nil, nil, string(proto))
+		out.Body = &h2Body{ReadCloser: r.Body, w: sw, src: r.Trailer, dst: trailer}
+		out.Trailer = trailer
+	}
 	conn := r.Header["Connection"]
 	for k, vv := range r.Header {
 		if dropRequestHeader(k, strip, conn) || decisionSets(dec, k) {
@@ -321,15 +330,22 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 // aLongTimeAgo is a deadline in the past: it fails pending and later I/O.
 var aLongTimeAgo = time.Unix(1, 0)
 
-// watchedBody is an HTTP/2 request body whose reads are progress of its
-// stream's watch; the transfer ends at the first error or EOF.
-type watchedBody struct {
+// h2Body is an HTTP/2 request body on its way to the application. Its
+// reads are progress of its stream's watch (w, when not nil), and the
+// transfer ends at the first error or EOF. At EOF, before the transport
+// reads the outgoing trailers, it copies into dst (the outgoing request's
+// Trailer, when not nil) the client's trailers from src whose names dst
+// holds: those dropTrailer kept. The server fills src only before the EOF
+// it returns, the transport reads dst only after, both on the goroutine
+// reading the body.
+type h2Body struct {
 	io.ReadCloser
-	w    *streamWatch
-	done bool // only the transport's body writer reads
+	w        *streamWatch
+	src, dst http.Header
+	done     bool // only the transport's body writer reads
 }
 
-func (b *watchedBody) Read(p []byte) (int, error) {
+func (b *h2Body) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 {
 		b.w.mark()
@@ -337,6 +353,11 @@ func (b *watchedBody) Read(p []byte) (int, error) {
 	if err != nil && !b.done {
 		b.done = true
 		b.w.end()
+		if err == io.EOF {
+			for k := range b.dst {
+				b.dst[k] = b.src[k]
+			}
+		}
 	}
 	return n, err
 }

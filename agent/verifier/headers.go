@@ -50,6 +50,16 @@ func reservedHeader(name string) bool {
 	return dropRequestHeader(http.CanonicalHeaderKey(name), nil, nil)
 }
 
+// dropTrailer reports whether a client-sent trailer field must not reach
+// the application: what dropRequestHeader drops from the head, what the
+// decision sets, and what RFC 9110 §6.5.1 forbids in trailers
+// (Authorization, Host, Content-Type, ...: x/net's HTTP/2 server refuses
+// those outright), so that an application merging trailers into headers
+// sees no field the policy did not.
+func dropTrailer(k string, strip map[string]bool, dec *Decision) bool {
+	return !httpguts.ValidTrailerHeader(k) || dropRequestHeader(k, strip, nil) || decisionSets(dec, k)
+}
+
 // dropResponseHeader reports whether an application response header is
 // hop-by-hop (or framing the verifier sets itself).
 func dropResponseHeader(k string, connTokens []string) bool {

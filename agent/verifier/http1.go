@@ -249,6 +249,8 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 		resp *http.Response
 		err  error
 	)
+	// One view of the strip list for the head and the trailers.
+	strip := *s.strip.Load()
 	upStart := time.Now()
 	for attempt := 0; ; attempt++ {
 		if attempt == 0 {
@@ -260,7 +262,7 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 			s.cfg.Logger.Debug("forward", "error", err)
 			return h.badGateway(req)
 		}
-		h.writeRequestHead(uc.bw, req, dec, upgrade)
+		h.writeRequestHead(uc.bw, req, dec, strip, upgrade)
 		if hasBody {
 			// Send the head now unless body bytes are already here to go
 			// with it: a client waiting for 100 Continue sends none until
@@ -289,7 +291,7 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 		bodyDone = make(chan error, 1)
 		h.watch.begin(h.c, uc.c, string(HTTP1))
 		go func() {
-			err := h.sendRequestBody(uc, req)
+			err := h.sendRequestBody(uc, req, dec, strip)
 			if !h.watch.end() && err == nil {
 				err = errStreamIdle
 			}
@@ -526,7 +528,7 @@ func writeLength(bw *bufio.Writer, n int64) {
 
 // writeRequestHead writes the forwarded request's head: the client's
 // headers minus the ones the verifier owns, then the verifier's own.
-func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Decision, upgrade string) {
+func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Decision, strip map[string]bool, upgrade string) {
 	bw.WriteString(req.Method)
 	bw.WriteByte(' ')
 	uri := req.RequestURI
@@ -537,7 +539,6 @@ func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Deci
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(req.Host)
 	bw.WriteString("\r\n")
-	strip := *h.s.strip.Load()
 	conn := req.Header["Connection"]
 	for k, vv := range req.Header {
 		if dropRequestHeader(k, strip, conn) || decisionSets(dec, k) {
@@ -569,7 +570,9 @@ func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Deci
 	case req.ContentLength < 0:
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 		for k := range req.Trailer {
-			writeField(bw, "Trailer", k)
+			if !dropTrailer(k, strip, dec) {
+				writeField(bw, "Trailer", k)
+			}
 		}
 	case req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch:
 		bw.WriteString("Content-Length: 0\r\n")
@@ -589,8 +592,9 @@ func decisionSets(dec *Decision, k string) bool {
 }
 
 // sendRequestBody streams the request body to the application, re-framed:
-// the same length, or chunked (with trailers) when the client chunked.
-func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request) error {
+// the same length, or chunked (with the trailers dropTrailer keeps) when
+// the client chunked.
+func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request, dec *Decision, strip map[string]bool) error {
 	if req.ContentLength >= spliceMin && !h.grown && !h.s.cfg.NoSplice {
 		if err := spliceN(uc.c, uc.bw, h.c, h.br, req.ContentLength); err != nil {
 			uc.c.Close()
@@ -601,7 +605,7 @@ func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request) error {
 	chunked := req.ContentLength < 0
 	_, rerr, werr := copyBody(uc.bw, req.Body, h.br, chunked, h.watch)
 	if rerr == nil && werr == nil && chunked {
-		werr = writeLastChunk(uc.bw, req.Trailer)
+		werr = writeLastChunk(uc.bw, req.Trailer, func(k string) bool { return dropTrailer(k, strip, dec) })
 	}
 	if werr == nil {
 		werr = uc.bw.Flush()
@@ -637,7 +641,7 @@ func (h *h1conn) relayBody(resp *http.Response, uc *upConn, fr framing) (werr, r
 		return werr, rerr
 	}
 	if fr.chunked {
-		werr = writeLastChunk(h.bw, resp.Trailer)
+		werr = writeLastChunk(h.bw, resp.Trailer, dropResponseTrailer)
 	}
 	if werr == nil {
 		werr = h.bw.Flush()
@@ -715,10 +719,11 @@ func copyBody(dst *bufio.Writer, src io.Reader, srcBuf *bufio.Reader, chunked bo
 	}
 }
 
-func writeLastChunk(bw *bufio.Writer, trailer http.Header) error {
+// writeLastChunk ends a chunked body with the trailer fields drop keeps.
+func writeLastChunk(bw *bufio.Writer, trailer http.Header, drop func(k string) bool) error {
 	bw.WriteString("0\r\n")
 	for k, vv := range trailer {
-		if dropResponseHeader(k, nil) {
+		if drop(k) {
 			continue
 		}
 		for _, v := range vv {
@@ -728,6 +733,8 @@ func writeLastChunk(bw *bufio.Writer, trailer http.Header) error {
 	_, err := bw.WriteString("\r\n")
 	return err
 }
+
+func dropResponseTrailer(k string) bool { return dropResponseHeader(k, nil) }
 
 // protoUpgrade labels stream idle timeouts of upgraded (spliced) HTTP/1.1
 // connections.

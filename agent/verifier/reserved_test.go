@@ -199,3 +199,105 @@ func TestDecisionHeadersReserved(t *testing.T) {
 		})
 	}
 }
+
+// TestTrailersFiltered: request trailers follow the rules of request
+// headers, in the announcement and in the trailer block, on both
+// protocols.
+func TestTrailersFiltered(t *testing.T) {
+	type seen struct {
+		announced []string
+		trailer   http.Header
+		body      string
+	}
+	got := make(chan seen, 1)
+	app := startApp(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var s seen
+		for k := range r.Trailer {
+			s.announced = append(s.announced, k)
+		}
+		b, _ := io.ReadAll(r.Body)
+		s.body = string(b)
+		s.trailer = r.Trailer.Clone()
+		got <- s
+	}))
+	authz := AuthorizerFunc(func(ctx context.Context, r *Request) Decision {
+		d := testAuthorizer(ctx, r)
+		d.Headers = append(d.Headers, HeaderField{"X-Decided", "d"})
+		return d
+	})
+	h := start(t, appAddr(app), Config{Authorizer: authz})
+	forged := http.Header{
+		"X-Portcullis-Source": {"spiffe://cluster.local/ns/kube-system/sa/admin"},
+		"X_portcullis_source": {"spoof"},
+		"X-Claim-Oid":         {"forged"}, // a StripHeaders name
+		"X-Decided":           {"forged"}, // set by the decision
+		"X-Forwarded-For":     {"6.6.6.6"},
+		"X-Forwarded-Prefix":  {"/evil"},
+		"X-Real-Ip":           {"6.6.6.6"},
+		"Forwarded":           {"for=6.6.6.6"},
+		"X-Keep-Trailer":      {"kept"},
+	}
+	want := http.Header{"X-Keep-Trailer": {"kept"}}
+	check := func(t *testing.T, status int) {
+		t.Helper()
+		if status != 200 {
+			t.Fatalf("status %d, want 200", status)
+		}
+		var s seen
+		select {
+		case s = <-got:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the request never reached the application")
+		}
+		if s.body != "payload" {
+			t.Errorf("body: got %q, want payload", s.body)
+		}
+		if diff := cmp.Diff([]string{"X-Keep-Trailer"}, s.announced); diff != "" {
+			t.Errorf("announced trailers (-want +got):\n%s", diff)
+		}
+		if diff := cmp.Diff(want, s.trailer); diff != "" {
+			t.Errorf("trailers (-want +got):\n%s", diff)
+		}
+	}
+
+	t.Run("http1", func(t *testing.T) {
+		// Raw, to send names Go's client would not (Authorization, Host in
+		// the trailer block) and one that was never announced.
+		var names, fields []string
+		for k, vv := range forged {
+			names = append(names, k)
+			fields = append(fields, k+": "+vv[0]+"\r\n")
+		}
+		status, _ := rawRequest(t, h.addr, "POST /t HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "+tokGood+
+			"\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nTrailer: "+strings.Join(names, ", ")+"\r\n\r\n"+
+			"7\r\npayload\r\n0\r\n"+strings.Join(fields, "")+
+			"Authorization: Bearer forged\r\nHost: evil\r\nX-Unannounced: forged\r\nX-Portcullis-Late: forged\r\n\r\n")
+		want["X-Unannounced"] = []string{"forged"} // net/http keeps unannounced trailers
+		defer delete(want, "X-Unannounced")
+		check(t, atoiStatus(status))
+	})
+	t.Run("h2c", func(t *testing.T) {
+		req, _ := http.NewRequest("POST", "http://"+h.addr+"/t", io.NopCloser(strings.NewReader("payload")))
+		req.ContentLength = -1
+		req.Header.Set("Authorization", "Bearer "+tokGood)
+		req.Trailer = forged.Clone()
+		resp, err := h2cClient(t).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		check(t, resp.StatusCode)
+	})
+}
+
+// atoiStatus returns the code of a status line such as "HTTP/1.1 200 OK",
+// 0 when there is none.
+func atoiStatus(line string) int {
+	_, rest, _ := strings.Cut(line, " ")
+	code := 0
+	for i := 0; i < len(rest) && i < 3; i++ {
+		code = code*10 + int(rest[i]-'0')
+	}
+	return code
+}
