@@ -55,7 +55,7 @@ func BenchmarkValidateFirst(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, r, err := v.Validate(ctx, tok); err != nil {
+		if _, r, err := v.ValidateFor(ctx, tok, "shop"); err != nil {
 			b.Fatal(r, err)
 		}
 		v.cache.remove(tok)
@@ -85,7 +85,7 @@ func BenchmarkValidateFirstVsRSA(b *testing.B) {
 			b.Fatal(err)
 		}
 		t1 := time.Now()
-		if _, r, err := v.Validate(ctx, tok); err != nil {
+		if _, r, err := v.ValidateFor(ctx, tok, "shop"); err != nil {
 			b.Fatal(r, err)
 		}
 		t2 := time.Now()
@@ -105,12 +105,12 @@ func BenchmarkValidateFirstVsRSA(b *testing.B) {
 func BenchmarkValidateCached(b *testing.B) {
 	v, _, tok := benchSetup(b, Config{})
 	ctx := context.Background()
-	if _, _, err := v.Validate(ctx, tok); err != nil {
+	if _, _, err := v.ValidateFor(ctx, tok, "shop"); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, _, err := v.Validate(ctx, tok); err != nil {
+		if _, _, err := v.ValidateFor(ctx, tok, "shop"); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -121,13 +121,13 @@ func BenchmarkValidateCached(b *testing.B) {
 func BenchmarkValidateCachedParallel(b *testing.B) {
 	v, _, tok := benchSetup(b, Config{})
 	ctx := context.Background()
-	if _, _, err := v.Validate(ctx, tok); err != nil {
+	if _, _, err := v.ValidateFor(ctx, tok, "shop"); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, _, err := v.Validate(ctx, tok); err != nil {
+			if _, _, err := v.ValidateFor(ctx, tok, "shop"); err != nil {
 				b.Error(err)
 				return
 			}

@@ -82,14 +82,15 @@ func (c *tokenCache) hash(raw string) uint64 {
 	return maphash.String(c.seed, raw)
 }
 
-// get returns the cached claims of raw, or nil. It does not allocate.
-func (c *tokenCache) get(raw string, now int64) *Claims {
+// get returns the cached claims of raw if the issuer that accepted it is in
+// scope sc, or nil. It does not allocate.
+func (c *tokenCache) get(raw string, now int64, sc scope) *Claims {
 	h := c.hash(raw)
 	sh := &c.shards[h%cacheShards]
 	sh.mu.RLock()
 	e := sh.m[h]
 	sh.mu.RUnlock()
-	if e == nil || e.token != raw {
+	if e == nil || e.token != raw || !sc.has(e.iss) {
 		sh.misses.Add(1)
 		return nil
 	}

@@ -84,6 +84,10 @@ type IssuerConfig struct {
 	// "namespace/name" for an Issuer, "name" for a ClusterIssuer. Required
 	// and unique within a Validator.
 	Ref string
+	// Namespace scopes the issuer's trust: ValidateFor accepts its tokens
+	// only for workloads of this namespace (an Issuer). Empty means every
+	// namespace (a ClusterIssuer).
+	Namespace string
 	// AzureAD configures a Microsoft Entra ID tenant (or multi-tenant app).
 	AzureAD *AzureADConfig
 	// OIDC configures a generic OpenID Connect issuer.
@@ -278,6 +282,7 @@ func (ic IssuerConfig) Validate() error {
 // canonical form.
 type normalized struct {
 	ref       string
+	namespace string // "" for every namespace
 	skew      time.Duration
 	algs      []string
 	audiences []string
@@ -316,7 +321,7 @@ func (s sourceSpec) key() string {
 }
 
 func (ic IssuerConfig) normalize() (*normalized, error) {
-	n := &normalized{ref: ic.Ref}
+	n := &normalized{ref: ic.Ref, namespace: ic.Namespace}
 	if ic.Ref == "" {
 		return nil, errors.New("ref: must not be empty")
 	}

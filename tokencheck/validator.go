@@ -250,20 +250,53 @@ func (v *Validator) WaitReady(ctx context.Context) error {
 	return nil
 }
 
-// Validate checks raw (the bearer token, without "Bearer ") and returns its
-// claims, or a Reason and an *Error saying why it is refused. The issuer is
-// chosen by the token's iss alone (and tid for multi-tenant issuers), then
+// Validate checks raw (the bearer token, without "Bearer ") against every
+// configured issuer, whatever its namespace, and returns its claims, or a
+// Reason and an *Error saying why it is refused. It is for tools that look
+// at a token outside any workload (a debug API); authorization decisions
+// must use ValidateFor, which keeps a namespaced issuer's trust inside its
+// namespace. The issuer is chosen as ValidateFor does, over all issuers.
+func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, Reason, error) {
+	return v.validateIn(ctx, raw, scope{all: true})
+}
+
+// ValidateFor checks raw (the bearer token, without "Bearer ") for a
+// workload of namespace and returns its claims, or a Reason and an *Error
+// saying why it is refused. Only the issuers trusted for that namespace
+// are considered: those without IssuerConfig.Namespace (ClusterIssuers)
+// and those of namespace itself. An issuer of another namespace can
+// neither accept a token here nor shadow one that accepts the same iss.
+//
+// The issuer is chosen by the token's iss (and tid for multi-tenant
+// issuers): the first issuer in scope that accepts the token, trying those
+// of every namespace before the namespace's own, each in Ref order. Then
 // everything is checked against that issuer's own configuration and keys.
 //
 // A token seen before and still valid is answered from memory without
-// allocating. Otherwise Validate may wait, bounded by ctx and FetchTimeout,
-// for a key refresh when the token names a kid the issuer's key set lacks
-// (rate-limited per issuer by UnknownKIDInterval).
+// allocating, when the issuer that accepted it is in scope. Otherwise
+// ValidateFor may wait, bounded by ctx and FetchTimeout, for a key refresh
+// when the token names a kid the issuer's key set lacks (rate-limited per
+// issuer by UnknownKIDInterval).
 //
 // The returned Claims are shared between callers and must not be modified.
 // An accepted raw is kept in the cache until exp: pass the header value
 // itself, not a slice of a larger buffer that should not stay in memory.
-func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, Reason, error) {
+func (v *Validator) ValidateFor(ctx context.Context, raw, namespace string) (*Claims, Reason, error) {
+	return v.validateIn(ctx, raw, scope{namespace: namespace})
+}
+
+// scope is the set of issuers a validation may use: every issuer (all), or
+// those of every namespace and those of namespace.
+type scope struct {
+	all       bool
+	namespace string
+}
+
+func (s scope) has(is *issuer) bool {
+	return s.all || is.n.namespace == "" || is.n.namespace == s.namespace
+}
+
+func (v *Validator) validateIn(ctx context.Context, raw string, sc scope) (*Claims, Reason, error) {
 	if raw == "" {
 		return nil, ReasonMissingToken, ErrMissingToken
 	}
@@ -272,48 +305,67 @@ func (v *Validator) Validate(ctx context.Context, raw string) (*Claims, Reason, 
 		return nil, r, err
 	}
 	now := v.cfg.Now()
+	// The cache holds one answer per token. It is the answer for every
+	// scope that includes its issuer: issuers of every namespace are tried
+	// first, in a fixed order, so one accepted by such an issuer is
+	// accepted by the same one whatever the namespace; one accepted by a
+	// namespace's issuer was refused by every issuer of every namespace.
 	if v.cache != nil {
-		if c := v.cache.get(raw, now.UnixNano()); c != nil {
+		if c := v.cache.get(raw, now.UnixNano(), sc); c != nil {
 			return c, ReasonNone, nil
 		}
 	}
-	return v.validate(ctx, raw, now)
+	return v.validate(ctx, raw, now, sc)
 }
 
-func (v *Validator) validate(ctx context.Context, raw string, now time.Time) (*Claims, Reason, error) {
+func (v *Validator) validate(ctx context.Context, raw string, now time.Time, sc scope) (*Claims, Reason, error) {
 	t, r, err := parseToken(raw)
 	if err != nil {
 		return nil, r, err
 	}
 	var buf [4]route
 	routes := v.state.Load().lookup(t.claims.Issuer, buf[:0])
-	if len(routes) == 0 {
-		r, err := refuse(ReasonWrongIssuer, "iss %q is not trusted", clip(t.claims.Issuer))
-		return nil, r, err
-	}
 	var firstReason Reason
 	var firstErr error
-	for _, rt := range routes {
-		if rt.src == nil {
-			r, err = refuse(ReasonVersionNotAccepted, "issuer %s does not accept tokens of iss %q", rt.iss.n.ref, t.claims.Issuer)
-		} else {
-			var k *key
-			k, r, err = v.check(ctx, rt, t, now)
-			if err == nil {
-				c := t.claims
-				c.IssuerRef = rt.iss.n.ref
-				if exp := time.Unix(t.exp, 0).UnixNano(); v.cache != nil && exp > now.UnixNano() {
-					v.cache.put(raw, c, exp, k, rt.iss, now.UnixNano())
+	tried := false
+	// Issuers of every namespace first, then those of the namespace (see
+	// validateIn for why the order is fixed this way).
+	for _, cluster := range [...]bool{true, false} {
+		for _, rt := range routes {
+			if (rt.iss.n.namespace == "") != cluster || !sc.has(rt.iss) {
+				continue
+			}
+			tried = true
+			if rt.src == nil {
+				r, err = refuse(ReasonVersionNotAccepted, "issuer %s does not accept tokens of iss %q", rt.iss.n.ref, t.claims.Issuer)
+			} else {
+				var k *key
+				k, r, err = v.check(ctx, rt, t, now)
+				if err == nil {
+					c := t.claims
+					c.IssuerRef = rt.iss.n.ref
+					if exp := time.Unix(t.exp, 0).UnixNano(); v.cache != nil && exp > now.UnixNano() {
+						v.cache.put(raw, c, exp, k, rt.iss, now.UnixNano())
+					}
+					return c, ReasonNone, nil
 				}
-				return c, ReasonNone, nil
+			}
+			// Several issuers may accept one iss (say, a ClusterIssuer and
+			// a namespace's Issuer trusting one tenant for different
+			// audiences): report the refusal of the one that got
+			// furthest, and the first of those.
+			if firstErr == nil || stage(r) > stage(firstReason) {
+				firstReason, firstErr = r, err
 			}
 		}
-		// Several issuers may accept one iss (say, two namespaces trusting
-		// one tenant for different audiences): report the refusal of the
-		// one that got furthest, and the first of those.
-		if firstErr == nil || stage(r) > stage(firstReason) {
-			firstReason, firstErr = r, err
+	}
+	if !tried {
+		if len(routes) > 0 {
+			r, err := refuse(ReasonWrongIssuer, "iss %q is not trusted in namespace %q", clip(t.claims.Issuer), sc.namespace)
+			return nil, r, err
 		}
+		r, err := refuse(ReasonWrongIssuer, "iss %q is not trusted", clip(t.claims.Issuer))
+		return nil, r, err
 	}
 	return nil, firstReason, firstErr
 }

@@ -3,7 +3,8 @@
 // validates the bearer token if one was sent, evaluates the policy set in
 // force for the destination workload, and turns the outcome into the
 // verifier's Decision, with the forwardClaims headers of the accepting
-// issuer.
+// issuer. An Issuer vouches only for the workloads of its own namespace; a
+// ClusterIssuer for every workload.
 package authz
 
 import (
@@ -22,8 +23,22 @@ import (
 )
 
 // TokenValidator validates bearer tokens; *tokencheck.Validator is one.
+//
+// When it also implements ScopedTokenValidator, as *tokencheck.Validator
+// does, the Engine asks it only about the issuers trusted for the
+// workload's namespace. Otherwise the claims of a token accepted by an
+// issuer of another namespace are dropped after the fact: trust stays
+// scoped, but such an issuer can then shadow an in-scope one that accepts
+// the same iss.
 type TokenValidator interface {
 	Validate(ctx context.Context, raw string) (*tokencheck.Claims, tokencheck.Reason, error)
+}
+
+// ScopedTokenValidator validates a bearer token for a workload of a
+// namespace, with only the issuers trusted there (see
+// tokencheck.Validator.ValidateFor).
+type ScopedTokenValidator interface {
+	ValidateFor(ctx context.Context, raw, namespace string) (*tokencheck.Claims, tokencheck.Reason, error)
 }
 
 // Engine decides requests for every workload of the node. It is safe for
@@ -39,8 +54,16 @@ type Engine struct {
 
 type setView struct {
 	set     *policy.Set
+	issuers map[string]policy.Issuer  // by ref
 	forward map[string][]forwardClaim // issuer ref → claims to forward
 	headers []string                  // every forwardClaims header name, sorted
+}
+
+// trustedIn reports whether the issuer named ref is in the set and may
+// vouch for tokens sent to a workload of namespace.
+func (v *setView) trustedIn(ref, namespace string) bool {
+	is, ok := v.issuers[ref]
+	return ok && is.TrustedIn(namespace)
 }
 
 type forwardClaim struct{ claim, header string }
@@ -66,12 +89,13 @@ func (e *Engine) current() *setView {
 }
 
 func buildView(set *policy.Set) *setView {
-	v := &setView{set: set, forward: map[string][]forwardClaim{}}
+	v := &setView{set: set, issuers: map[string]policy.Issuer{}, forward: map[string][]forwardClaim{}}
 	if set == nil {
 		return v
 	}
 	seen := map[string]bool{}
 	for _, is := range set.Issuers() {
+		v.issuers[is.Ref] = is
 		claims := make([]string, 0, len(is.Spec.ForwardClaims))
 		for c := range is.Spec.ForwardClaims {
 			claims = append(claims, c)
@@ -156,7 +180,13 @@ func (e *Engine) Input(ctx context.Context, w *Workload, r *verifier.Request) (p
 		return in, 0
 	}
 	start := time.Now()
-	claims, reason, _ := e.tokens.Validate(ctx, r.Token)
+	var claims *tokencheck.Claims
+	var reason tokencheck.Reason
+	if sv, ok := e.tokens.(ScopedTokenValidator); ok {
+		claims, reason, _ = sv.ValidateFor(ctx, r.Token, in.Workload.Namespace)
+	} else {
+		claims, reason, _ = e.tokens.Validate(ctx, r.Token)
+	}
 	in.Claims, in.TokenReason = claims, reason
 	return in, time.Since(start)
 }
@@ -175,11 +205,19 @@ const ReasonNoPolicySet = "no_policy_set"
 // Decide evaluates an input against the set in force and returns both the
 // policy's decision (with its rule trace available through Explain) and the
 // verifier's.
+//
+// Claims accepted by an issuer the set does not trust for the workload's
+// namespace (an Issuer of another namespace, or one no longer in the set)
+// count as a token refused with wrong_issuer: they neither satisfy a rule
+// nor have their forwardClaims applied.
 func (e *Engine) Decide(in policy.Input) (policy.Decision, verifier.Decision) {
 	v := e.current()
 	if v.set == nil {
 		d := policy.Decision{Outcome: policy.OutcomeDeny, Status: policy.StatusForbidden, Reason: ReasonNoPolicySet, Rule: -1}
 		return d, verifier.Decision{Status: int(d.Status), Reason: ReasonNoPolicySet}
+	}
+	if c := in.Claims; c != nil && !v.trustedIn(c.IssuerRef, in.Workload.Namespace) {
+		in.Claims, in.TokenReason = nil, tokencheck.ReasonWrongIssuer
 	}
 	d := policy.Evaluate(v.set, in)
 	return d, e.convert(v, in, d)

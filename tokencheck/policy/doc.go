@@ -25,6 +25,11 @@
 //     overage, token not bound to the caller, no matching rule).
 //   - Audit-mode policies never change what is enforced: Evaluate reports
 //     what they would decide (Decision.Mode == ModeAudit) and allows.
+//   - Tokens: an Issuer vouches only for the workloads of its own
+//     namespace, a ClusterIssuer for every workload (Issuer.Config sets
+//     tokencheck.IssuerConfig.Namespace; validate with ValidateFor). A
+//     rule without when.issuers accepts any issuer trusted for the
+//     workload.
 //
 // A Store holds the Set in force and swaps it atomically after a successful
 // compile; a Watcher recompiles local files when they change.

@@ -458,7 +458,7 @@ spec:
 `, clusterIssuerYAML)
 	want := []tokencheck.IssuerConfig{
 		{Ref: "corp", OIDC: &tokencheck.OIDCConfig{Issuer: "https://idp.example.com", Audiences: []string{"orders"}}},
-		{Ref: "shop/entra", ClockSkew: 30 * time.Second, Algorithms: []string{"RS256", "PS256"}, AzureAD: &tokencheck.AzureADConfig{
+		{Ref: "shop/entra", Namespace: "shop", ClockSkew: 30 * time.Second, Algorithms: []string{"RS256", "PS256"}, AzureAD: &tokencheck.AzureADConfig{
 			TenantID: "organizations", Cloud: tokencheck.AzureUSGovernment, AuthorityHost: "http://127.0.0.1:8400",
 			Audiences: []string{"api://orders"}, AcceptedVersions: []int{2}, AllowedTenants: []string{"*"},
 		}},

@@ -5,10 +5,20 @@ import (
 	v1 "github.com/portcullis-mesh/portcullis/tokencheck/policy/apis/v1alpha1"
 )
 
-// Config converts the Issuer into what tokencheck validates tokens with.
+// Config converts the Issuer into what tokencheck validates tokens with,
+// trusted only for its namespace (every namespace for a ClusterIssuer).
 // ForwardClaims is not part of it: forwarding is the verifier's job.
 func (is Issuer) Config() tokencheck.IssuerConfig {
-	return issuerConfig(is.Ref, &is.Spec)
+	ic := issuerConfig(is.Ref, &is.Spec)
+	ic.Namespace = is.Namespace
+	return ic
+}
+
+// TrustedIn reports whether the Issuer may vouch for tokens sent to a
+// workload of namespace: a ClusterIssuer everywhere, an Issuer only in its
+// own namespace.
+func (is Issuer) TrustedIn(namespace string) bool {
+	return is.Namespace == "" || is.Namespace == namespace
 }
 
 func issuerConfig(ref string, s *v1.IssuerSpec) tokencheck.IssuerConfig {

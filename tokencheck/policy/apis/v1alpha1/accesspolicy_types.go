@@ -173,8 +173,9 @@ type ClaimMatch struct {
 // Conditions are checks on the bearer token (and, through Expression, on
 // the request and caller). Every field present must hold.
 type Conditions struct {
-	// Issuers that must have accepted the token. Empty means any
-	// configured issuer.
+	// Issuers that must have accepted the token. Empty means any issuer
+	// trusted for the workload: the ClusterIssuers and the Issuers of the
+	// policy's namespace (an Issuer never vouches for another namespace).
 	// +optional
 	// +kubebuilder:validation:MaxItems=16
 	Issuers []IssuerRef `json:"issuers,omitempty"`

@@ -158,8 +158,8 @@ type IssuerStatus struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 }
 
-// Issuer trusts the tokens of one identity provider for the AccessPolicies
-// of its namespace.
+// Issuer trusts the tokens of one identity provider for the workloads of
+// its namespace only.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:categories=portcullis
@@ -182,8 +182,7 @@ type IssuerList struct {
 	Items           []Issuer `json:"items"`
 }
 
-// ClusterIssuer is an Issuer usable by the AccessPolicies of every
-// namespace.
+// ClusterIssuer is an Issuer trusted for the workloads of every namespace.
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:scope=Cluster,categories=portcullis
