@@ -53,9 +53,11 @@ type Config struct {
 	// attach error: that interface is then not captured), or a lost
 	// subscription to the pod's link events (the watcher subscribes again
 	// and lists the links anew). It is called from the watcher's goroutine,
-	// never with the datapath's lock held, so it may call the Datapath; it
-	// should return quickly. Nil means the errors are only kept in
-	// PodInfo.WatchErr.
+	// never with the datapath's lock held, and should return quickly. It
+	// may read the Datapath (Pods, Capturing) but must not call Enroll,
+	// Remove, Close or Teardown: they wait for watchers to end, the calling
+	// one included; hand the error to another goroutine for that. Nil means
+	// the errors are only kept in PodInfo.WatchErr.
 	OnError func(key string, err error)
 }
 
