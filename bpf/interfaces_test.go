@@ -308,6 +308,9 @@ func TestReadoptionRepointsEachKind(t *testing.T) {
 	if err := d1.Close(); err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, "watcher goroutines gone after Close", func() (bool, error) {
+		return !goroutinesMatch("(*Datapath).watch", "linkSubscribeAt"), nil
+	})
 	d2, err := Open(Config{PinDir: pinDir})
 	if err != nil {
 		t.Fatalf("re-open: %v", err)
