@@ -163,6 +163,17 @@ type Options struct {
 	// too. Compile then returns the Set and an *Error listing the problems.
 	// False (strict, local files) refuses the whole configuration instead.
 	Quarantine bool
+	// RestrictNamespacedIssuers refuses, on a namespaced Issuer, what
+	// makes the node agent fetch from a URL of the Issuer author's
+	// choosing beyond the issuer itself: azureAD.authorityHost,
+	// oidc.jwksURI and http (loopback) oidc.issuer URLs. Whoever can
+	// create an Issuer in one namespace could otherwise point the agent at
+	// services reachable from the node (server-side request forgery).
+	// ClusterIssuers may still use them. A namespaced oidc issuer is still
+	// fetched from its https issuer URL and the jwks_uri its discovery
+	// document names. False (the zero value) allows them on every Issuer,
+	// as local files written by the node's administrator need.
+	RestrictNamespacedIssuers bool
 }
 
 // CompileWithOptions is Compile with Options. With Quarantine it returns a
@@ -236,6 +247,9 @@ func (c *compiler) compile() {
 		}
 		before := len(c.problems)
 		c.checkIssuerSpec(is, v1.KindIssuer, &is.Spec)
+		if c.opts.RestrictNamespacedIssuers {
+			c.checkNamespacedFetch(is, &is.Spec)
+		}
 		if len(c.problems) > before {
 			continue
 		}
@@ -409,6 +423,22 @@ func (c *compiler) checkIssuerSpec(o any, kind string, s *v1.IssuerSpec) {
 
 // maxHeaderName mirrors the CRD's maxLength of a forwardClaims header.
 const maxHeaderName = 256
+
+// checkNamespacedFetch applies Options.RestrictNamespacedIssuers.
+func (c *compiler) checkNamespacedFetch(o *v1.Issuer, s *v1.IssuerSpec) {
+	const why = "only a ClusterIssuer may choose where the agent fetches keys from"
+	if a := s.AzureAD; a != nil && a.AuthorityHost != "" {
+		c.report(o, v1.KindIssuer, "spec.azureAD.authorityHost", "authorityHost is not allowed on a namespaced Issuer: %s", why)
+	}
+	if oi := s.OIDC; oi != nil {
+		if oi.JWKSURI != "" {
+			c.report(o, v1.KindIssuer, "spec.oidc.jwksURI", "jwksURI is not allowed on a namespaced Issuer: %s", why)
+		}
+		if strings.HasPrefix(oi.Issuer, "http://") {
+			c.report(o, v1.KindIssuer, "spec.oidc.issuer", "an http issuer is not allowed on a namespaced Issuer: %s", why)
+		}
+	}
+}
 
 // supportedAlgorithms mirrors the CRD enum of IssuerSpec.Algorithms.
 var supportedAlgorithms = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"}
