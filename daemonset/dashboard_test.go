@@ -17,12 +17,14 @@ import (
 // scrape-time collectors of agent/daemon, plus portcullis_build_info for the
 // instance variable); the dashboard must chart each and nothing else.
 var agentMetrics = []string{
+	"portcullis_agent_enrol_failed_pods",
 	"portcullis_agent_enrolled_pods",
 	"portcullis_agent_preexisting_connections_reset_total",
 	"portcullis_audit_records_dropped_total",
 	"portcullis_build_info",
 	"portcullis_datapath_events_total",
 	"portcullis_policy_generation",
+	"portcullis_policy_invalid_objects",
 	"portcullis_policy_propagation_seconds_bucket",
 	"portcullis_policy_reload_failures_total",
 	"portcullis_tokencheck_key_refreshes_total",
