@@ -47,10 +47,14 @@ func waitFor(t *testing.T, what string, cond func() (bool, error)) {
 	}
 }
 
-// Addresses on the test tun device, inside the pod's netns only.
+// Addresses on the test tun device, inside the pod's netns only: the
+// remote end (the source of the packets the test writes) and the pod's
+// address on the tun device.
 var (
-	tunPeer  = netip.MustParseAddr("192.0.2.1") // the remote end, written by the test
-	tunLocal = netip.MustParseAddr("192.0.2.2") // the pod's address on the tun device
+	tunPeer   = netip.MustParseAddr("192.0.2.1")
+	tunLocal  = netip.MustParseAddr("192.0.2.2")
+	tunPeer6  = netip.MustParseAddr("2001:db8:7c::1")
+	tunLocal6 = netip.MustParseAddr("2001:db8:7c::2")
 )
 
 // tunDevice is a tun device (IFF_TUN: IP packets, no link layer header,
@@ -87,13 +91,26 @@ func newTun(t *testing.T, netnsPath string) *tunDevice {
 	if got := l.Attrs().EncapType; got != "none" {
 		t.Fatalf("tun link type: got %q, want none (ARPHRD_NONE)", got)
 	}
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: tunLocal.AsSlice(), Mask: net.CIDRMask(24, 32)}}
-	if err := h.AddrAdd(l, addr); err != nil {
-		t.Fatal(err)
+	for _, a := range []*netlink.Addr{
+		{IPNet: &net.IPNet{IP: tunLocal.AsSlice(), Mask: net.CIDRMask(24, 32)}},
+		{IPNet: &net.IPNet{IP: tunLocal6.AsSlice(), Mask: net.CIDRMask(64, 128)}, Flags: unix.IFA_F_NODAD},
+	} {
+		if err := h.AddrAdd(l, a); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := h.LinkSetUp(l); err != nil {
 		t.Fatal(err)
 	}
+	// The kernel adds the IPv6 local route from a work queue, after
+	// AddrAdd returned (see testenv's waitIPv6Ready).
+	waitFor(t, "local route of "+tunLocal6.String(), func() (bool, error) {
+		routes, err := h.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{
+			Table: unix.RT_TABLE_LOCAL,
+			Dst:   &net.IPNet{IP: tunLocal6.AsSlice(), Mask: net.CIDRMask(128, 128)},
+		}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+		return len(routes) > 0, err
+	})
 	return tun
 }
 
@@ -176,26 +193,32 @@ func checksum(sum uint32, b []byte) uint16 {
 	return ^uint16(sum)
 }
 
-// synPacket is an IPv4 TCP SYN from tunPeer:sport to tunLocal:dport with
+// synPacket is a TCP SYN from src:sport to dst:dport (IPv4 or IPv6) with
 // valid checksums, as the stack checks them after capture.
-func synPacket(sport, dport uint16) []byte {
+func synPacket(src, dst netip.Addr, sport, dport uint16) []byte {
 	th := tcpHeader(sport, dport)
 	binary.BigEndian.PutUint32(th[4:], 1000) // seq
 	binary.BigEndian.PutUint16(th[14:], 65535)
-	pkt := ipv4(protoTCP, 0, th)
-	copy(pkt[12:16], tunPeer.AsSlice())
-	copy(pkt[16:20], tunLocal.AsSlice())
-	binary.BigEndian.PutUint16(pkt[10:], checksum(0, pkt[:20]))
-	pseudo := make([]byte, 12)
-	copy(pseudo[0:4], pkt[12:16])
-	copy(pseudo[4:8], pkt[16:20])
-	pseudo[9] = protoTCP
-	binary.BigEndian.PutUint16(pseudo[10:], uint16(len(th)))
+	// Pseudo header (RFC 793, RFC 8200 section 8.1): addresses, protocol,
+	// TCP length.
 	var sum uint32
-	for i := 0; i < len(pseudo); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(pseudo[i:]))
+	for _, a := range [][]byte{src.AsSlice(), dst.AsSlice()} {
+		for i := 0; i < len(a); i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(a[i:]))
+		}
 	}
-	binary.BigEndian.PutUint16(pkt[20+16:], checksum(sum, pkt[20:]))
+	sum += protoTCP + uint32(len(th))
+	binary.BigEndian.PutUint16(th[16:], checksum(sum, th))
+	if src.Is6() {
+		pkt := ipv6(nil, protoTCP, th)
+		copy(pkt[8:24], src.AsSlice())
+		copy(pkt[24:40], dst.AsSlice())
+		return pkt
+	}
+	pkt := ipv4(protoTCP, 0, th)
+	copy(pkt[12:16], src.AsSlice())
+	copy(pkt[16:20], dst.AsSlice())
+	binary.BigEndian.PutUint16(pkt[10:], checksum(0, pkt[:20]))
 	return pkt
 }
 
@@ -206,11 +229,16 @@ const (
 	flagACK = 0x10
 )
 
-// answer writes a SYN to dport through the tun device and returns the TCP
-// flags of the pod's answer to it, or 0 when none comes within timeout.
-func (tun *tunDevice) answer(t *testing.T, sport, dport uint16, timeout time.Duration) uint8 {
+// answer writes a SYN from the peer to the pod's address of the same
+// family as local through the tun device, and returns the TCP flags of
+// the pod's answer to it, or 0 when none comes within timeout.
+func (tun *tunDevice) answer(t *testing.T, local netip.Addr, sport, dport uint16, timeout time.Duration) uint8 {
 	t.Helper()
-	if _, err := tun.file.Write(synPacket(sport, dport)); err != nil {
+	peer := tunPeer
+	if local.Is6() {
+		peer = tunPeer6
+	}
+	if _, err := tun.file.Write(synPacket(peer, local, sport, dport)); err != nil {
 		t.Fatalf("write SYN: %v", err)
 	}
 	if err := tun.file.SetReadDeadline(time.Now().Add(timeout)); err != nil {
@@ -225,12 +253,17 @@ func (tun *tunDevice) answer(t *testing.T, sport, dport uint16, timeout time.Dur
 		if err != nil {
 			t.Fatalf("read tun: %v", err)
 		}
-		p := buf[:n]
-		// Only the answer to this SYN: IPv4 TCP from dport to sport.
-		if n < 40 || p[0]>>4 != 4 || p[9] != protoTCP {
+		// Only the answer to this SYN: TCP from dport to sport (IPv6
+		// without extension headers, as the stack sends it).
+		var th []byte
+		switch p := buf[:n]; {
+		case n >= 40 && p[0]>>4 == 4 && p[9] == protoTCP:
+			th = p[int(p[0]&0xf)*4:]
+		case n >= 60 && p[0]>>4 == 6 && p[6] == protoTCP:
+			th = p[40:]
+		default:
 			continue
 		}
-		th := p[int(p[0]&0xf)*4:]
 		if len(th) < 14 || binary.BigEndian.Uint16(th[0:]) != dport || binary.BigEndian.Uint16(th[2:]) != sport {
 			continue
 		}
@@ -263,26 +296,34 @@ func TestTunCapture(t *testing.T) {
 
 	// Nothing listens on testPort or otherPort in the pod: a SYN-ACK can
 	// only come from the agent's listener, the stack answers a RST.
-	diff := counterDiff(t, d, func() {
-		if got := tun.answer(t, 40001, testPort, waitTimeout); got != flagSYN|flagACK {
-			t.Errorf("SYN to captured port %d through %s: answer flags %#x, want SYN-ACK from the agent's listener", testPort, tun.name, got)
+	sport := uint16(40000)
+	for _, local := range []netip.Addr{tunLocal, tunLocal6} {
+		sport++
+		diff := counterDiff(t, d, func() {
+			if got := tun.answer(t, local, sport, testPort, waitTimeout); got != flagSYN|flagACK {
+				t.Errorf("SYN to captured %s through %s: answer flags %#x, want SYN-ACK from the agent's listener", netip.AddrPortFrom(local, testPort), tun.name, got)
+			}
+		})
+		if diff[CaptureAssigned] != 1 {
+			t.Errorf("%s: counter changes %v: want capture_assigned 1", local, diff)
 		}
-	})
-	if diff[CaptureAssigned] != 1 {
-		t.Errorf("counter changes %v: want capture_assigned 1", diff)
-	}
-	if got := tun.answer(t, 40002, otherPort, waitTimeout); got&flagRST == 0 {
-		t.Errorf("SYN to uncaptured port %d: answer flags %#x, want a RST from the stack", otherPort, got)
+		sport++
+		if got := tun.answer(t, local, sport, otherPort, waitTimeout); got&flagRST == 0 {
+			t.Errorf("SYN to uncaptured %s: answer flags %#x, want a RST from the stack", netip.AddrPortFrom(local, otherPort), got)
+		}
 	}
 
 	ln.Close()
-	diff = counterDiff(t, d, func() {
-		if got := tun.answer(t, 40003, testPort, 300*time.Millisecond); got != 0 {
-			t.Errorf("SYN to captured port without listener: answer flags %#x, want none (dropped)", got)
+	for _, local := range []netip.Addr{tunLocal, tunLocal6} {
+		sport++
+		diff := counterDiff(t, d, func() {
+			if got := tun.answer(t, local, sport, testPort, 300*time.Millisecond); got != 0 {
+				t.Errorf("SYN to captured %s without listener: answer flags %#x, want none (dropped)", netip.AddrPortFrom(local, testPort), got)
+			}
+		})
+		if diff[CaptureNoListener] != 1 {
+			t.Errorf("%s: counter changes %v: want capture_no_listener 1", local, diff)
 		}
-	})
-	if diff[CaptureNoListener] != 1 {
-		t.Errorf("counter changes %v: want capture_no_listener 1", diff)
 	}
 }
 
@@ -342,7 +383,7 @@ func TestReadoptionRepointsEachKind(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	if got := tun.answer(t, 40004, testPort, waitTimeout); got != flagSYN|flagACK {
+	if got := tun.answer(t, tunLocal, 40100, testPort, waitTimeout); got != flagSYN|flagACK {
 		t.Errorf("after re-adoption, SYN to captured port through %s: answer flags %#x, want SYN-ACK", tun.name, got)
 	}
 }
