@@ -38,7 +38,9 @@ import (
 	v1 "github.com/portcullis-mesh/portcullis/tokencheck/policy/apis/v1alpha1"
 )
 
-// Reporter reports a refused object; *policywatch.Reporter is one.
+// Reporter reports an object not applied as written (invalid, not
+// understood, or with fields ignored) as a Warning Event on it;
+// *policywatch.Reporter is one.
 type Reporter interface {
 	Invalid(obj *unstructured.Unstructured, message string)
 }
