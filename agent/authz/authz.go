@@ -115,7 +115,8 @@ func buildView(set *policy.Set) *setView {
 }
 
 // ForwardedHeaders returns every header name some issuer's forwardClaims
-// sets: the verifier strips client-sent copies of them.
+// sets: the verifier strips client-sent copies of them. Pushed after a
+// reload, it lags the set in force for a moment; AuthorizeStrip does not.
 func (e *Engine) ForwardedHeaders() []string { return e.current().headers }
 
 // Workload is the destination as the Engine needs it: its key and what
@@ -139,10 +140,25 @@ const ReasonNoPolicy = "no_policy" // policy.ReasonNoPolicy, untyped
 
 // For returns the verifier.Authorizer of one workload. w is read on every
 // request, so label changes apply to the next request.
-func (e *Engine) For(w *atomic.Pointer[Workload]) verifier.Authorizer {
-	return verifier.AuthorizerFunc(func(ctx context.Context, r *verifier.Request) verifier.Decision {
-		return e.Authorize(ctx, w.Load(), r)
-	})
+func (e *Engine) For(w *atomic.Pointer[Workload]) *Authorizer {
+	return &Authorizer{e: e, w: w}
+}
+
+// Authorizer decides the requests of one workload (Engine.For). Besides
+// the verifier.Authorizer method, it has AuthorizeStrip.
+type Authorizer struct {
+	e *Engine
+	w *atomic.Pointer[Workload]
+}
+
+// Authorize decides one request.
+func (a *Authorizer) Authorize(ctx context.Context, r *verifier.Request) verifier.Decision {
+	return a.e.Authorize(ctx, a.w.Load(), r)
+}
+
+// AuthorizeStrip is Engine.AuthorizeStrip for this workload.
+func (a *Authorizer) AuthorizeStrip(ctx context.Context, r *verifier.Request) (verifier.Decision, []string) {
+	return a.e.AuthorizeStrip(ctx, a.w.Load(), r)
 }
 
 // ForL4 returns the L4 authorizer of one workload's passthrough ports: only
@@ -193,9 +209,20 @@ func (e *Engine) Input(ctx context.Context, w *Workload, r *verifier.Request) (p
 
 // Authorize decides one request for workload w.
 func (e *Engine) Authorize(ctx context.Context, w *Workload, r *verifier.Request) verifier.Decision {
-	in, _ := e.Input(ctx, w, r)
-	_, d := e.Decide(in)
+	d, _ := e.AuthorizeStrip(ctx, w, r)
 	return d
+}
+
+// AuthorizeStrip is Authorize that also returns the forwardClaims header
+// names (sorted, shared: do not modify) of the very policy set that made
+// the decision: those whose client-sent copies must be removed from this
+// request. Unlike ForwardedHeaders, pushed to the verifier after a reload,
+// they cannot lag behind the set in force.
+func (e *Engine) AuthorizeStrip(ctx context.Context, w *Workload, r *verifier.Request) (verifier.Decision, []string) {
+	in, _ := e.Input(ctx, w, r)
+	v := e.current()
+	_, d := e.decide(v, in)
+	return d, v.headers
 }
 
 // ReasonNoPolicySet is the reason of every refusal while no valid policy
@@ -211,7 +238,10 @@ const ReasonNoPolicySet = "no_policy_set"
 // count as a token refused with wrong_issuer: they neither satisfy a rule
 // nor have their forwardClaims applied.
 func (e *Engine) Decide(in policy.Input) (policy.Decision, verifier.Decision) {
-	v := e.current()
+	return e.decide(e.current(), in)
+}
+
+func (e *Engine) decide(v *setView, in policy.Input) (policy.Decision, verifier.Decision) {
 	if v.set == nil {
 		d := policy.Decision{Outcome: policy.OutcomeDeny, Status: policy.StatusForbidden, Reason: ReasonNoPolicySet, Rule: -1}
 		return d, verifier.Decision{Status: int(d.Status), Reason: ReasonNoPolicySet}

@@ -177,3 +177,65 @@ spec:
 		})
 	}
 }
+
+// TestAuthorizeStripMatchesDecision: the strip list comes from the policy
+// set that made the decision, even while sets are being swapped (review
+// 5, finding 8).
+func TestAuthorizeStripMatchesDecision(t *testing.T) {
+	compile := func(header, path string) *policy.Set {
+		objs, err := policy.Load("p.yaml", []byte(`
+apiVersion: portcullis.dev/v1alpha1
+kind: Issuer
+metadata: {name: entra, namespace: shop}
+spec:
+  azureAD: {tenantID: 72f988bf-0000-4000-8000-000000000001, audiences: [api://orders]}
+  forwardClaims: {oid: `+header+`}
+---
+apiVersion: portcullis.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  rules: [{from: {anonymous: true}, to: {paths: [`+path+`]}}]
+`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		set, err := policy.Compile(objs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return set
+	}
+	a, b := compile("X-A", "/a"), compile("X-B", "/b")
+	store := policy.NewStore()
+	store.Swap(a)
+	e := New(fakeTokens{}, store)
+	var w atomic.Pointer[Workload]
+	w.Store(&Workload{Key: "shop/p-1", Policy: policy.Workload{Namespace: "shop"}})
+	az := e.For(&w)
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			store.Swap([]*policy.Set{a, b}[i%2])
+		}
+	}()
+	t.Cleanup(func() { close(stop); wg.Wait() })
+	want := map[string][]string{"/a": {"X-A"}, "/b": {"X-B"}}
+	for i := range 20000 {
+		path := []string{"/a", "/b"}[i%2]
+		d, strip := az.AuthorizeStrip(context.Background(), &verifier.Request{Method: "GET", Path: path,
+			Destination: netip.MustParseAddrPort("198.18.0.2:80"), Source: identity.AnonymousSource})
+		if d.Allow && !cmp.Equal(strip, want[path]) {
+			t.Fatalf("request %d to %s allowed by the set forwarding %v: got strip list %v, want %v", i, path, want[path], strip, want[path])
+		}
+	}
+}
