@@ -230,7 +230,7 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 	strip := *s.strip.Load()
 	var trailer http.Header
 	for k := range r.Trailer { // the names the client announced
-		if !dropTrailer(k, strip, dec) {
+		if !dropTrailer(k, strip, dec.Headers) {
 			if trailer == nil {
 				trailer = make(http.Header, len(r.Trailer))
 			}
@@ -244,7 +244,7 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 	}
 	conn := r.Header["Connection"]
 	for k, vv := range r.Header {
-		if dropRequestHeader(k, strip, conn) || decisionSets(dec, k) {
+		if dropRequestHeader(k, strip, conn) || decisionSets(dec.Headers, k) {
 			continue
 		}
 		out.Header[k] = vv

@@ -56,8 +56,8 @@ func reservedHeader(name string) bool {
 // (Authorization, Host, Content-Type, ...: x/net's HTTP/2 server refuses
 // those outright), so that an application merging trailers into headers
 // sees no field the policy did not.
-func dropTrailer(k string, strip map[string]bool, dec *Decision) bool {
-	return !httpguts.ValidTrailerHeader(k) || dropRequestHeader(k, strip, nil) || decisionSets(dec, k)
+func dropTrailer(k string, strip map[string]bool, decHeaders []HeaderField) bool {
+	return !httpguts.ValidTrailerHeader(k) || dropRequestHeader(k, strip, nil) || decisionSets(decHeaders, k)
 }
 
 // dropResponseHeader reports whether an application response header is

@@ -289,9 +289,10 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 	var bodyDone chan error
 	if hasBody {
 		bodyDone = make(chan error, 1)
+		decHeaders := dec.Headers // not dec: that would move the caller's Decision to the heap
 		h.watch.begin(h.c, uc.c, string(HTTP1))
 		go func() {
-			err := h.sendRequestBody(uc, req, dec, strip)
+			err := h.sendRequestBody(uc, req, decHeaders, strip)
 			if !h.watch.end() && err == nil {
 				err = errStreamIdle
 			}
@@ -541,7 +542,7 @@ func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Deci
 	bw.WriteString("\r\n")
 	conn := req.Header["Connection"]
 	for k, vv := range req.Header {
-		if dropRequestHeader(k, strip, conn) || decisionSets(dec, k) {
+		if dropRequestHeader(k, strip, conn) || decisionSets(dec.Headers, k) {
 			continue
 		}
 		for _, v := range vv {
@@ -570,7 +571,7 @@ func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Deci
 	case req.ContentLength < 0:
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 		for k := range req.Trailer {
-			if !dropTrailer(k, strip, dec) {
+			if !dropTrailer(k, strip, dec.Headers) {
 				writeField(bw, "Trailer", k)
 			}
 		}
@@ -580,11 +581,11 @@ func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Deci
 	bw.WriteString("\r\n")
 }
 
-// decisionSets reports whether the decision adds header k (the client's
-// copy is then dropped even if StripHeaders forgot it).
-func decisionSets(dec *Decision, k string) bool {
-	for i := range dec.Headers {
-		if http.CanonicalHeaderKey(dec.Headers[i].Name) == k {
+// decisionSets reports whether the decision's headers include k (the
+// client's copy is then dropped even if StripHeaders forgot it).
+func decisionSets(headers []HeaderField, k string) bool {
+	for i := range headers {
+		if http.CanonicalHeaderKey(headers[i].Name) == k {
 			return true
 		}
 	}
@@ -594,7 +595,7 @@ func decisionSets(dec *Decision, k string) bool {
 // sendRequestBody streams the request body to the application, re-framed:
 // the same length, or chunked (with the trailers dropTrailer keeps) when
 // the client chunked.
-func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request, dec *Decision, strip map[string]bool) error {
+func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request, decHeaders []HeaderField, strip map[string]bool) error {
 	if req.ContentLength >= spliceMin && !h.grown && !h.s.cfg.NoSplice {
 		if err := spliceN(uc.c, uc.bw, h.c, h.br, req.ContentLength); err != nil {
 			uc.c.Close()
@@ -605,7 +606,7 @@ func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request, dec *Decision, s
 	chunked := req.ContentLength < 0
 	_, rerr, werr := copyBody(uc.bw, req.Body, h.br, chunked, h.watch)
 	if rerr == nil && werr == nil && chunked {
-		werr = writeLastChunk(uc.bw, req.Trailer, func(k string) bool { return dropTrailer(k, strip, dec) })
+		werr = writeLastChunk(uc.bw, req.Trailer, func(k string) bool { return dropTrailer(k, strip, decHeaders) })
 	}
 	if werr == nil {
 		werr = uc.bw.Flush()
