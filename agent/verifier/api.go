@@ -87,8 +87,12 @@ type Request struct {
 	Destination netip.AddrPort
 	// Protocol is HTTP1, HTTP2 or GRPC.
 	Protocol Protocol
-	// Method, Host (without port normalisation) and Path (percent-decoded,
-	// without the query) of the request.
+	// Method, Host and Path of the request. Host is the Host header (or
+	// :authority) with one trailing dot removed from the name, as the
+	// application receives it; the port is not normalised. Path is
+	// percent-decoded, without the query, and never has empty, "." or ".."
+	// segments, '\', '#' or control characters (such requests are refused
+	// with ReasonMalformedRequest before any Authorizer).
 	Method string
 	Host   string
 	Path   string
@@ -151,7 +155,9 @@ const (
 	// unsupported Transfer-Encoding, obs-fold, bare LF).
 	ReasonSmuggling Reason = "smuggling"
 	// ReasonMalformedRequest: not a valid HTTP request (parse error, missing
-	// or duplicate Host, dot segments in the path).
+	// or duplicate Host, a host name ending in "..") or a path applications
+	// would read differently from the policy (dot or empty segments, '\',
+	// '#' or control characters once decoded).
 	ReasonMalformedRequest Reason = "malformed_request"
 	// ReasonHeadersTooLarge: over Config.MaxHeaderBytes or MaxHeaderCount.
 	ReasonHeadersTooLarge Reason = "headers_too_large"

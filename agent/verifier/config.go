@@ -30,8 +30,8 @@ type Config struct {
 	// Nil means none.
 	PassthroughPorts []uint16
 	// StripHeaders are header names removed from every request before
-	// forwarding, in addition to X-Portcullis-*, Forwarded and
-	// X-Forwarded-*: the forwardClaims header names. Nil means none.
+	// forwarding, in addition to X-Portcullis-* and the forwarding headers
+	// (see the package doc): the forwardClaims header names. Nil means none.
 	// SetStripHeaders replaces them at run time.
 	StripHeaders []string
 	// MaxHeaderBytes bounds the request line plus header block. Zero means

@@ -25,8 +25,20 @@
 //
 // Security properties:
 //   - Nothing the client sends establishes identity: X-Portcullis-* headers,
-//     the configured claim headers, Forwarded and X-Forwarded-* are removed
-//     and set again by the verifier.
+//     the configured claim headers, Forwarded, every X-Forwarded-*, the
+//     client-address headers frameworks trust (X-Real-Ip, X-Client-Ip,
+//     True-Client-Ip, X-Original-Forwarded-For) and the URL overrides
+//     X-Original-Url and X-Rewrite-Url are removed, from the header block
+//     and the trailers alike; the verifier sets X-Portcullis-Source,
+//     X-Forwarded-For, -Proto, -Host and Forwarded itself. A Decision
+//     cannot set any of them (nor framing or hop-by-hop headers).
+//   - The policy sees the request the application will: a decoded path
+//     with "." or ".." segments, empty segments ("//"), '\', '#' or a
+//     control character is refused (400) rather than left to the
+//     application to resolve, and a host name's trailing dot is removed
+//     for both. ';' is an ordinary character: to an application that strips
+//     matrix parameters (Tomcat, Spring) "/admin;x/y" is "/admin/y", which
+//     a Deny rule for "/admin/*" misses; Allow rules fail closed on it.
 //   - Refusals never echo the token or any request header.
 //   - An upgraded connection (WebSocket) is spliced only after the upgrade
 //     request itself was authorized; an h2c upgrade is terminated here so

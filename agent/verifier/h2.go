@@ -145,14 +145,16 @@ func (h *h2handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		proto = GRPC
 	}
 	var ref refusal
+	host, hostOK := canonicalHost(r.Host)
 	switch {
 	case r.Method == http.MethodConnect:
 		ref = refusal{http.StatusMethodNotAllowed, ReasonMethodNotAllowed}
-	case hasDotSegment(r.URL.Path):
+	case !cleanPath(r.URL.Path), !hostOK, !httpguts.ValidHostHeader(r.Host):
 		ref = refusal{http.StatusBadRequest, ReasonMalformedRequest}
 	case headerCount(r.Header) > s.cfg.MaxHeaderCount:
 		ref = refusal{http.StatusRequestHeaderFieldsTooLarge, ReasonHeadersTooLarge}
 	}
+	r.Host = host // the policy and the application see the same name
 	token, ntok := bearerToken(r.Header["Authorization"])
 	if ntok > 1 && ref.status == 0 {
 		ref = refusal{http.StatusBadRequest, ReasonMultipleTokens}

@@ -130,17 +130,78 @@ func bearerToken(vals []string) (token string, n int) {
 	return strings.TrimSpace(v[len(scheme):]), 1
 }
 
-// hasDotSegment reports whether a decoded path has "." or ".." segments,
-// which applications may resolve differently from path-based policy.
-func hasDotSegment(p string) bool {
-	for p != "" {
-		var seg string
-		seg, p, _ = strings.Cut(p, "/")
-		if seg == "." || seg == ".." {
-			return true
+// cleanPath reports whether a decoded path is one that applications and
+// path-based policy read alike. It refuses:
+//   - "." and ".." segments, which applications resolve;
+//   - empty segments ("//"), which nginx (merge_slashes), most routers and
+//     WHATWG URL parsers merge, so that a Deny for "/admin/*" would miss
+//     "//admin/x";
+//   - '\', a path separator for WHATWG URL parsers ("/public/..\admin");
+//   - '#', which cannot appear in a request-target and which parsers such
+//     as Node's cut off ("/admin#x" is "/admin" to them);
+//   - NUL and other control characters, which some stacks cut at or strip.
+//
+// Empty segments are refused rather than merged: merging would mean
+// rewriting the request-target, whose percent-encoding ("/a%2F/b") places
+// empty segments differently from the decoded path, and a rewrite that got
+// that wrong would reopen the gap; a 400 fails closed and is visible.
+// Legitimate clients rarely send "//". ';' is left alone (it is an
+// ordinary path character to most applications).
+//
+// One pass, no allocation: it costs about what the dot-segment check it
+// replaces did.
+func cleanPath(p string) bool {
+	seg := 0 // start of the current segment
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c != '/' {
+			if badPathByte[c] {
+				return false
+			}
+			continue
 		}
+		if i > 0 && i == seg || dotSegment(p[seg:i]) {
+			return false
+		}
+		seg = i + 1
 	}
-	return false
+	return !dotSegment(p[seg:])
+}
+
+func dotSegment(s string) bool {
+	return s == "." || s == ".."
+}
+
+var badPathByte = func() (t [256]bool) {
+	for c := range t {
+		t[c] = c < 0x20 || c == 0x7f || c == '#' || c == '\\'
+	}
+	return t
+}()
+
+// canonicalHost returns host (a Host header or :authority, already
+// syntactically valid) with one trailing dot removed from its name:
+// "api.example.com." and "api.example.com" are the same DNS name, nginx
+// and most routers treat them alike, and host-based policy compares names
+// exactly. The policy and the application both get the result, so they
+// cannot disagree. ok is false for a name that is empty once the dot is
+// removed or that ends with more than one dot.
+func canonicalHost(host string) (canonical string, ok bool) {
+	name, port := host, ""
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && i > strings.LastIndexByte(host, ']') {
+		name, port = host[:i], host[i:]
+	}
+	if name == "" || name[len(name)-1] != '.' {
+		return host, true
+	}
+	name = name[:len(name)-1]
+	if name == "" || name[len(name)-1] == '.' {
+		return "", false
+	}
+	if port == "" {
+		return name, true
+	}
+	return name + port, true
 }
 
 // isGRPC reports whether the content type is gRPC's.

@@ -30,17 +30,6 @@ func TestBearerToken(t *testing.T) {
 	}
 }
 
-func TestHasDotSegment(t *testing.T) {
-	for p, want := range map[string]bool{
-		"/": false, "/a/b": false, "/a..b/c": false, "/.well-known/x": false,
-		"/a/../b": true, "/a/./b": true, "/..": true, "/a/.": true, "..": true,
-	} {
-		if got := hasDotSegment(p); got != want {
-			t.Errorf("hasDotSegment(%q) = %v, want %v", p, got, want)
-		}
-	}
-}
-
 func TestDropRequestHeader(t *testing.T) {
 	strip := map[string]bool{"X-User-Oid": true}
 	conn := []string{"close, X-Hop"}

@@ -187,10 +187,16 @@ func (h *h1conn) handle(req *http.Request) bool {
 	case req.Method == http.MethodConnect:
 		h.refuseProtocol(refusal{http.StatusMethodNotAllowed, ReasonMethodNotAllowed}, req)
 		return false
-	case req.Host == "" && req.ProtoAtLeast(1, 1), !httpguts.ValidHostHeader(req.Host), hasDotSegment(req.URL.Path):
+	case req.Host == "" && req.ProtoAtLeast(1, 1), !httpguts.ValidHostHeader(req.Host), !cleanPath(req.URL.Path):
 		h.refuseProtocol(refusal{http.StatusBadRequest, ReasonMalformedRequest}, req)
 		return false
 	}
+	host, ok := canonicalHost(req.Host)
+	if !ok {
+		h.refuseProtocol(refusal{http.StatusBadRequest, ReasonMalformedRequest}, req)
+		return false
+	}
+	req.Host = host // the policy and the application see the same name
 	upgrade := upgradeOf(req)
 	if upgrade != "" && httpguts.HeaderValuesContainsToken(req.Header["Upgrade"], "h2c") {
 		if settings, ok := h2cSettings(req); ok {
