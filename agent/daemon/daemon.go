@@ -134,11 +134,23 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 			return nil, err
 		}
 	}
+	// The datapath's interface watchers report pods whose capture broke
+	// (an interface that appeared and could not be captured) to the
+	// enforcer, which counts them as failing and retries; it is created
+	// after the datapath, and reports only come after it enrols a pod.
+	var enf atomic.Pointer[enforcer.Enforcer]
 	a.dp, err = bpf.Open(bpf.Config{
 		PinDir:       cfg.PinDir,
 		CgroupRoot:   cfg.CgroupRoot,
 		ListenerPort: uint16(cfg.ListenerPort),
 		AccelMark:    cfg.LocalAcceleration.Mark,
+		OnError: func(key string, err error) {
+			if e := enf.Load(); e != nil {
+				e.DatapathError(key, err)
+				return
+			}
+			log.Warn("datapath error before the enforcer started", "workload", key, "error", err)
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open datapath: %w", err)
@@ -180,6 +192,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 	if err != nil {
 		return nil, err
 	}
+	enf.Store(a.enforcer)
 	if err := a.registerCollectors(); err != nil {
 		return nil, err
 	}
