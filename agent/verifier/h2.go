@@ -232,7 +232,7 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 	strip := *s.strip.Load()
 	var trailer http.Header
 	for k := range r.Trailer { // the names the client announced
-		if !dropTrailer(k, strip, dec.Headers) {
+		if !dropTrailer(k, strip, nil, dec.Headers) {
 			if trailer == nil {
 				trailer = make(http.Header, len(r.Trailer))
 			}

@@ -55,9 +55,10 @@ func reservedHeader(name string) bool {
 // decision sets, and what RFC 9110 §6.5.1 forbids in trailers
 // (Authorization, Host, Content-Type, ...: x/net's HTTP/2 server refuses
 // those outright), so that an application merging trailers into headers
-// sees no field the policy did not.
-func dropTrailer(k string, strip map[string]bool, decHeaders []HeaderField) bool {
-	return !httpguts.ValidTrailerHeader(k) || dropRequestHeader(k, strip, nil) || decisionSets(decHeaders, k)
+// sees no field the policy did not. connTokens are the client's
+// Connection header values (none on HTTP/2).
+func dropTrailer(k string, strip map[string]bool, connTokens []string, decHeaders []HeaderField) bool {
+	return !httpguts.ValidTrailerHeader(k) || dropRequestHeader(k, strip, connTokens) || decisionSets(decHeaders, k)
 }
 
 // dropResponseHeader reports whether an application response header is

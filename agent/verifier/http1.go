@@ -577,7 +577,7 @@ func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Deci
 	case req.ContentLength < 0:
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 		for k := range req.Trailer {
-			if !dropTrailer(k, strip, dec.Headers) {
+			if !dropTrailer(k, strip, conn, dec.Headers) {
 				writeField(bw, "Trailer", k)
 			}
 		}
@@ -612,7 +612,8 @@ func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request, decHeaders []Hea
 	chunked := req.ContentLength < 0
 	_, rerr, werr := copyBody(uc.bw, req.Body, h.br, chunked, h.watch)
 	if rerr == nil && werr == nil && chunked {
-		werr = writeLastChunk(uc.bw, req.Trailer, func(k string) bool { return dropTrailer(k, strip, decHeaders) })
+		conn := req.Header["Connection"]
+		werr = writeLastChunk(uc.bw, req.Trailer, func(k string) bool { return dropTrailer(k, strip, conn, decHeaders) })
 	}
 	if werr == nil {
 		werr = uc.bw.Flush()

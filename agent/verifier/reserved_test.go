@@ -269,9 +269,9 @@ func TestTrailersFiltered(t *testing.T) {
 			fields = append(fields, k+": "+vv[0]+"\r\n")
 		}
 		status, _ := rawRequest(t, h.addr, "POST /t HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer "+tokGood+
-			"\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nTrailer: "+strings.Join(names, ", ")+"\r\n\r\n"+
+			"\r\nConnection: close, X-Hop\r\nTransfer-Encoding: chunked\r\nTrailer: "+strings.Join(names, ", ")+", X-Hop\r\n\r\n"+
 			"7\r\npayload\r\n0\r\n"+strings.Join(fields, "")+
-			"Authorization: Bearer forged\r\nHost: evil\r\nX-Unannounced: forged\r\nX-Portcullis-Late: forged\r\n\r\n")
+			"X-Hop: forged\r\nAuthorization: Bearer forged\r\nHost: evil\r\nX-Unannounced: forged\r\nX-Portcullis-Late: forged\r\n\r\n")
 		want["X-Unannounced"] = []string{"forged"} // net/http keeps unannounced trailers
 		defer delete(want, "X-Unannounced")
 		check(t, atoiStatus(status))
