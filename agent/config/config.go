@@ -138,6 +138,14 @@ type KubernetesConfig struct {
 	// captured. Zero: from POD_NAME / POD_NAMESPACE.
 	PodName      string `json:"podName,omitempty"`
 	PodNamespace string `json:"podNamespace,omitempty"`
+	// RestrictNamespacedIssuers refuses, on a namespaced Issuer,
+	// azureAD.authorityHost, oidc.jwksURI and http (loopback) oidc.issuer
+	// URLs: only a ClusterIssuer (written by cluster administrators) may
+	// then choose where the agent fetches discovery documents and keys
+	// from, and whoever may create an Issuer in one namespace cannot point
+	// the node at services reachable from it. An Issuer refused for this
+	// is quarantined like any invalid one. Zero: allowed on every Issuer.
+	RestrictNamespacedIssuers bool `json:"restrictNamespacedIssuers,omitempty"`
 }
 
 // AuditConfig configures the decision log.

@@ -67,6 +67,8 @@ func (a *Agent) startKubernetes(ctx context.Context) error {
 			Store:    a.store,
 			Reporter: reporter,
 			Logger:   a.log.With("component", "policy"),
+			// Namespaced Issuers may be limited to their issuer URL.
+			RestrictNamespacedIssuers: a.cfg.Kubernetes.RestrictNamespacedIssuers,
 			OnApply: func(set *policy.Set, observedAt time.Time) {
 				a.applySet(set)
 				propagation.Observe(time.Since(observedAt).Seconds())

@@ -60,6 +60,9 @@ type Config struct {
 	Reporter Reporter
 	// Logger receives compile results. Nil means discard.
 	Logger *slog.Logger
+	// RestrictNamespacedIssuers is policy.Options.RestrictNamespacedIssuers.
+	// False allows every Issuer its own URLs.
+	RestrictNamespacedIssuers bool
 }
 
 // Result is what became of one snapshot.
@@ -103,7 +106,7 @@ func Apply(cfg Config, s policywatch.Snapshot) Result {
 	// object must not freeze every update on every node. An invalid
 	// AccessPolicy becomes deny-all for the pods it selects (fail closed);
 	// an invalid Issuer is left out, which invalidates policies naming it.
-	set, err := cfg.Store.UpdateWithOptions(c.objs, policy.Options{Quarantine: true})
+	set, err := cfg.Store.UpdateWithOptions(c.objs, policy.Options{Quarantine: true, RestrictNamespacedIssuers: cfg.RestrictNamespacedIssuers})
 	if set == nil {
 		// Only an internal error refuses a quarantine compile; the Store
 		// counted it.

@@ -232,3 +232,32 @@ spec:
 		})
 	}
 }
+
+// TestApplyRestrictNamespacedIssuers: with the option, a namespaced Issuer
+// naming its own key location is quarantined (left out, with an Event);
+// without it, it is applied.
+func TestApplyRestrictNamespacedIssuers(t *testing.T) {
+	issuer := obj(t, `
+apiVersion: portcullis.dev/v1alpha1
+kind: Issuer
+metadata: {name: entra, namespace: shop, generation: 1}
+spec:
+  azureAD: {tenantID: 11111111-2222-3333-4444-555555555555, authorityHost: "https://idp.example.com", audiences: [api://orders]}
+`)
+	for _, restrict := range []bool{false, true} {
+		rep := reports{}
+		res := Apply(Config{Store: policy.NewStore(), Reporter: rep, RestrictNamespacedIssuers: restrict},
+			policywatch.Snapshot{Issuers: []*unstructured.Unstructured{issuer}, AccessPolicies: []*unstructured.Unstructured{obj(t, good)}, Initial: true})
+		msg, reported := rep["Issuer shop/entra"]
+		wantInvalid := 0
+		if restrict {
+			wantInvalid = 1
+		}
+		if !res.Applied || res.Invalid != wantInvalid || reported != restrict {
+			t.Errorf("restrict=%v: got %+v, reports %v; want applied with %d invalid object(s), the Issuer reported: %v", restrict, res, rep, wantInvalid, restrict)
+		}
+		if restrict && !strings.Contains(msg, "authorityHost") {
+			t.Errorf("restrict=%v: report %q does not name authorityHost", restrict, msg)
+		}
+	}
+}
