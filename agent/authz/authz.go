@@ -10,6 +10,7 @@ package authz
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sort"
 	"strconv"
 	"strings"
@@ -57,6 +58,7 @@ type setView struct {
 	issuers map[string]policy.Issuer  // by ref
 	forward map[string][]forwardClaim // issuer ref → claims to forward
 	headers []string                  // every forwardClaims header name, sorted
+	strip   map[string]bool           // headers, canonical: verifier.Decision.Strip
 }
 
 // trustedIn reports whether the issuer named ref is in the set and may
@@ -111,6 +113,12 @@ func buildView(set *policy.Set) *setView {
 		}
 	}
 	sort.Strings(v.headers)
+	for _, h := range v.headers {
+		if v.strip == nil {
+			v.strip = make(map[string]bool, len(v.headers))
+		}
+		v.strip[http.CanonicalHeaderKey(h)] = true
+	}
 	return v
 }
 
@@ -262,6 +270,9 @@ func (e *Engine) convert(v *setView, in policy.Input, d policy.Decision) verifie
 		Allow:  d.Allowed(),
 		Policy: d.Policy,
 		Reason: verifier.Reason(d.Reason),
+		// Client copies of every claim header of this set are removed,
+		// whether or not this token has the claim.
+		Strip: v.strip,
 	}
 	if d.Rule >= 0 {
 		out.Rule = strconv.Itoa(d.Rule)

@@ -171,6 +171,8 @@ spec:
 			w.Store(&Workload{Key: tc.namespace + "/orders-1", Policy: policy.Workload{Namespace: tc.namespace, Labels: map[string]string{"app": "orders"}}})
 			got := e.For(&w).Authorize(context.Background(), &verifier.Request{Method: "GET", Path: tc.path,
 				Destination: netip.MustParseAddrPort("198.18.0.2:8080"), Source: identity.AnonymousSource, Token: tc.token})
+			// Client copies of every issuer's claim headers are stripped.
+			tc.want.Strip = map[string]bool{"X-Claim-Oid": true, "X-Corp-Oid": true, "X-Evil": true, "X-Evil-Oid": true}
 			if diff := cmp.Diff(tc.want, got, ignoreSubject); diff != "" {
 				t.Errorf("Authorize (-want +got):\n%s", diff)
 			}
@@ -236,6 +238,9 @@ spec:
 			Destination: netip.MustParseAddrPort("198.18.0.2:80"), Source: identity.AnonymousSource})
 		if d.Allow && !cmp.Equal(strip, want[path]) {
 			t.Fatalf("request %d to %s allowed by the set forwarding %v: got strip list %v, want %v", i, path, want[path], strip, want[path])
+		}
+		if d.Allow && (len(d.Strip) != 1 || !d.Strip[want[path][0]]) {
+			t.Fatalf("request %d to %s allowed by the set forwarding %v: got Decision.Strip %v, want %v", i, path, want[path], d.Strip, want[path])
 		}
 	}
 }

@@ -190,8 +190,8 @@ type Decision struct {
 	// there is none.
 	Token TokenInfo
 	// Headers are added to the forwarded request (forwardClaims). Names
-	// must also be listed in Config.StripHeaders so a client cannot send
-	// them when the token lacks the claim. A field is skipped (and logged at
+	// must also be listed in Strip or Config.StripHeaders so a client
+	// cannot send them when the token lacks the claim. A field is skipped (and logged at
 	// debug level) when its value has CR, LF or NUL, or when its name is
 	// one the verifier strips or sets itself, compared case-insensitively
 	// with '_' as '-': X-Portcullis-*, X-Forwarded-*, Forwarded,
@@ -202,6 +202,15 @@ type Decision struct {
 	// copy of a named header (head or trailer) never reaches the
 	// application.
 	Headers []HeaderField
+	// Strip names, in http.CanonicalHeaderKey form, more headers whose
+	// client-sent copies are removed from this request (head and
+	// trailers), as Config.StripHeaders are. An Authorizer whose
+	// configuration can change sets the claim header names of the very
+	// configuration that decided, so that no reload opens a moment in
+	// which a new claim header is forwarded from the client before
+	// SetStripHeaders catches up. Nil adds none. The verifier does not
+	// modify the map.
+	Strip map[string]bool
 }
 
 // TokenInfo are the audit-worthy facts of a validated token.

@@ -229,7 +229,7 @@ func (h *h2handler) forward(w http.ResponseWriter, r *http.Request, dec *Decisio
 		cancel()
 	})
 	defer sw.stop()
-	strip := *s.strip.Load()
+	strip := stripSet{*s.strip.Load(), dec.Strip}
 	var trailer http.Header
 	for k := range r.Trailer { // the names the client announced
 		if !dropTrailer(k, strip, nil, dec.Headers) {

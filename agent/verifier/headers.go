@@ -10,6 +10,13 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
+// stripSet is the configured claim headers whose client copies are removed
+// (Config.StripHeaders) and those of the configuration that decided the
+// request (Decision.Strip), both keyed by canonical name.
+type stripSet struct{ cfg, dec map[string]bool }
+
+func (s stripSet) has(k string) bool { return s.cfg[k] || s.dec[k] }
+
 // dropRequestHeader reports whether a client-sent header must not reach the
 // application: hop-by-hop headers, framing (the verifier re-frames), the
 // forwarding headers (every X-Forwarded-*, Forwarded, and the client
@@ -17,7 +24,7 @@ import (
 // X-Portcullis-* and the configured claim headers. Names are compared with
 // '_' as '-', because some application stacks (CGI-style environments)
 // fold the two.
-func dropRequestHeader(k string, strip map[string]bool, connTokens []string) bool {
+func dropRequestHeader(k string, strip stripSet, connTokens []string) bool {
 	switch k {
 	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
 		"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Host", "Http2-Settings",
@@ -36,7 +43,7 @@ func dropRequestHeader(k string, strip map[string]bool, connTokens []string) boo
 			return true
 		}
 	}
-	if strip[k] {
+	if strip.has(k) {
 		return true
 	}
 	return len(connTokens) > 0 && httpguts.HeaderValuesContainsToken(connTokens, k)
@@ -47,7 +54,7 @@ func dropRequestHeader(k string, strip map[string]bool, connTokens []string) boo
 // hop-by-hop, Host, forwarding and X-Portcullis-* headers): a Decision
 // cannot set those.
 func reservedHeader(name string) bool {
-	return dropRequestHeader(http.CanonicalHeaderKey(name), nil, nil)
+	return dropRequestHeader(http.CanonicalHeaderKey(name), stripSet{}, nil)
 }
 
 // dropTrailer reports whether a client-sent trailer field must not reach
@@ -57,7 +64,7 @@ func reservedHeader(name string) bool {
 // those outright), so that an application merging trailers into headers
 // sees no field the policy did not. connTokens are the client's
 // Connection header values (none on HTTP/2).
-func dropTrailer(k string, strip map[string]bool, connTokens []string, decHeaders []HeaderField) bool {
+func dropTrailer(k string, strip stripSet, connTokens []string, decHeaders []HeaderField) bool {
 	return !httpguts.ValidTrailerHeader(k) || dropRequestHeader(k, strip, connTokens) || decisionSets(decHeaders, k)
 }
 

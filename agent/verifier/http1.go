@@ -256,7 +256,7 @@ func (h *h1conn) forward(req *http.Request, dec *Decision, upgrade string) bool 
 		err  error
 	)
 	// One view of the strip list for the head and the trailers.
-	strip := *s.strip.Load()
+	strip := stripSet{*s.strip.Load(), dec.Strip}
 	upStart := time.Now()
 	for attempt := 0; ; attempt++ {
 		if attempt == 0 {
@@ -535,7 +535,7 @@ func writeLength(bw *bufio.Writer, n int64) {
 
 // writeRequestHead writes the forwarded request's head: the client's
 // headers minus the ones the verifier owns, then the verifier's own.
-func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Decision, strip map[string]bool, upgrade string) {
+func (h *h1conn) writeRequestHead(bw *bufio.Writer, req *http.Request, dec *Decision, strip stripSet, upgrade string) {
 	bw.WriteString(req.Method)
 	bw.WriteByte(' ')
 	uri := req.RequestURI
@@ -601,7 +601,7 @@ func decisionSets(headers []HeaderField, k string) bool {
 // sendRequestBody streams the request body to the application, re-framed:
 // the same length, or chunked (with the trailers dropTrailer keeps) when
 // the client chunked.
-func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request, decHeaders []HeaderField, strip map[string]bool) error {
+func (h *h1conn) sendRequestBody(uc *upConn, req *http.Request, decHeaders []HeaderField, strip stripSet) error {
 	if req.ContentLength >= spliceMin && !h.grown && !h.s.cfg.NoSplice {
 		if err := spliceN(uc.c, uc.bw, h.c, h.br, req.ContentLength); err != nil {
 			uc.c.Close()
