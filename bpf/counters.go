@@ -26,6 +26,7 @@ const (
 	AccelPaired             = Counter(portcullisPcCounterPC_CNT_ACCEL_PAIRED)
 	AccelUpdateError        = Counter(portcullisPcCounterPC_CNT_ACCEL_UPDATE_ERROR)
 	AccelTCPOnly            = Counter(portcullisPcCounterPC_CNT_ACCEL_TCP_ONLY)
+	CaptureForeignListener  = Counter(portcullisPcCounterPC_CNT_CAPTURE_FOREIGN_LISTENER)
 	numCounters             = int(portcullisPcCounterPC_CNT_MAX)
 )
 
@@ -64,6 +65,7 @@ var counterNames = [...]string{
 	AccelPaired:             "accel_paired",
 	AccelUpdateError:        "accel_update_error",
 	AccelTCPOnly:            "accel_tcp_only",
+	CaptureForeignListener:  "capture_foreign_listener",
 }
 
 // Counters reads every counter, summed over CPUs. Values only grow while

@@ -1,8 +1,11 @@
 package bpf
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +17,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/portcullis-mesh/portcullis/bpf/cgroupv2"
+	"github.com/portcullis-mesh/portcullis/bpf/podnet"
 )
 
 // DefaultPinDir is where Open pins objects when Config.PinDir is empty.
@@ -22,6 +26,11 @@ const DefaultPinDir = BPFFSRoot + "/portcullis/agent"
 // DefaultListenerPort is the agent's in-pod listener port when
 // Config.ListenerPort is zero.
 const DefaultListenerPort = 15006
+
+// DefaultListenerMark is the SO_MARK of the agent's in-pod listeners when
+// Config.ListenerMark is zero ("PL", next to the acceleration mark "PC",
+// 0x5043, which agent upstream sockets carry).
+const DefaultListenerMark = 0x504c
 
 // Config configures Open.
 type Config struct {
@@ -38,6 +47,17 @@ type Config struct {
 	// ListenerPort is the port of the agent's listener in every enrolled
 	// pod's netns. It is never captured. Zero means DefaultListenerPort.
 	ListenerPort uint16
+	// ListenerMark is the SO_MARK that tells the agent's listeners (made
+	// by Listen) from any other socket listening on ListenerPort in a pod:
+	// capture hands new connections only to a listener carrying it and
+	// drops them when the socket it finds lacks it (an application that
+	// listens on the port, by accident or while the agent's listener is
+	// missing). Setting SO_MARK needs CAP_NET_ADMIN in the pod's netns, so
+	// an application without it cannot pass for the agent. Connections the
+	// agent accepts inherit the mark. It must differ from AccelMark. Zero
+	// means DefaultListenerMark. Changing it needs nothing more than a
+	// restart: the capture programs are loaded anew with it.
+	ListenerMark uint32
 	// AccelMark turns on local acceleration (lib/accel.h): connections
 	// from sockets carrying this SO_MARK (the agent's upstream sockets) to
 	// a local application move their bytes socket to socket through a
@@ -130,6 +150,12 @@ func Open(cfg Config) (*Datapath, error) {
 	if cfg.ListenerPort == 0 {
 		cfg.ListenerPort = DefaultListenerPort
 	}
+	if cfg.ListenerMark == 0 {
+		cfg.ListenerMark = DefaultListenerMark
+	}
+	if cfg.ListenerMark == cfg.AccelMark {
+		return nil, fmt.Errorf("open datapath: listener mark %#x is also the acceleration mark", cfg.ListenerMark)
+	}
 	if cfg.CgroupRoot == "" {
 		root, err := cgroupv2.Root()
 		if err != nil {
@@ -168,6 +194,9 @@ func (d *Datapath) load() error {
 	}
 	if err := spec.Variables[portcullisVarPcListenerPort].Set(d.cfg.ListenerPort); err != nil {
 		return fmt.Errorf("set listener port: %w", err)
+	}
+	if err := spec.Variables[portcullisVarPcListenerMark].Set(d.cfg.ListenerMark); err != nil {
+		return fmt.Errorf("set listener mark: %w", err)
 	}
 	if err := spec.Variables[portcullisVarPcAccelMark].Set(d.cfg.AccelMark); err != nil {
 		return fmt.Errorf("set acceleration mark: %w", err)
@@ -300,6 +329,9 @@ func (d *Datapath) loadCapture(cookie uint64, kind captureKind) (*ebpf.Program, 
 	}
 	if err := spec.Variables[portcullisVarPcListenerPort].Set(d.cfg.ListenerPort); err != nil {
 		return nil, fmt.Errorf("set listener port: %w", err)
+	}
+	if err := spec.Variables[portcullisVarPcListenerMark].Set(d.cfg.ListenerMark); err != nil {
+		return nil, fmt.Errorf("set listener mark: %w", err)
 	}
 	if err := spec.Variables[portcullisVarPcPodNetnsCookie].Set(cookie); err != nil {
 		return nil, fmt.Errorf("set netns cookie: %w", err)
@@ -533,3 +565,22 @@ func (d *Datapath) AccelMark() uint32 { return d.cfg.AccelMark }
 
 // ListenerPort returns the agent listener port the programs were loaded with.
 func (d *Datapath) ListenerPort() uint16 { return d.cfg.ListenerPort }
+
+// ListenerMark returns the SO_MARK capture requires of the agent's
+// listeners (Config.ListenerMark).
+func (d *Datapath) ListenerMark() uint32 { return d.cfg.ListenerMark }
+
+// Listen opens the agent's listener on ListenerPort inside the netns at
+// netnsPath, marked with ListenerMark so that capture hands it the pod's
+// captured connections: capture drops them rather than give them to a
+// listener without the mark. addr is the address to bind; the zero Addr
+// means every address, IPv4 and IPv6, with one dual-stack socket, which is
+// what capture expects. Needs CAP_NET_ADMIN (SO_MARK).
+func (d *Datapath) Listen(ctx context.Context, netnsPath string, addr netip.Addr) (net.Listener, error) {
+	host := ""
+	if addr.IsValid() {
+		host = addr.String()
+	}
+	lc := net.ListenConfig{Control: podnet.MarkControl(d.cfg.ListenerMark)}
+	return podnet.Listen(ctx, netnsPath, &lc, net.JoinHostPort(host, strconv.Itoa(int(d.cfg.ListenerPort))))
+}

@@ -7,8 +7,11 @@
 //     pod's network namespace. A TCP packet to a captured port that belongs
 //     to no existing socket is bpf_sk_assign'ed to the agent's listener on
 //     Config.ListenerPort in that namespace; the accepted socket's local
-//     address is the original destination. With no listener the packet is
-//     dropped: a captured port is never reachable unverified.
+//     address is the original destination. Only a listener carrying
+//     Config.ListenerMark (SO_MARK, set by Datapath.Listen) is the agent's:
+//     with no listener, or with another socket on that port (the pod's
+//     own application), the packet is dropped: a captured port is never
+//     reachable unverified.
 //   - pc_sockops, a sockops program on the cgroup v2 root, records for every
 //     TCP connection opened by a process of a registered cgroup (or of a
 //     descendant) the connection's 4-tuple -> identity ID, and forgets it

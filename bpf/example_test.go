@@ -7,20 +7,20 @@ import (
 
 	"github.com/portcullis-mesh/portcullis/bpf"
 	"github.com/portcullis-mesh/portcullis/bpf/cgroupv2"
-	"github.com/portcullis-mesh/portcullis/bpf/podnet"
 )
 
 // The agent's life with the datapath: open (or re-adopt), listen in the pod,
 // enrol it, name its callers, and look callers up on accept.
 func Example() {
-	d, err := bpf.Open(bpf.Config{}) // /sys/fs/bpf/portcullis/agent, port 15006
+	d, err := bpf.Open(bpf.Config{}) // /sys/fs/bpf/portcullis/agent, port 15006, mark 0x504c
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer d.Close() // keeps capture in force while the agent is away
 
 	const netnsPath = "/run/netns/pod-a"
-	ln, err := podnet.ListenTCP(context.Background(), netnsPath, ":15006")
+	// The agent's listener: port 15006, marked so that capture knows it.
+	ln, err := d.Listen(context.Background(), netnsPath, netip.Addr{})
 	if err != nil {
 		log.Fatal(err)
 	}

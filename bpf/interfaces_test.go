@@ -279,7 +279,7 @@ func TestTunCapture(t *testing.T) {
 	d := openTest(t)
 	pod := testenv.NewNetwork(t).NewPod(t, testenv.PodOptions{NoProcess: true})
 	tun := newTun(t, pod.NetnsPath)
-	ln, err := podnet.ListenTCP(context.Background(), pod.NetnsPath, fmt.Sprintf(":%d", d.ListenerPort()))
+	ln, err := d.Listen(context.Background(), pod.NetnsPath, netip.Addr{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +378,7 @@ func TestReadoptionRepointsEachKind(t *testing.T) {
 		t.Errorf("programs by interface after re-adoption (-want +got):\n%s", diff)
 	}
 
-	ln, err := podnet.ListenTCP(context.Background(), pod.NetnsPath, fmt.Sprintf(":%d", d2.ListenerPort()))
+	ln, err := d2.Listen(context.Background(), pod.NetnsPath, netip.Addr{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +425,7 @@ func TestWatchCapturesLateInterfaces(t *testing.T) {
 		}
 	}})
 	pod := testenv.NewNetwork(t).NewPod(t, testenv.PodOptions{NoProcess: true, NoInterface: true})
-	ln, err := podnet.ListenTCP(context.Background(), pod.NetnsPath, fmt.Sprintf(":%d", d.ListenerPort()))
+	ln, err := d.Listen(context.Background(), pod.NetnsPath, netip.Addr{})
 	if err != nil {
 		t.Fatal(err)
 	}

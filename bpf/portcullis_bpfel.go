@@ -39,22 +39,23 @@ type portcullisPcConnKey struct {
 type portcullisPcCounter uint32
 
 const (
-	portcullisPcCounterPC_CNT_CAPTURE_UNCAPTURED     portcullisPcCounter = 0
-	portcullisPcCounterPC_CNT_CAPTURE_ESTABLISHED    portcullisPcCounter = 1
-	portcullisPcCounterPC_CNT_CAPTURE_ASSIGNED       portcullisPcCounter = 2
-	portcullisPcCounterPC_CNT_CAPTURE_NO_LISTENER    portcullisPcCounter = 3
-	portcullisPcCounterPC_CNT_CAPTURE_ASSIGN_ERROR   portcullisPcCounter = 4
-	portcullisPcCounterPC_CNT_CAPTURE_MALFORMED      portcullisPcCounter = 5
-	portcullisPcCounterPC_CNT_CAPTURE_NOT_ENROLLED   portcullisPcCounter = 6
-	portcullisPcCounterPC_CNT_CAPTURE_TIMEWAIT_SYN   portcullisPcCounter = 7
-	portcullisPcCounterPC_CNT_SOCKOPS_RECORDED       portcullisPcCounter = 8
-	portcullisPcCounterPC_CNT_SOCKOPS_FORGOTTEN      portcullisPcCounter = 9
-	portcullisPcCounterPC_CNT_SOCKOPS_UPDATE_ERROR   portcullisPcCounter = 10
-	portcullisPcCounterPC_CNT_SOCKOPS_CB_FLAGS_ERROR portcullisPcCounter = 11
-	portcullisPcCounterPC_CNT_ACCEL_PAIRED           portcullisPcCounter = 12
-	portcullisPcCounterPC_CNT_ACCEL_UPDATE_ERROR     portcullisPcCounter = 13
-	portcullisPcCounterPC_CNT_ACCEL_TCP_ONLY         portcullisPcCounter = 14
-	portcullisPcCounterPC_CNT_MAX                    portcullisPcCounter = 15
+	portcullisPcCounterPC_CNT_CAPTURE_UNCAPTURED       portcullisPcCounter = 0
+	portcullisPcCounterPC_CNT_CAPTURE_ESTABLISHED      portcullisPcCounter = 1
+	portcullisPcCounterPC_CNT_CAPTURE_ASSIGNED         portcullisPcCounter = 2
+	portcullisPcCounterPC_CNT_CAPTURE_NO_LISTENER      portcullisPcCounter = 3
+	portcullisPcCounterPC_CNT_CAPTURE_ASSIGN_ERROR     portcullisPcCounter = 4
+	portcullisPcCounterPC_CNT_CAPTURE_MALFORMED        portcullisPcCounter = 5
+	portcullisPcCounterPC_CNT_CAPTURE_NOT_ENROLLED     portcullisPcCounter = 6
+	portcullisPcCounterPC_CNT_CAPTURE_TIMEWAIT_SYN     portcullisPcCounter = 7
+	portcullisPcCounterPC_CNT_SOCKOPS_RECORDED         portcullisPcCounter = 8
+	portcullisPcCounterPC_CNT_SOCKOPS_FORGOTTEN        portcullisPcCounter = 9
+	portcullisPcCounterPC_CNT_SOCKOPS_UPDATE_ERROR     portcullisPcCounter = 10
+	portcullisPcCounterPC_CNT_SOCKOPS_CB_FLAGS_ERROR   portcullisPcCounter = 11
+	portcullisPcCounterPC_CNT_ACCEL_PAIRED             portcullisPcCounter = 12
+	portcullisPcCounterPC_CNT_ACCEL_UPDATE_ERROR       portcullisPcCounter = 13
+	portcullisPcCounterPC_CNT_ACCEL_TCP_ONLY           portcullisPcCounter = 14
+	portcullisPcCounterPC_CNT_CAPTURE_FOREIGN_LISTENER portcullisPcCounter = 15
+	portcullisPcCounterPC_CNT_MAX                      portcullisPcCounter = 16
 )
 
 type portcullisPcPod struct {
@@ -104,6 +105,7 @@ const (
 	portcullisProgPcSockops         = "pc_sockops"
 	portcullisVarPcAccelMark        = "pc_accel_mark"
 	portcullisVarPcL3Dev            = "pc_l3_dev"
+	portcullisVarPcListenerMark     = "pc_listener_mark"
 	portcullisVarPcListenerPort     = "pc_listener_port"
 	portcullisVarPcPodNetnsCookie   = "pc_pod_netns_cookie"
 )
@@ -174,6 +176,7 @@ type portcullisMapSpecs struct {
 type portcullisVariableSpecs struct {
 	PcAccelMark      *ebpf.VariableSpec `ebpf:"pc_accel_mark"`
 	PcL3Dev          *ebpf.VariableSpec `ebpf:"pc_l3_dev"`
+	PcListenerMark   *ebpf.VariableSpec `ebpf:"pc_listener_mark"`
 	PcListenerPort   *ebpf.VariableSpec `ebpf:"pc_listener_port"`
 	PcPodNetnsCookie *ebpf.VariableSpec `ebpf:"pc_pod_netns_cookie"`
 }
@@ -225,6 +228,7 @@ func (m *portcullisMaps) Close() error {
 type portcullisVariables struct {
 	PcAccelMark      *ebpf.Variable `ebpf:"pc_accel_mark"`
 	PcL3Dev          *ebpf.Variable `ebpf:"pc_l3_dev"`
+	PcListenerMark   *ebpf.Variable `ebpf:"pc_listener_mark"`
 	PcListenerPort   *ebpf.Variable `ebpf:"pc_listener_port"`
 	PcPodNetnsCookie *ebpf.Variable `ebpf:"pc_pod_netns_cookie"`
 }

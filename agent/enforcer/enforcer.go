@@ -606,7 +606,7 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 	if adopted {
 		before = e.established(w)
 	}
-	ln, err := podnet.ListenTCP(ctx, w.w.NetnsPath, fmt.Sprintf(":%d", e.dp.ListenerPort()))
+	ln, err := e.dp.Listen(ctx, w.w.NetnsPath, netip.Addr{})
 	if err != nil {
 		return e.failClosedLocked(w, pod, adopted, before, fmt.Errorf("listen in netns %s: %w", w.w.NetnsPath, err))
 	}
@@ -648,17 +648,16 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 // does), so that none goes on unchecked. It returns cause, joined with
 // Enroll's error if capture could not be attached.
 //
-// Capture steers a new connection to whatever listens on the listener
-// port for the destination address. When the listener could not be opened
-// because a socket of the pod's own holds that port on the pod's address
-// or the wildcard, capture hands the connections to that socket; only a
-// socket bound elsewhere (loopback, say) leaves capture dropping them.
-// Telling the agent's listener apart is the datapath's to do; until then
-// the error says so (heldListenerPort).
+// Capture hands new connections only to the agent's own listener (marked,
+// bpf.Config.ListenerMark): when the listener could not be opened because
+// a socket of the pod holds the listener port, capture drops them whatever
+// address that socket is bound to. When it is bound to the pod's address or
+// the wildcard, the error names it (heldListenerPort): the pod listens on
+// the agent's port, and must move for the pod to be served.
 func (e *Enforcer) failClosedLocked(w *workload, pod bpf.Pod, adopted bool, before *podnet.Snapshot, cause error) error {
 	if errors.Is(cause, unix.EADDRINUSE) {
 		if a, ok := heldListenerPort(w.w.NetnsPath, w.w.IPs, e.dp.ListenerPort()); ok {
-			cause = fmt.Errorf("%w; a socket of the pod listens on %s, so capture hands it the new connections to captured ports, unchecked",
+			cause = fmt.Errorf("%w; a socket of the pod listens on %s, the agent's listener port: new connections to captured ports are dropped until it is closed",
 				cause, netip.AddrPortFrom(a, e.dp.ListenerPort()))
 		}
 	}
@@ -678,9 +677,10 @@ func (e *Enforcer) failClosedLocked(w *workload, pod bpf.Pod, adopted bool, befo
 }
 
 // heldListenerPort reports an address of ips on which another socket in
-// the netns listens on port, which capture's listener lookup would find:
-// binding it, as any socket may while no other listens there, fails with
-// EADDRINUSE. Errors other than that count as not held.
+// the netns listens on port, which capture's listener lookup finds (and
+// refuses, as it is not the agent's): binding it, as any socket may while
+// no other listens there, fails with EADDRINUSE. Errors other than that
+// count as not held.
 func heldListenerPort(netnsPath string, ips []netip.Addr, port uint16) (netip.Addr, bool) {
 	var held netip.Addr
 	_ = podnet.Do(netnsPath, func() error {

@@ -543,10 +543,12 @@ func TestDatapathErrorReattaches(t *testing.T) {
 	f.checkVerified("after the retry")
 }
 
-// TestListenerPortHeldByApp: when the pod's app listens on the listener
-// port for the pod's address, capture (attached to fail closed) hands that
-// socket the connections to captured ports, since the datapath cannot tell
-// it from the agent's listener; the workload's error says so.
+// TestListenerPortHeldByApp: the pod's app listens on the listener port
+// for every address (the pod's included), so the agent cannot open its
+// listener there. Capture, attached to fail closed, finds the app's socket
+// and refuses it, since it is not the agent's: new connections to captured
+// ports are dropped, the app's socket accepts none, and the workload's
+// error names the socket that holds the port.
 func TestListenerPortHeldByApp(t *testing.T) {
 	f := newFixture(t)
 	d := f.openDatapath()
@@ -557,9 +559,25 @@ func TestListenerPortHeldByApp(t *testing.T) {
 	t.Cleanup(func() { ln.Close() })
 	e := f.newEnforcer(d, f.store(fmt.Sprint(appPort)))
 	f.report(e, true)
-	want := fmt.Sprintf("a socket of the pod listens on %s, so capture hands it the new connections to captured ports, unchecked",
+	want := fmt.Sprintf("a socket of the pod listens on %s, the agent's listener port: new connections to captured ports are dropped until it is closed",
 		netip.AddrPortFrom(f.pod.IPv4, d.ListenerPort()))
-	if s := e.status(t); !strings.Contains(s.LastError, want) {
+	s := e.status(t)
+	if !strings.Contains(s.LastError, want) {
 		t.Errorf("LastError: got %q, want it to contain %q", s.LastError, want)
+	}
+	if s.Enrolled || !s.Closed {
+		t.Errorf("got Enrolled %t, Closed %t; want capture closed", s.Enrolled, s.Closed)
+	}
+	f.checkClosed("while the app holds the listener port")
+	// Not time.Now(): Accept would fail on the past deadline without
+	// looking at the queue. Any connection is queued by now.
+	if err := ln.(*net.TCPListener).SetDeadline(time.Now().Add(100 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := ln.Accept(); err == nil {
+		c.Close()
+		t.Errorf("the app's socket on the listener port accepted a connection from %s to %s, want none", c.RemoteAddr(), c.LocalAddr())
+	} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("accept on the app's socket: %v", err)
 	}
 }

@@ -19,6 +19,15 @@
  * (host byte order). It is never captured. Set by the loader before load. */
 const volatile __u16 pc_listener_port = 0;
 
+/* pc_listener_mark is the SO_MARK of the agent's listening sockets
+ * (Config.ListenerMark, never 0). Capture assigns a connection only to a
+ * listener that carries it: whatever else listens on pc_listener_port in
+ * the pod (the application, by accident or while the agent's listener is
+ * missing) is refused and the packet dropped. Setting SO_MARK needs
+ * CAP_NET_ADMIN in the socket's netns (socket(7)), which the agent has and
+ * an application pod normally has not. Set by the loader before load. */
+const volatile __u32 pc_listener_mark = 0;
+
 /* pc_pod_netns_cookie is the netns cookie of the pod this program instance
  * serves: the loader loads one instance per pod. The program cannot learn
  * its netns at ingress: bpf_get_netns_cookie(skb) names skb->sk's netns and
@@ -296,12 +305,16 @@ static __always_inline enum pc_existing pc_lookup_existing(struct __sk_buff *skb
 /* pc_assign_listener hands the packet to the agent's listener on
  * pc_listener_port in the packet's netns. The lookup uses the packet's
  * destination address (a listener bound to the pod IP or to the wildcard
- * matches) with a zero source, so that it can only find a listener.
+ * matches) with a zero source, so that it can only find a listener. The
+ * stack's own listener lookup picks the most specific socket, so it may
+ * find one that is not the agent's: an application's socket bound to the
+ * pod's address or the wildcard on that port. Only a listener carrying
+ * pc_listener_mark is used; any other means the packet is dropped.
  * Returns a TCX verdict. */
 static __always_inline int pc_assign_listener(struct __sk_buff *skb, struct pc_pkt *pkt)
 {
 	struct bpf_sock_tuple ln = {};
-	struct bpf_sock *sk;
+	struct bpf_sock *sk, *full;
 	long err;
 
 	if (pkt->ipv6) {
@@ -320,6 +333,15 @@ static __always_inline int pc_assign_listener(struct __sk_buff *skb, struct pc_p
 	if (sk->state != BPF_TCP_LISTEN) {
 		bpf_sk_release(sk);
 		pc_count(PC_CNT_CAPTURE_NO_LISTENER);
+		return PC_TCX_DROP;
+	}
+	/* A listener is a full socket; ->mark is only readable on one
+	 * (bpf_sock_is_valid_access). bpf_sk_fullsock returns the same socket,
+	 * still referenced through sk. */
+	full = bpf_sk_fullsock(sk);
+	if (!full || full->mark != pc_listener_mark) {
+		bpf_sk_release(sk);
+		pc_count(PC_CNT_CAPTURE_FOREIGN_LISTENER);
 		return PC_TCX_DROP;
 	}
 	/* bpf_sk_assign (bpf-helpers(7)): the stack delivers the skb to sk

@@ -61,6 +61,11 @@ enum pc_counter {
 	/* accel: an upstream socket sent before its peer was paired: it stays
 	 * on TCP agent-to-application for its lifetime. */
 	PC_CNT_ACCEL_TCP_ONLY,
+	/* capture: dropped, the socket listening on the listener port for the
+	 * packet's destination is not the agent's (its SO_MARK is not
+	 * pc_listener_mark): an application of the pod holds the port, and
+	 * must not receive captured connections unchecked (fail closed). */
+	PC_CNT_CAPTURE_FOREIGN_LISTENER,
 	PC_CNT_MAX,
 };
 

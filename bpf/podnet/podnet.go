@@ -61,9 +61,14 @@ func do(target netns.NsHandle, fn func() error) error {
 // for net.Listen("tcp", addr): ":15006" gives one dual-stack socket that
 // accepts IPv4 and IPv6 connections, which is what capture expects.
 func ListenTCP(ctx context.Context, netnsPath, addr string) (net.Listener, error) {
+	return Listen(ctx, netnsPath, &net.ListenConfig{}, addr)
+}
+
+// Listen is ListenTCP with the socket options of lc (its Control function
+// runs in the netns, before bind).
+func Listen(ctx context.Context, netnsPath string, lc *net.ListenConfig, addr string) (net.Listener, error) {
 	var ln net.Listener
 	err := Do(netnsPath, func() error {
-		var lc net.ListenConfig
 		var err error
 		ln, err = lc.Listen(ctx, "tcp", addr)
 		return err
@@ -120,10 +125,11 @@ func (d *Dialer) Close() error {
 	return d.ns.Close()
 }
 
-// MarkControl returns a net.Dialer Control function that sets SO_MARK to
-// mark on every socket before it connects (needs CAP_NET_ADMIN). The agent
-// marks its upstream sockets so that the datapath's local acceleration
-// (bpf.Config.AccelMark) knows them.
+// MarkControl returns a net.Dialer or net.ListenConfig Control function
+// that sets SO_MARK to mark on every socket before it connects or binds
+// (needs CAP_NET_ADMIN). The agent marks its upstream sockets so that the
+// datapath's local acceleration (bpf.Config.AccelMark) knows them, and its
+// listeners so that capture does (bpf.Config.ListenerMark).
 func MarkControl(mark uint32) func(network, address string, c syscall.RawConn) error {
 	return func(_, _ string, c syscall.RawConn) error {
 		var serr error
