@@ -277,7 +277,7 @@ func (b *backend) Explain(ctx context.Context, req *debugv1.ExplainRequest) (*de
 	}
 	env := debugapi.ExplainEnv{TrustDomain: a.cfg.TrustDomain}
 	if w, ok := a.enforcer.Workload(req.GetWorkload()); ok {
-		env.Labels = w.Policy.Labels
+		env.Labels, env.DefaultDeny = w.Policy.Labels, w.NamespaceEnforced
 	} else {
 		return nil, status.Errorf(codes.NotFound, "workload %s is not on this node", req.GetWorkload())
 	}

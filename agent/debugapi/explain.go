@@ -32,6 +32,10 @@ type ExplainEnv struct {
 	// Token is the verdict reported in the response; nil when the request
 	// carried neither a token nor claims.
 	Token *debugv1.TokenVerdict
+	// DefaultDeny is true when the destination's namespace is enforced by
+	// default (portcullis.dev/enforce=enabled): policy.Workload.DefaultDeny.
+	// False (offline, where namespaces are unknown) evaluates without it.
+	DefaultDeny bool
 }
 
 // Source returns the caller identity an ExplainRequest names: anonymous
@@ -69,7 +73,7 @@ func Input(req *debugv1.ExplainRequest, env ExplainEnv) policy.Input {
 		reason = tokencheck.ReasonMissingToken
 	}
 	return policy.Input{
-		Workload:    policy.Workload{Namespace: ns, Labels: env.Labels},
+		Workload:    policy.Workload{Namespace: ns, Labels: env.Labels, DefaultDeny: env.DefaultDeny},
 		Port:        uint16(req.GetPort()),
 		Method:      req.GetMethod(),
 		Path:        req.GetPath(),

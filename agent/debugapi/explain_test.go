@@ -1,6 +1,8 @@
 package debugapi
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -77,7 +79,7 @@ func TestExplainAgreesWithEvaluate(t *testing.T) {
 							reason tokencheck.Reason
 						}{{good, ""}, {noRole, ""}, {nil, ""}, {nil, tokencheck.ReasonExpired}} {
 							req := &debugv1.ExplainRequest{Workload: "shop/orders-api", Port: port, Method: method, Path: path, Source: src}
-							env := ExplainEnv{Labels: labels, SourceClientID: "c-frontend", Claims: tok.claims, TokenReason: tok.reason}
+							env := ExplainEnv{Labels: labels, SourceClientID: "c-frontend", Claims: tok.claims, TokenReason: tok.reason, DefaultDeny: labels["app"] == "cart" && port == 9090}
 							if err := ValidateExplain(req); err != nil {
 								t.Fatal(err)
 							}
@@ -157,4 +159,62 @@ func TestResolveTokenClaims(t *testing.T) {
 	if diff := cmp.Diff(want, env.Claims, cmpopts.IgnoreFields(tokencheck.Claims{}, "Raw")); diff != "" {
 		t.Errorf("claims (-want +got):\n%s", diff)
 	}
+}
+
+// TestResolveTokenIssuerScope: explain trusts, as the live path does, only
+// ClusterIssuers and the workload namespace's own Issuers: claims only
+// another namespace's Issuer accepts are refused (wrong_issuer), and a
+// live token is validated for the workload's namespace.
+func TestResolveTokenIssuerScope(t *testing.T) {
+	const tenant = "11111111-2222-3333-4444-555555555555"
+	s, err := structpb.NewStruct(map[string]any{
+		"iss": "https://login.microsoftonline.com/" + tenant + "/v2.0", "sub": "sp", "oid": "sp", "tid": tenant, "ver": "2.0",
+		"azp": "c-v2", "aud": "api://orders", "exp": float64(1795352400),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := compileTestSet(t)
+	for _, tc := range []struct {
+		workload string
+		ref      string
+		reason   tokencheck.Reason
+	}{
+		{"shop/orders-api", "shop/entra", tokencheck.ReasonNone},
+		{"web/frontend", "", tokencheck.ReasonWrongIssuer},
+	} {
+		req := &debugv1.ExplainRequest{Workload: tc.workload, Port: 8080, Method: "GET", Path: "/", Claims: s}
+		env, err := ResolveToken(t.Context(), set, nil, req, ExplainEnv{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref := ""
+		if env.Claims != nil {
+			ref = env.Claims.IssuerRef
+		}
+		if ref != tc.ref || env.TokenReason != tc.reason {
+			t.Errorf("claims for %s: got issuer %q, reason %q; want %q, %q", tc.workload, ref, env.TokenReason, tc.ref, tc.reason)
+		}
+	}
+
+	v := &scopedValidator{}
+	req := &debugv1.ExplainRequest{Workload: "web/frontend", Port: 8080, Method: "GET", Path: "/", Token: "t"}
+	if _, err := ResolveToken(t.Context(), set, v, req, ExplainEnv{}); err != nil {
+		t.Fatal(err)
+	}
+	if v.namespace != "web" {
+		t.Errorf("token validated for namespace %q, want web (ValidateFor)", v.namespace)
+	}
+}
+
+type scopedValidator struct{ namespace string }
+
+func (v *scopedValidator) Validate(context.Context, string) (*tokencheck.Claims, tokencheck.Reason, error) {
+	v.namespace = "(unscoped)"
+	return nil, tokencheck.ReasonMalformed, errors.New("unscoped")
+}
+
+func (v *scopedValidator) ValidateFor(_ context.Context, _, namespace string) (*tokencheck.Claims, tokencheck.Reason, error) {
+	v.namespace = namespace
+	return nil, tokencheck.ReasonExpired, errors.New("expired")
 }

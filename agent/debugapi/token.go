@@ -20,6 +20,13 @@ type TokenValidator interface {
 	Validate(ctx context.Context, raw string) (*tokencheck.Claims, tokencheck.Reason, error)
 }
 
+// ScopedTokenValidator is a TokenValidator that can try only the issuers
+// trusted in one namespace, as the live path does (*tokencheck.Validator
+// is one); ResolveToken uses it when v has it.
+type ScopedTokenValidator interface {
+	ValidateFor(ctx context.Context, raw, namespace string) (*tokencheck.Claims, tokencheck.Reason, error)
+}
+
 // ReasonNotVerified is the verdict reason of a token whose claims were read
 // without checking its signature (offline explain: there are no live keys).
 const ReasonNotVerified = "not_verified_offline"
@@ -94,16 +101,28 @@ func DecodeUnverified(raw string) (header, claims map[string]any, err error) {
 // claims of req. A token is validated with v; with a nil v (offline) its
 // claims are decoded without verification and used as if valid, and the
 // verdict says so. Claims given as JSON are taken as valid, accepted by the
-// issuer of set they name (IssuerRefFor): no claim is required and none is
-// checked against the issuer. Claims of the wrong JSON type (read by
+// issuer of set they name (IssuerRefFor) among those trusted in the
+// workload's namespace: no claim is required and none is checked against
+// the issuer, but claims only an issuer of another namespace would accept
+// are refused (wrong_issuer), as the live path refuses them. Claims of the wrong JSON type (read by
 // tokencheck.ClaimsFromMap, as Validate reads them) make the token refused
 // as malformed. It returns an error only for a token that cannot be read
 // at all.
 func ResolveToken(ctx context.Context, set *policy.Set, v TokenValidator, req *debugv1.ExplainRequest, env ExplainEnv) (ExplainEnv, error) {
 	var claims map[string]any
+	ns, _, _ := strings.Cut(req.GetWorkload(), "/")
 	switch {
 	case req.GetToken() != "" && v != nil:
-		c, r, err := v.Validate(ctx, req.GetToken())
+		var (
+			c   *tokencheck.Claims
+			r   tokencheck.Reason
+			err error
+		)
+		if sv, ok := v.(ScopedTokenValidator); ok {
+			c, r, err = sv.ValidateFor(ctx, req.GetToken(), ns)
+		} else {
+			c, r, err = v.Validate(ctx, req.GetToken())
+		}
 		env.Claims, env.TokenReason, env.Token = c, r, Verdict(c, r, err)
 		if err != nil {
 			env.Claims = nil
@@ -125,7 +144,13 @@ func ResolveToken(ctx context.Context, set *policy.Set, v TokenValidator, req *d
 	}
 	ref := ""
 	if set != nil {
-		ref = IssuerRefFor(set.Issuers(), claims)
+		trusted := slices.DeleteFunc(slices.Clone(set.Issuers()), func(is policy.Issuer) bool { return !is.TrustedIn(ns) })
+		ref = IssuerRefFor(trusted, claims)
+		if other := IssuerRefFor(set.Issuers(), claims); ref == "" && other != "" {
+			err := fmt.Errorf("only issuer %s accepts these claims, and it is not trusted in namespace %s", other, ns)
+			env.Claims, env.TokenReason, env.Token = nil, tokencheck.ReasonWrongIssuer, Verdict(nil, tokencheck.ReasonWrongIssuer, err)
+			return env, nil
+		}
 	}
 	// Typed exactly as Validate types a token's payload: claims a real
 	// token could not carry make the token refused, as it would be.
