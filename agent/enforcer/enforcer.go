@@ -142,6 +142,9 @@ type workload struct {
 	// reattach: the datapath reported an error for the enrolled pod
 	// (DatapathError); its capture is to be attached again.
 	reattach bool
+	// widened: the policies list more ports than the datapath holds for a
+	// pod, so every port is captured (capturePlan); logged on change.
+	widened bool
 }
 
 type enrolled struct {
@@ -408,8 +411,18 @@ func (e *Enforcer) gcLocked() {
 
 // captureFor says which ports of w are captured under the policy set in force.
 func (e *Enforcer) captureFor(w *workload) (bool, bpf.PortSpec) {
+	want, ports, _ := e.capturePlan(w)
+	return want, ports
+}
+
+// capturePlan is captureFor, and says whether the policies list more ports
+// than the datapath holds for a pod (bpf.MaxPorts, with the listener port
+// left out): every port but the listener's is captured instead (widened),
+// so that none of the listed ports stays open; the verifier then refuses
+// requests to ports no rule covers, and the workload's ports show it.
+func (e *Enforcer) capturePlan(w *workload) (want bool, ports bpf.PortSpec, widened bool) {
 	if w.excl != identity.NotExcluded || w.w.NetnsPath == "" {
-		return false, bpf.PortSpec{}
+		return false, bpf.PortSpec{}, false
 	}
 	listener := e.dp.ListenerPort()
 	all := bpf.PortSpec{Mode: bpf.CaptureAllExcept, Ports: []uint16{listener}}
@@ -420,19 +433,28 @@ func (e *Enforcer) captureFor(w *workload) (bool, bpf.PortSpec) {
 	}
 	switch {
 	case c.Selected && c.AllPorts, !c.Selected && w.nsEnforce:
-		return true, all
+		return true, all, false
 	case c.Selected:
 		ports := slices.DeleteFunc(slices.Clone(c.Ports), func(p uint16) bool { return p == listener })
 		if len(ports) == 0 {
-			return false, bpf.PortSpec{}
+			return false, bpf.PortSpec{}, false
 		}
-		return true, bpf.PortSpec{Mode: bpf.CaptureListed, Ports: ports}
+		if len(ports) > bpf.MaxPorts {
+			return true, all, true
+		}
+		return true, bpf.PortSpec{Mode: bpf.CaptureListed, Ports: ports}, false
 	}
-	return false, bpf.PortSpec{}
+	return false, bpf.PortSpec{}, false
 }
 
 func (e *Enforcer) reconcileLocked(w *workload) {
-	want, ports := e.captureFor(w)
+	want, ports, widened := e.capturePlan(w)
+	if widened != w.widened {
+		w.widened = widened
+		if widened {
+			e.log.Warn("policies list more ports than the datapath holds for a pod; capturing every port", "workload", w.w.Key(), "max_ports", bpf.MaxPorts)
+		}
+	}
 	switch {
 	case !want:
 		if w.pod != nil {
@@ -962,6 +984,11 @@ type WorkloadStatus struct {
 	// backoff); LastError is the last one's error.
 	Failures  int
 	LastError string
+	// Widened: the policies selecting the workload list more ports than
+	// the datapath holds for a pod (bpf.MaxPorts), so every port but the
+	// listener's is captured (Ports says so) and the verifier refuses
+	// requests to ports no rule covers.
+	Widened bool
 }
 
 // Workloads lists the node's workloads, sorted by key.
@@ -976,6 +1003,7 @@ func (e *Enforcer) Workloads() []WorkloadStatus {
 		}
 		s.Closed = w.pod == nil && w.closed
 		s.Failures = w.failures
+		s.Widened = w.widened && (w.pod != nil || w.closed)
 		if err := errors.Join(w.err, w.regErr); err != nil {
 			s.LastError = err.Error()
 		}

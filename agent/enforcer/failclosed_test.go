@@ -386,19 +386,16 @@ func TestEnrolFailureFailsClosedAndRetries(t *testing.T) {
 // adopted stays, closed, through the failure and the end of the initial
 // list (gc).
 func TestAdoptedCaptureSurvivesFailedEnrol(t *testing.T) {
-	// tooManyPorts makes Enroll itself fail (more than bpf.MaxPorts), after
-	// the listener and the verifier are up.
-	tooManyPorts := make([]string, bpf.MaxPorts+1)
-	for i := range tooManyPorts {
-		tooManyPorts[i] = fmt.Sprint(appPort + i)
-	}
 	for _, tc := range []struct {
 		name  string
-		ports string
 		squat bool
+		// odd: an interface capture does not support is up in the pod,
+		// which makes Enroll itself fail, after the listener and the
+		// verifier are up.
+		odd bool
 	}{
-		{name: "listen", ports: fmt.Sprint(appPort), squat: true},
-		{name: "attach", ports: strings.Join(tooManyPorts, ", ")},
+		{name: "listen", squat: true},
+		{name: "attach", odd: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
@@ -407,11 +404,17 @@ func TestAdoptedCaptureSurvivesFailedEnrol(t *testing.T) {
 			if tc.squat {
 				f.squat(d)
 			}
-			e := f.newEnforcer(d, f.store(tc.ports))
+			if tc.odd {
+				oddInterface(t, f.pod.NetnsPath)
+			}
+			e := f.newEnforcer(d, f.store(fmt.Sprint(appPort)))
 			f.report(e, true)
 			s := e.status(t)
 			if s.Enrolled || !s.Closed || s.LastError == "" {
 				t.Errorf("got Enrolled %t, Closed %t, LastError %q; want a failing enrolment with capture kept", s.Enrolled, s.Closed, s.LastError)
+			}
+			if tc.odd && !strings.Contains(s.LastError, bpf.ErrUnsupportedInterface.Error()) {
+				t.Errorf("LastError %q: want Enroll's error (%v)", s.LastError, bpf.ErrUnsupportedInterface)
 			}
 			if !d.Capturing(podKey) {
 				t.Error("Capturing after the failed enrolment: got false, want true")
