@@ -197,6 +197,19 @@ func TestAllowSampling(t *testing.T) {
 	if st.Written != 15 || st.SampledOut != 90 {
 		t.Errorf("written=%d sampledOut=%d, want 15 and 90", st.Written, st.SampledOut)
 	}
+
+	// Negative: no allow at all, every deny.
+	l = New(Config{Writer: &buf, AllowSampling: -1})
+	for i := 0; i < 10; i++ {
+		l.Log(&Record{Decision: Allow})
+		l.Log(&Record{Decision: Deny})
+	}
+	if err := l.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := l.Stats(); st.Written != 10 || st.SampledOut != 10 {
+		t.Errorf("AllowSampling -1: written=%d sampledOut=%d, want 10 and 10", st.Written, st.SampledOut)
+	}
 }
 
 func TestSubscribers(t *testing.T) {

@@ -19,7 +19,8 @@ type Config struct {
 	// BufferSize is how many records may wait to be written. Zero means 8192.
 	BufferSize int
 	// AllowSampling keeps one allowed record in every AllowSampling; denies
-	// are never sampled. Zero or one means every allow is recorded.
+	// are never sampled. Zero or one means every allow is recorded;
+	// negative means none is.
 	AllowSampling int
 	// DenyWait bounds how long Log blocks for a deny when the buffer is full
 	// before dropping (and counting) it. Zero means 50ms; negative means
@@ -110,8 +111,8 @@ func New(cfg Config) *Logger {
 // Config.DenyWait when the buffer is full. Records logged after Close are
 // dropped and counted.
 func (l *Logger) Log(r *Record) {
-	if r.Decision != Deny && l.cfg.AllowSampling > 1 {
-		if l.sample.Add(1)%uint64(l.cfg.AllowSampling) != 1 {
+	if r.Decision != Deny && (l.cfg.AllowSampling > 1 || l.cfg.AllowSampling < 0) {
+		if l.cfg.AllowSampling < 0 || l.sample.Add(1)%uint64(l.cfg.AllowSampling) != 1 {
 			l.sampledOut.Add(1)
 			return
 		}

@@ -157,8 +157,7 @@ type AuditConfig struct {
 	// for a whole N (1, 0.5, 0.25, 0.1, 0.01...), since one allow in every
 	// N is recorded; Validate refuses a rate more than 0.5% away from the
 	// nearest 1/N, which would silently record another fraction. 0 records
-	// no allow (strictly: only the first after start). Denies are always
-	// recorded. Unset: 1, every allow.
+	// no allow. Denies are always recorded. Unset: 1, every allow.
 	AllowSampleRate *float64 `json:"allowSampleRate,omitempty"`
 	// Buffer is how many records may wait to be written. Zero: 4096.
 	Buffer int `json:"buffer,omitempty"`
@@ -321,14 +320,14 @@ const sampleRateTolerance = 0.005
 
 // AllowSampling is how the audit log samples allow decisions
 // (audit.Config.AllowSampling): one in every N, where AllowSampleRate is
-// 1/N. 1 records every allow; AllowSampleRate 0 gives the largest N. Call
-// it on a validated Config.
+// 1/N. 1 records every allow; AllowSampleRate 0 gives -1: none. Call it on
+// a validated Config.
 func (a AuditConfig) AllowSampling() int {
 	switch r := *a.AllowSampleRate; {
 	case r >= 1:
 		return 1
 	case r <= 0:
-		return math.MaxInt
+		return -1
 	default:
 		return int(math.Round(1 / r))
 	}
