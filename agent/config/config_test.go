@@ -165,7 +165,7 @@ func TestAllowSampleRate(t *testing.T) {
 		{0.01, 100},
 		{0.333, 3}, // within 0.5% of 1/3
 		{0.00015, 6667},
-		{0, -1}, // none
+		{0, -1},  // none
 		{0.7, 0}, // would record every allow
 		{0.4, 0}, // would record 1/3 or 1/2
 		{0.33, 0},
