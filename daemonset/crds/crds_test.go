@@ -175,6 +175,9 @@ func TestInvalidObjects(t *testing.T) {
 		{"http issuer", is + "  oidc: {issuer: http://idp.example.com, audiences: [a]}", "spec.oidc.issuer"},
 		{"bad version", is + "  azureAD: {tenantID: 11111111-2222-3333-4444-555555555555, audiences: [a], acceptedVersions: [3]}", "acceptedVersions"},
 		{"hmac algorithm", is + "  algorithms: [HS256]\n  oidc: {issuer: https://x, audiences: [a]}", "spec.algorithms[0]"},
+		{"forwarded claim header", is + "  oidc: {issuer: https://x, audiences: [a]}\n  forwardClaims: {oid: X-Forwarded-For}", "is reserved"},
+		{"verifier's own header, underscores", is + "  oidc: {issuer: https://x, audiences: [a]}\n  forwardClaims: {oid: x_portcullis_source}", "is reserved"},
+		{"framing claim header", is + "  oidc: {issuer: https://x, audiences: [a]}\n  forwardClaims: {oid: Transfer-Encoding}", "is reserved"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
