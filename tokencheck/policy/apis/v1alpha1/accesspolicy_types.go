@@ -11,8 +11,10 @@ type Mode string
 const (
 	// ModeEnforce refuses the requests the policy refuses.
 	ModeEnforce Mode = "Enforce"
-	// ModeAudit reports what the policy would decide and lets every
-	// request through.
+	// ModeAudit reports what the policy would decide and never changes
+	// what is enforced: a request an enforced policy or the namespace's
+	// default deny refuses stays refused, and an Audit policy alone never
+	// opens a workload of an enforced namespace.
 	ModeAudit Mode = "Audit"
 )
 
@@ -22,10 +24,13 @@ type Action string
 
 const (
 	// ActionAllow: once any Allow policy selects a workload and port, a
-	// request must match one of the Allow rules.
+	// request must match one of the Allow rules. In a namespace labelled
+	// portcullis.dev/enforce=enabled nothing is allowed until an enforced
+	// Allow policy selects the workload and port.
 	ActionAllow Action = "Allow"
 	// ActionDeny: a request matching a Deny rule is refused, whatever the
-	// Allow policies say.
+	// Allow policies say. Deny policies alone allow what they do not deny,
+	// except in an enforced namespace, where the rest stays refused.
 	ActionDeny Action = "Deny"
 )
 
@@ -65,7 +70,10 @@ type Rule struct {
 	// +optional
 	To *Destination `json:"to,omitempty"`
 	// When places conditions on the bearer token and the request. Any
-	// token condition makes a valid token required for the rule.
+	// token condition makes a valid token required for the rule. Only a
+	// token in the Authorization header (Bearer) is seen: one in an
+	// access_token query or form parameter is not, so a Deny rule with
+	// token conditions does not match such a request.
 	// +optional
 	When *Conditions `json:"when,omitempty"`
 }
@@ -113,6 +121,9 @@ type Destination struct {
 	// Paths are request paths (without the query), in one of three forms:
 	// exact ("/healthz"), prefix ("/api/*" matches "/api/" and below) or
 	// suffix ("*.json"); "*" alone matches every path. Empty means any path.
+	// Matched against the decoded path; one with "//", "." or ".."
+	// segments, '\', '#' or control characters is refused (400) first.
+	// ';' is ordinary: a Deny of "/admin/*" misses "/admin;x/y".
 	// +optional
 	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:items:Pattern=`^(\*|/[^*]*\*?|\*[^*/]+)$`
@@ -120,7 +131,8 @@ type Destination struct {
 	Paths []string `json:"paths,omitempty"`
 	// Hosts are values of the Host (:authority) header, compared without
 	// regard to case, exact or "*.example.com"; a host without a port
-	// matches the request host with any port. Empty means any host.
+	// matches the request host with any port. A trailing dot of the
+	// request's host name is removed first. Empty means any host.
 	// +optional
 	// +kubebuilder:validation:MaxItems=64
 	// +listType=set
@@ -176,6 +188,9 @@ type Conditions struct {
 	// Issuers that must have accepted the token. Empty means any issuer
 	// trusted for the workload: the ClusterIssuers and the Issuers of the
 	// policy's namespace (an Issuer never vouches for another namespace).
+	// When a ClusterIssuer and an Issuer both accept a token, the
+	// ClusterIssuer is the one that accepted it: list it here too, or give
+	// the two distinct audiences.
 	// +optional
 	// +kubebuilder:validation:MaxItems=16
 	Issuers []IssuerRef `json:"issuers,omitempty"`
@@ -199,6 +214,9 @@ type Conditions struct {
 	// TokenBoundToSource requires the token's client (`azp`/`appid`) to be
 	// the Entra Workload ID client ID of the calling workload, so a token
 	// replayed from another pod is refused. False means no such check.
+	// The caller's client ID is its ServiceAccount's annotation
+	// azure.workload.identity/client-id, which whoever may edit that
+	// ServiceAccount can set: restrict `from` in the same rule.
 	// +optional
 	TokenBoundToSource bool `json:"tokenBoundToSource,omitempty"`
 	// Expression is a CEL expression returning bool over `claims` (map of
@@ -211,12 +229,14 @@ type Conditions struct {
 	Expression string `json:"expression,omitempty"`
 }
 
-// AccessPolicyStatus is written by the agent.
+// AccessPolicyStatus is reserved: the agents do not write it (one agent
+// per node would contend for one object). A policy an agent cannot apply
+// as written gets an InvalidPolicy Warning Event instead.
 type AccessPolicyStatus struct {
 	// ObservedGeneration is the generation the conditions describe.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
-	// Conditions: Accepted (the policy compiled and is in force).
+	// Conditions are reserved.
 	// +optional
 	// +listType=map
 	// +listMapKey=type

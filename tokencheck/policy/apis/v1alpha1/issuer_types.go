@@ -97,7 +97,8 @@ type AzureADIssuer struct {
 	// AuthorityHost overrides where discovery and keys are fetched from
 	// (an https URL, or http on a loopback address for a local test issuer
 	// such as tools/devidp); it does not change the accepted `iss`. Empty
-	// means the cloud's host.
+	// means the cloud's host. Refused on a namespaced Issuer when the agent
+	// sets kubernetes.restrictNamespacedIssuers.
 	// +optional
 	// +kubebuilder:validation:Pattern=`^(https://[^/?#]+|http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?)/?$`
 	AuthorityHost string `json:"authorityHost,omitempty"`
@@ -135,7 +136,9 @@ type OIDCIssuer struct {
 	// +kubebuilder:validation:Pattern=`^(https://|http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?(/|$))`
 	Issuer string `json:"issuer"`
 	// JWKSURI is where the signing keys are fetched from. Empty means the
-	// jwks_uri of the discovery document.
+	// jwks_uri of the discovery document. Refused, as is an http Issuer, on
+	// a namespaced Issuer when the agent sets
+	// kubernetes.restrictNamespacedIssuers.
 	// +optional
 	// +kubebuilder:validation:Pattern=`^(https://|http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?(/|$))`
 	JWKSURI string `json:"jwksURI,omitempty"`
@@ -146,12 +149,15 @@ type OIDCIssuer struct {
 	Audiences []string `json:"audiences"`
 }
 
-// IssuerStatus is written by the agent.
+// IssuerStatus is reserved: the agents do not write it (one agent per node
+// would contend for one object). An issuer an agent cannot apply gets an
+// InvalidPolicy Warning Event; `portcullis issuers` on a node shows its
+// keys and last error.
 type IssuerStatus struct {
 	// ObservedGeneration is the generation the conditions describe.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
-	// Conditions: Ready (discovery and keys fetched).
+	// Conditions are reserved.
 	// +optional
 	// +listType=map
 	// +listMapKey=type
