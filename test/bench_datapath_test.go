@@ -61,7 +61,7 @@ func BenchmarkDatapath(b *testing.B) {
 	}
 	b.Cleanup(func() { dialer.Close() })
 
-	captureLn, err := podnet.ListenTCP(context.Background(), pod.NetnsPath, fmt.Sprintf(":%d", d.ListenerPort()))
+	captureLn, err := d.Listen(context.Background(), pod.NetnsPath, netip.Addr{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/portcullis-mesh/portcullis/bpf"
-	"github.com/portcullis-mesh/portcullis/bpf/podnet"
 	"github.com/portcullis-mesh/portcullis/bpf/testenv"
 )
 
@@ -64,7 +63,7 @@ type agentListener struct {
 
 func listenAgent(t *testing.T, d *bpf.Datapath, pod *testenv.Pod) *agentListener {
 	t.Helper()
-	ln, err := podnet.ListenTCP(context.Background(), pod.NetnsPath, fmt.Sprintf(":%d", d.ListenerPort()))
+	ln, err := d.Listen(context.Background(), pod.NetnsPath, netip.Addr{})
 	if err != nil {
 		t.Fatalf("agent listener: %v", err)
 	}
