@@ -418,8 +418,10 @@ func (e *Enforcer) captureFor(w *workload) (bool, bpf.PortSpec) {
 // capturePlan is captureFor, and says whether the policies list more ports
 // than the datapath holds for a pod (bpf.MaxPorts, with the listener port
 // left out): every port but the listener's is captured instead (widened),
-// so that none of the listed ports stays open; the verifier then refuses
-// requests to ports no rule covers, and the workload's ports show it.
+// so that none of the listed ports stays open. The other ports then go
+// through the verifier too: HTTP to them is let through as not captured
+// (unless the namespace enforces by default), and anything else is refused
+// unless the port is a passthrough port; the workload's ports show it.
 func (e *Enforcer) capturePlan(w *workload) (want bool, ports bpf.PortSpec, widened bool) {
 	if w.excl != identity.NotExcluded || w.w.NetnsPath == "" {
 		return false, bpf.PortSpec{}, false
@@ -986,8 +988,9 @@ type WorkloadStatus struct {
 	LastError string
 	// Widened: the policies selecting the workload list more ports than
 	// the datapath holds for a pod (bpf.MaxPorts), so every port but the
-	// listener's is captured (Ports says so) and the verifier refuses
-	// requests to ports no rule covers.
+	// listener's is captured (Ports says so): HTTP to ports no policy
+	// lists is let through as not captured, other protocols on them are
+	// refused unless passthrough.
 	Widened bool
 }
 
