@@ -26,6 +26,7 @@ type explainFlags struct {
 	labels      map[string]string
 	issuerRef   string
 	trustDomain string
+	enforced    bool
 }
 
 func (a *app) explainCmd() *cobra.Command {
@@ -43,8 +44,9 @@ matched and, if not, the first field that did not.
 Online (default) it asks the agent, which validates a token against the live
 issuers and knows the pods' labels. Offline (--policies) it loads policy and
 issuer files, so a policy can be tried before it is applied; a token is then
-decoded WITHOUT checking its signature, and the pod's labels come from
---labels.
+decoded WITHOUT checking its signature, the pod's labels come from
+--labels, and --namespace-enforced says whether its namespace denies by
+default (portcullis.dev/enforce=enabled), which the files do not tell.
 
 Exit code 1 when the request would be refused.`,
 		Example: `  portcullis explain --workload shop/orders-api --port 8080 --method POST --path /orders \
@@ -97,6 +99,7 @@ Exit code 1 when the request would be refused.`,
 	f.StringToStringVar(&fl.labels, "labels", nil, "offline: labels of the destination pod, k=v,...")
 	f.StringVar(&fl.issuerRef, "issuer-ref", "", "offline: the issuer taken to accept the token (default: matched by iss/tid)")
 	f.StringVar(&fl.trustDomain, "trust-domain", "", "offline: SPIFFE trust domain (default cluster.local)")
+	f.BoolVar(&fl.enforced, "namespace-enforced", false, "offline: the workload's namespace has portcullis.dev/enforce=enabled (default deny)")
 	_ = cmd.MarkFlagRequired("workload")
 	_ = cmd.MarkFlagRequired("port")
 	cmd.MarkFlagsMutuallyExclusive("token", "token-file", "claims")
@@ -107,7 +110,7 @@ Exit code 1 when the request would be refused.`,
 func (a *app) completeExplain(cmd *cobra.Command, req *debugv1.ExplainRequest, fl *explainFlags) error {
 	offline := len(fl.policies) > 0
 	if !offline {
-		for _, name := range []string{"issuers", "labels", "issuer-ref", "trust-domain"} {
+		for _, name := range []string{"issuers", "labels", "issuer-ref", "trust-domain", "namespace-enforced"} {
 			if cmd.Flags().Changed(name) {
 				return usageErrorf("--%s is for offline explain: give --policies too", name)
 			}

@@ -22,7 +22,7 @@ func (a *app) explainOffline(ctx context.Context, req *debugv1.ExplainRequest, f
 	if err != nil {
 		return nil, fmt.Errorf("compile policies: %w", err)
 	}
-	env := debugapi.ExplainEnv{TrustDomain: fl.trustDomain, Labels: fl.labels}
+	env := debugapi.ExplainEnv{TrustDomain: fl.trustDomain, Labels: fl.labels, DefaultDeny: fl.enforced}
 	env, err = debugapi.ResolveToken(ctx, set, nil, req, env)
 	if err != nil {
 		return nil, &exitError{code: exitUsage, err: err}
