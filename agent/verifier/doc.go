@@ -32,7 +32,13 @@
 //     and the trailers alike; the verifier sets X-Portcullis-Source,
 //     X-Forwarded-For, -Proto, -Host and Forwarded itself. A Decision
 //     cannot set any of them (nor framing or hop-by-hop headers).
-//   - The policy sees the request the application will: a decoded path
+//   - The policy sees the request the application will. An HTTP/1.1
+//     request-target must be origin-form, an http or https absolute-form
+//     URL with a host and no userinfo (the policy and the application both
+//     get its host and path; an empty path is "/"), or "*" with OPTIONS (on
+//     HTTP/2 too); anything else, such as an opaque "x:http://admin/secret"
+//     that the application would route by the URL inside it, is refused
+//     (400 malformed_request). A decoded path
 //     with "." or ".." segments, empty segments ("//"), '\', '#' or a
 //     control character is refused (400) rather than left to the
 //     application to resolve, and a host name's trailing dot is removed

@@ -149,7 +149,10 @@ func (h *h2handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodConnect:
 		ref = refusal{http.StatusMethodNotAllowed, ReasonMethodNotAllowed}
-	case !cleanPath(r.URL.Path), !hostOK, !httpguts.ValidHostHeader(r.Host):
+	case !cleanPath(r.URL.Path), !hostOK, !httpguts.ValidHostHeader(r.Host),
+		r.URL.Path == "*" && r.Method != http.MethodOptions:
+		// x/net allows only http and https in :scheme and a :path of "*"
+		// or starting with "/" (requestTarget's rules for HTTP/1).
 		ref = refusal{http.StatusBadRequest, ReasonMalformedRequest}
 	case headerCount(r.Header) > s.cfg.MaxHeaderCount:
 		ref = refusal{http.StatusRequestHeaderFieldsTooLarge, ReasonHeadersTooLarge}

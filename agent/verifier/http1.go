@@ -187,7 +187,7 @@ func (h *h1conn) handle(req *http.Request) bool {
 	case req.Method == http.MethodConnect:
 		h.refuseProtocol(refusal{http.StatusMethodNotAllowed, ReasonMethodNotAllowed}, req)
 		return false
-	case req.Host == "" && req.ProtoAtLeast(1, 1), !httpguts.ValidHostHeader(req.Host), !cleanPath(req.URL.Path):
+	case !requestTarget(req), req.Host == "" && req.ProtoAtLeast(1, 1), !httpguts.ValidHostHeader(req.Host), !cleanPath(req.URL.Path):
 		h.refuseProtocol(refusal{http.StatusBadRequest, ReasonMalformedRequest}, req)
 		return false
 	}
@@ -236,6 +236,35 @@ func (h *h1conn) handle(req *http.Request) bool {
 		return keep
 	}
 	return h.forward(req, &dec, upgrade)
+}
+
+// requestTarget reports whether req's request-target is one whose host and
+// path the policy and the application read alike (RFC 9112 §3.2):
+//   - origin-form ("/path?query");
+//   - absolute-form with an http or https scheme, a host and no userinfo:
+//     req.Host is then the URL's host (as http.ReadRequest sets it), and
+//     the application gets the same host in Host and the same path in
+//     origin-form (writeRequestHead). An empty path is set to "/", which is
+//     what the application receives;
+//   - "*" with OPTIONS.
+//
+// Anything else is refused: an opaque target ("x:http://admin/secret"),
+// which has no path for the policy while the application, which must
+// accept absolute-form, routes by the URL inside it; another scheme; a
+// scheme without an authority ("http:/admin"); "*" with another method.
+func requestTarget(req *http.Request) bool {
+	uri, u := req.RequestURI, req.URL
+	switch {
+	case uri != "" && uri[0] == '/':
+		return true // the fast path's only shape; "//x" is refused by cleanPath
+	case uri == "*":
+		return req.Method == http.MethodOptions
+	case u.Scheme != "http" && u.Scheme != "https", u.Opaque != "", u.User != nil, u.Host == "":
+		return false
+	case u.Path == "":
+		u.Path, u.RawPath = "/", ""
+	}
+	return u.Path[0] == '/'
 }
 
 func refusalStatus(d *Decision) int {
