@@ -73,7 +73,16 @@ type tunDevice struct {
 // non-persistent tun device deletes it).
 func newTun(t *testing.T, netnsPath string) *tunDevice {
 	t.Helper()
-	tun := createTun(t, netnsPath, "pctun0", -1)
+	return newTunOfType(t, netnsPath, "pctun0", -1, "none")
+}
+
+// newTunOfType is newTun with the device's ARPHRD type set to linkType
+// (TUNSETLINK; -1 keeps ARPHRD_NONE), which netlink names encap. The tun
+// driver still delivers IP packets (IFF_NO_PI: skb->protocol from the IP
+// version), whatever the type says.
+func newTunOfType(t *testing.T, netnsPath, name string, linkType int, encap string) *tunDevice {
+	t.Helper()
+	tun := createTun(t, netnsPath, name, linkType)
 	ns, err := netns.GetFromPath(netnsPath)
 	if err != nil {
 		t.Fatal(err)
@@ -88,8 +97,8 @@ func newTun(t *testing.T, netnsPath string) *tunDevice {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := l.Attrs().EncapType; got != "none" {
-		t.Fatalf("tun link type: got %q, want none (ARPHRD_NONE)", got)
+	if got := l.Attrs().EncapType; got != encap {
+		t.Fatalf("tun link type: got %q, want %s", got, encap)
 	}
 	for _, a := range []*netlink.Addr{
 		{IPNet: &net.IPNet{IP: tunLocal.AsSlice(), Mask: net.CIDRMask(24, 32)}},
@@ -388,24 +397,84 @@ func TestReadoptionRepointsEachKind(t *testing.T) {
 	}
 }
 
-// TestEnrollSkipsDownUnsupportedInterfaces: a pod is not refused because
-// of an interface capture cannot parse as long as it is down (the kernel's
-// fallback tunnel devices), but is when it is up.
-func TestEnrollSkipsDownUnsupportedInterfaces(t *testing.T) {
+// TestEnrollCapturesUnknownLinkTypes: an interface of a link type capture
+// has no name for (ARPHRD_NETLINK here; IPoIB, nlmon or a future type on a
+// node) gets the L3 instance, down or up, and connections arriving through
+// it are captured like on any other interface. Before, such an interface
+// that was up failed Enroll with nothing attached: the pod stayed open.
+func TestEnrollCapturesUnknownLinkTypes(t *testing.T) {
 	d := openTest(t)
 	pod := testenv.NewNetwork(t).NewPod(t, testenv.PodOptions{NoProcess: true})
-	odd := createTun(t, pod.NetnsPath, "pcodd0", arphrdNetlink)
-	key := "test/down"
+	down := createTun(t, pod.NetnsPath, "pcodd0", arphrdNetlink)
+	odd := newTunOfType(t, pod.NetnsPath, "pcodd1", arphrdNetlink, "unknown824")
+	ln, err := d.Listen(context.Background(), pod.NetnsPath, netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	key := "test/odd"
+	if err := d.Enroll(Pod{Key: key, NetnsPath: pod.NetnsPath, Ports: PortSpec{Ports: []uint16{testPort}}}); err != nil {
+		t.Fatalf("Enroll with interfaces of an unknown link type: %v", err)
+	}
+	info := podInfo(t, d, key)
+	if len(info.Ifindexes) != 3 || !slices.Contains(info.Ifindexes, down.ifindex) || !slices.Contains(info.Ifindexes, odd.ifindex) {
+		t.Errorf("captured interfaces: got %v, want eth0, %d and %d", info.Ifindexes, down.ifindex, odd.ifindex)
+	}
+	d.mu.Lock()
+	l3 := d.pods[key].progs[captureL3]
+	d.mu.Unlock()
+	if got, want := tcxIngress(t, pod.NetnsPath, odd.ifindex), []ebpf.ProgramID{progID(t, l3)}; !slices.Equal(got, want) {
+		t.Errorf("programs at TCX ingress of %s: got %v, want the L3 instance %v", odd.name, got, want)
+	}
+
+	// Nothing of the pod listens on testPort or otherPort: a SYN-ACK can
+	// only come from the agent's listener, the stack answers a RST.
+	diff := counterDiff(t, d, func() {
+		if got := odd.answer(t, tunLocal, 40200, testPort, waitTimeout); got != flagSYN|flagACK {
+			t.Errorf("SYN to captured port through %s: answer flags %#x, want SYN-ACK from the agent's listener", odd.name, got)
+		}
+	})
+	if diff[CaptureAssigned] != 1 {
+		t.Errorf("counter changes %v: want capture_assigned 1", diff)
+	}
+	if got := odd.answer(t, tunLocal, 40201, otherPort, waitTimeout); got&flagRST == 0 {
+		t.Errorf("SYN to uncaptured port through %s: answer flags %#x, want a RST from the stack", odd.name, got)
+	}
+	ln.Close()
+	if got := odd.answer(t, tunLocal, 40202, testPort, 300*time.Millisecond); got != 0 {
+		t.Errorf("SYN to captured port through %s without listener: answer flags %#x, want none (dropped)", odd.name, got)
+	}
+}
+
+// TestEnrollReplacesDefunctLinks: a link the datapath holds for an
+// interface but that is no longer attached there (its interface went away
+// while the watcher was resubscribing and the ifindex was reused, or it
+// was detached behind the datapath's back) is replaced by the next Enroll,
+// not taken for "already attached".
+func TestEnrollReplacesDefunctLinks(t *testing.T) {
+	d := openTest(t)
+	pod := testenv.NewNetwork(t).NewPod(t, testenv.PodOptions{NoProcess: true})
+	key := "test/defunct"
 	p := Pod{Key: key, NetnsPath: pod.NetnsPath, Ports: PortSpec{Ports: []uint16{testPort}}}
 	if err := d.Enroll(p); err != nil {
-		t.Fatalf("Enroll with a down device of an unknown link type: %v", err)
+		t.Fatal(err)
 	}
-	if got := podInfo(t, d, key).Ifindexes; len(got) != 1 || got[0] == odd.ifindex {
-		t.Errorf("captured interfaces: got %v, want eth0 only", got)
+	eth := ifindexOf(t, pod.NetnsPath, testenv.PodInterface)
+	d.mu.Lock()
+	prog := d.pods[key].progs[captureEthernet]
+	err := d.pods[key].links[eth].link.Detach()
+	d.mu.Unlock()
+	if err != nil {
+		t.Fatalf("detach behind the datapath's back: %v", err)
 	}
-	setUp(t, pod.NetnsPath, odd.ifindex)
-	if err := d.Enroll(p); !errors.Is(err, ErrUnsupportedInterface) {
-		t.Errorf("Enroll with that device up: got %v, want ErrUnsupportedInterface", err)
+	if got := tcxIngress(t, pod.NetnsPath, eth); len(got) != 0 {
+		t.Fatalf("programs at TCX ingress after detaching: got %v, want none", got)
+	}
+	if err := d.Enroll(p); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := tcxIngress(t, pod.NetnsPath, eth), []ebpf.ProgramID{progID(t, prog)}; !slices.Equal(got, want) {
+		t.Errorf("programs at TCX ingress of eth0 after Enroll: got %v, want capture %v", got, want)
 	}
 }
 
@@ -497,10 +566,10 @@ func TestWatchCapturesLateInterfaces(t *testing.T) {
 	}
 }
 
-// TestWatchReportsUnsupportedInterfaces: an interface of an unknown link
-// type that comes up after Enroll is reported through Config.OnError and
-// PodInfo.WatchErr.
-func TestWatchReportsUnsupportedInterfaces(t *testing.T) {
+// TestWatchCapturesUnknownLinkTypes: an interface of a link type capture
+// has no name for that appears after Enroll is captured (with the L3
+// instance) when it comes up, and nothing is reported.
+func TestWatchCapturesUnknownLinkTypes(t *testing.T) {
 	errs := make(chan error, 16)
 	d := openTestWith(t, Config{OnError: func(key string, err error) {
 		if key == "test/report" {
@@ -515,20 +584,20 @@ func TestWatchReportsUnsupportedInterfaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	odd := createTun(t, pod.NetnsPath, "pcodd1", arphrdNetlink)
-	if got := podInfo(t, d, "test/report").WatchErr; got != nil {
-		t.Errorf("PodInfo.WatchErr while the device is down: %v, want nil", got)
-	}
 	setUp(t, pod.NetnsPath, odd.ifindex)
+	waitFor(t, "capture on the unknown-type interface", func() (bool, error) {
+		return len(tcxIngress(t, pod.NetnsPath, odd.ifindex)) == 1, nil
+	})
+	if got := podInfo(t, d, "test/report").Ifindexes; !slices.Contains(got, odd.ifindex) {
+		t.Errorf("captured interfaces: got %v, want %d among them", got, odd.ifindex)
+	}
 	select {
 	case err := <-errs:
-		if !errors.Is(err, ErrUnsupportedInterface) {
-			t.Errorf("OnError: got %v, want ErrUnsupportedInterface", err)
-		}
-	case <-time.After(waitTimeout):
-		t.Fatal("OnError not called for an unsupported interface that came up")
+		t.Errorf("OnError: %v, want no error", err)
+	default:
 	}
-	if err := podInfo(t, d, "test/report").WatchErr; !errors.Is(err, ErrUnsupportedInterface) {
-		t.Errorf("PodInfo.WatchErr: got %v, want ErrUnsupportedInterface", err)
+	if err := podInfo(t, d, "test/report").WatchErr; err != nil {
+		t.Errorf("PodInfo.WatchErr: %v, want nil", err)
 	}
 }
 

@@ -28,12 +28,10 @@ const maxKeyLen = len(portcullisPcPod{}.Key) - 1
 // ErrNotEnrolled is returned for operations on a pod that is not enrolled.
 var ErrNotEnrolled = errors.New("pod not enrolled")
 
-// ErrUnsupportedInterface is returned by Enroll, and reported through
-// Config.OnError by the interface watcher, for a network interface of the
-// pod whose link type capture does not know (see captureKindOf): traffic
-// arriving there could bypass capture. Interfaces that are down are not
-// refused (nothing arrives on them) unless Pod.Interfaces names them; the
-// watcher reports them if they come up.
+// ErrUnsupportedInterface is returned by Enroll for an interface named in
+// Pod.Interfaces that capture cannot serve: the loopback interface, which
+// is never captured (the agent reaches the application over it). Other
+// link types are never refused (see captureKindOf).
 var ErrUnsupportedInterface = errors.New("interface of an unsupported link type")
 
 // CaptureMode says how PortSpec.Ports is read.
@@ -102,10 +100,11 @@ type Pod struct {
 	// /run/netns/<name>, ...).
 	NetnsPath string
 	// Interfaces are the interface names inside the pod's netns whose
-	// ingress is captured. Empty means every non-loopback interface:
-	// Ethernet ones and those without a link layer header (tun, wireguard,
-	// IP tunnels), whatever their state. An interface that is up and of
-	// another link type fails Enroll with ErrUnsupportedInterface.
+	// ingress is captured. Empty means every non-loopback interface,
+	// whatever its link type (Ethernet, tun, wireguard, IP tunnels, and
+	// types capture does not know, read from their network header) and
+	// whatever its state. Naming the loopback interface fails Enroll with
+	// ErrUnsupportedInterface.
 	//
 	// Interfaces that appear after Enroll (a CNI plugin creating eth0 late,
 	// Multus, hot-plug) are captured too: the datapath watches the pod's
@@ -168,33 +167,21 @@ func (k captureKind) pinPrefix() string {
 	return pinLinkPrefix
 }
 
-// l3LinkTypes are the link types (netlink's names for ARPHRD_*) of devices
-// that deliver IP packets without an Ethernet header, with skb->protocol
-// set and the network header at the IP header, which is all capture needs.
-// Their fallback devices (tunl0, sit0, ip6tnl0, gre0, ip6gre0) exist in
-// every netns on nodes where the tunnel modules are loaded.
-var l3LinkTypes = map[string]bool{
-	"none":       true, // ARPHRD_NONE: tun, wireguard
-	"ipip":       true, // ARPHRD_TUNNEL: ipip, tunl0, vti
-	"tunnel6":    true, // ARPHRD_TUNNEL6: ip6tnl, ip6tnl0, vti6
-	"sit":        true, // ARPHRD_SIT: sit, sit0
-	"gre":        true, // ARPHRD_IPGRE: gre, gre0
-	"unknown823": true, // ARPHRD_IP6GRE: ip6gre, ip6gre0 (netlink has no name)
-	"unknown519": true, // ARPHRD_RAWIP: raw IP modems
-	"ppp":        true, // ARPHRD_PPP
-}
-
-// captureKindOf says how capture reads the packets of a link, ok false when
-// capture does not support its link type. Loopback is never captured: the
-// agent reaches the app over it.
-func captureKindOf(a *netlink.LinkAttrs) (kind captureKind, ok bool) {
-	switch {
-	case a.EncapType == "ether":
-		return captureEthernet, true
-	case l3LinkTypes[a.EncapType]:
-		return captureL3, true
+// captureKindOf says which capture instance reads the packets of a
+// (non-loopback) link: the Ethernet instance for Ethernet devices, the L3
+// instance for every other link type, known or not. The L3 instance reads
+// from the network header, which __netif_receive_skb_core resets to
+// skb->data before TCX runs on any device (net/core/dev.c), so it is where
+// ip_rcv will parse the packet whatever the device's link layer: tun and
+// wireguard (ARPHRD_NONE), IP tunnels (ipip, sit, gre, ip6tnl, ip6gre),
+// raw IP modems, ppp, IPoIB, and types capture never heard of. Nothing is
+// refused for its link type: a refused interface would pass its traffic
+// uncaptured.
+func captureKindOf(a *netlink.LinkAttrs) captureKind {
+	if a.EncapType == "ether" {
+		return captureEthernet
 	}
-	return 0, false
+	return captureL3
 }
 
 func isLoopback(a *netlink.LinkAttrs) bool {
@@ -325,16 +312,20 @@ func (d *Datapath) enroll(p Pod) error {
 	if err := os.MkdirAll(d.podPinDir(cookie), pinPodDirMode); err != nil {
 		return fmt.Errorf("create pin directory: %w", err)
 	}
+	// An interface that cannot be attached must not leave the others
+	// open, nor the pod without its watcher: attach what can be, watch,
+	// then report the error (the caller retries; attach is idempotent).
+	var errs []error
 	for _, iface := range ifaces {
 		if err := d.attachLocked(st, ns, iface); err != nil {
-			return err
+			errs = append(errs, err)
 		}
 	}
 	if st.watch == nil {
 		st.watch = d.startWatch(st, ns)
 		ns = netns.None() // the watcher's now
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // podIface is an interface to capture.
@@ -348,10 +339,14 @@ type podIface struct {
 // TCX ingress, unless a link is there already, and pins the link.
 func (d *Datapath) attachLocked(st *podState, ns netns.NsHandle, iface podIface) error {
 	if pl, ok := st.links[iface.index]; ok {
-		if pl.kind == iface.kind {
+		// The link may be defunct: its interface went away while the
+		// watcher was not listening (a lost subscription), and a new one
+		// reuses the ifindex. Such a link is replaced.
+		if pl.kind == iface.kind && linkAttached(ns, iface.index, pl.link) {
 			return nil
 		}
-		// Its link type changed (tun's TUNSETLINK, only while down).
+		// Its link type changed (tun's TUNSETLINK, only while down), or
+		// it is defunct.
 		if err := d.detachLocked(st, iface.index); err != nil {
 			return err
 		}
@@ -428,10 +423,32 @@ func attachTCX(ns netns.NsHandle, ifindex int, prog *ebpf.Program) (link.Link, e
 	return l, nil
 }
 
+// linkAttached reports whether l is attached at TCX ingress of ifindex in
+// the netns. When that cannot be told it says yes: detaching a live link
+// would open the interface until it is attached again.
+func linkAttached(ns netns.NsHandle, ifindex int, l link.Link) bool {
+	info, err := l.Info()
+	if err != nil {
+		return true
+	}
+	attached := true
+	_ = podnet.DoIn(ns, func() error {
+		res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		attached = slices.ContainsFunc(res.Programs, func(p link.AttachedProgram) bool {
+			id, ok := p.LinkID()
+			return ok && id == info.ID
+		})
+		return nil
+	})
+	return attached
+}
+
 // podInterfaces lists the interfaces to capture in the netns: those named,
-// or when names is empty every non-loopback interface of a supported link
-// type. An unsupported interface fails with ErrUnsupportedInterface when
-// it is named or up; one that is down is left to the watcher.
+// or when names is empty every non-loopback interface. A named loopback
+// interface fails with ErrUnsupportedInterface.
 func podInterfaces(ns netns.NsHandle, names []string) ([]podIface, error) {
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
@@ -458,14 +475,10 @@ func podInterfaces(ns netns.NsHandle, names []string) ([]podIface, error) {
 		if len(names) == 0 && isLoopback(a) {
 			continue
 		}
-		kind, ok := captureKindOf(a)
-		if !ok {
-			if len(names) == 0 && a.Flags&net.FlagUp == 0 {
-				continue
-			}
+		if isLoopback(a) {
 			return nil, fmt.Errorf("interface %s (%s): %w", a.Name, a.EncapType, ErrUnsupportedInterface)
 		}
-		out = append(out, podIface{index: a.Index, name: a.Name, kind: kind})
+		out = append(out, podIface{index: a.Index, name: a.Name, kind: captureKindOf(a)})
 	}
 	slices.SortFunc(out, func(a, b podIface) int { return a.index - b.index })
 	return out, nil

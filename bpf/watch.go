@@ -3,7 +3,6 @@ package bpf
 import (
 	"errors"
 	"fmt"
-	"net"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -147,19 +146,7 @@ func (d *Datapath) linkEvent(st *podState, w *podWatch, ns netns.NsHandle, u net
 		if u.Header.Type != unix.RTM_NEWLINK || isLoopback(a) || !st.wants(a.Name) {
 			return nil
 		}
-		kind, ok := captureKindOf(a)
-		if !ok {
-			// Attached under another link type before (tun's TUNSETLINK):
-			// that program would misread its packets.
-			if err := d.detachLocked(st, a.Index); err != nil {
-				return err
-			}
-			if a.Flags&net.FlagUp == 0 && len(st.names) == 0 {
-				return nil // nothing arrives on it; reported if it comes up
-			}
-			return fmt.Errorf("interface %s (%s): %w", a.Name, a.EncapType, ErrUnsupportedInterface)
-		}
-		return d.attachLocked(st, ns, podIface{index: a.Index, name: a.Name, kind: kind})
+		return d.attachLocked(st, ns, podIface{index: a.Index, name: a.Name, kind: captureKindOf(a)})
 	}()
 	if err != nil {
 		d.report(st, w, err)
