@@ -27,8 +27,11 @@
 //   - Nothing the client sends establishes identity: X-Portcullis-* headers,
 //     the configured claim headers, Forwarded, every X-Forwarded-*, the
 //     client-address headers frameworks trust (X-Real-Ip, X-Client-Ip,
-//     True-Client-Ip, X-Original-Forwarded-For) and the URL overrides
-//     X-Original-Url and X-Rewrite-Url are removed, from the header block
+//     True-Client-Ip, X-Original-Forwarded-For, Client-Ip,
+//     X-Cluster-Client-Ip, X-Envoy-External-Address, Cf-Connecting-Ip,
+//     Fastly-Client-Ip), the URL overrides X-Original-Url and X-Rewrite-Url
+//     and the method overrides X-Http-Method-Override, X-Http-Method and
+//     X-Method-Override are removed, from the header block
 //     and the trailers alike; the verifier sets X-Portcullis-Source,
 //     X-Forwarded-For, -Proto, -Host and Forwarded itself. A Decision
 //     cannot set any of them (nor framing or hop-by-hop headers).
@@ -45,6 +48,9 @@
 //     for both. ';' is an ordinary character: to an application that strips
 //     matrix parameters (Tomcat, Spring) "/admin;x/y" is "/admin/y", which
 //     a Deny rule for "/admin/*" misses; Allow rules fail closed on it.
+//     Likewise a "_method" form or query parameter, which some frameworks
+//     take as the method, cannot be removed: method rules for such
+//     applications should be Allow lists of safe methods.
 //   - Refusals never echo the token or any request header.
 //   - An upgraded connection (WebSocket) is spliced only after the upgrade
 //     request itself was authorized; an h2c upgrade is terminated here so

@@ -20,8 +20,9 @@ func (s stripSet) has(k string) bool { return s.cfg[k] || s.dec[k] }
 // dropRequestHeader reports whether a client-sent header must not reach the
 // application: hop-by-hop headers, framing (the verifier re-frames), the
 // forwarding headers (every X-Forwarded-*, Forwarded, and the client
-// address headers frameworks trust: the verifier sets its own),
-// X-Portcullis-* and the configured claim headers. Names are compared with
+// address headers frameworks trust: the verifier sets its own), the
+// request-target and method overrides applications obey, X-Portcullis-* and
+// the configured claim headers. Names are compared with
 // '_' as '-', because some application stacks (CGI-style environments)
 // fold the two.
 func dropRequestHeader(k string, strip stripSet, connTokens []string) bool {
@@ -29,9 +30,14 @@ func dropRequestHeader(k string, strip stripSet, connTokens []string) bool {
 	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
 		"Te", "Trailer", "Transfer-Encoding", "Upgrade", "Content-Length", "Host", "Http2-Settings",
 		"Forwarded", "X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "X-Original-Forwarded-For",
+		"Client-Ip", "X-Cluster-Client-Ip", "X-Envoy-External-Address", "Cf-Connecting-Ip", "Fastly-Client-Ip",
 		// Request-target overrides (Symfony and IIS-era frameworks, CVE-2018-14773):
 		// the application would route by them, not by the path the policy saw.
-		"X-Original-Url", "X-Rewrite-Url":
+		"X-Original-Url", "X-Rewrite-Url",
+		// Method overrides (Rack::MethodOverride in Rails, Symfony, Laravel,
+		// ASP.NET Core's UseHttpMethodOverride, Express method-override): the
+		// application would run another method than the one the policy saw.
+		"X-Http-Method-Override", "X-Http-Method", "X-Method-Override":
 		return true
 	}
 	if hasPrefixFold(k, "x-portcullis-") || hasPrefixFold(k, "x-forwarded-") {

@@ -43,6 +43,9 @@ func TestDropRequestHeader(t *testing.T) {
 		"X-Forwarded-Port": true, "X-Forwarded-Prefix": true, "x-forwarded-anything": true, "X_Forwarded_Ssl": true,
 		"X-Real-Ip": true, "X_real_ip": true, "X-Client-Ip": true, "True-Client-Ip": true,
 		"X-Original-Forwarded-For": true, "X-Original-Url": true, "X-Rewrite-Url": true,
+		"X-Http-Method-Override": true, "X_http_method_override": true, "X-Http-Method": true, "X-Method-Override": true,
+		"Client-Ip": true, "X-Cluster-Client-Ip": true, "X-Envoy-External-Address": true,
+		"Cf-Connecting-Ip": true, "Fastly-Client-Ip": true,
 		"Authorization": false, "X-Portcullis": false, "Content-Type": false, "X-Keep": false,
 		"X-Forwarded": false, "X-Original-Method": false,
 	} {

@@ -31,6 +31,11 @@ var reservedHeaders = map[string]string{
 	"cookie":                   "a credential header",
 	"proxy-authorization":      "a credential header",
 	"x-original-forwarded-for": "read by applications as the caller's address",
+	"client-ip":                "read by applications as the caller's address",
+	"x-cluster-client-ip":      "read by applications as the caller's address",
+	"x-envoy-external-address": "read by applications as the caller's address",
+	"cf-connecting-ip":         "read by applications as the caller's address",
+	"fastly-client-ip":         "read by applications as the caller's address",
 }
 
 // reservedPrefixes are reserved header name prefixes, as reservedHeaders.
@@ -59,6 +64,22 @@ func reservedHeader(name string) string {
 		}
 	}
 	return ""
+}
+
+// ReservedHeaders returns the header names (lower case, '-' for '_') and
+// name prefixes a forwardClaims entry may not use, each with why. The
+// verifier's own list of client headers it removes is kept consistent with
+// it by a test.
+func ReservedHeaders() (names, prefixes map[string]string) {
+	names = make(map[string]string, len(reservedHeaders))
+	for n, why := range reservedHeaders {
+		names[n] = why
+	}
+	prefixes = make(map[string]string, len(reservedPrefixes))
+	for _, p := range reservedPrefixes {
+		prefixes[p.prefix] = p.why
+	}
+	return names, prefixes
 }
 
 // claimHeaderSuffix suggests a header name part for a claim: "oid" gives

@@ -46,6 +46,8 @@ func TestForwardClaimsReservedHeaders(t *testing.T) {
 		{"X-Real-Ip", `header "X-Real-Ip" is reserved (read by applications as the caller's address): choose another name, such as X-Claim-Oid`},
 		{"X-Original-URL", `header "X-Original-URL" is reserved (read by applications as the request's original target or caller): choose another name, such as X-Claim-Oid`},
 		{"X-HTTP-Method-Override", `header "X-HTTP-Method-Override" is reserved (read by applications as the request's method): choose another name, such as X-Claim-Oid`},
+		{"X-Cluster-Client-Ip", `header "X-Cluster-Client-Ip" is reserved (read by applications as the caller's address): choose another name, such as X-Claim-Oid`},
+		{"Client-Ip", `header "Client-Ip" is reserved (read by applications as the caller's address): choose another name, such as X-Claim-Oid`},
 		{"grpc-encoding", `header "grpc-encoding" is reserved (gRPC framing and metadata): choose another name, such as X-Claim-Oid`},
 	} {
 		t.Run(tc.header, func(t *testing.T) {
