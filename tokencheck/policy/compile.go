@@ -409,6 +409,11 @@ func (c *compiler) checkIssuerSpec(o any, kind string, s *v1.IssuerSpec) {
 			c.report(o, kind, "spec.forwardClaims["+claim+"]", "invalid header name %q", h)
 		case reservedHeader(h) != "":
 			c.report(o, kind, "spec.forwardClaims["+claim+"]", "header %q is reserved (%s): choose another name, such as X-Claim-%s", h, reservedHeader(h), claimHeaderSuffix(claim))
+		case strings.IndexByte(h, '_') >= 0:
+			// nginx, Apache and gunicorn drop such names and CGI-style
+			// stacks read them as the '-' name, which the verifier would
+			// not strip from the client: the claim would be forgeable.
+			c.report(o, kind, "spec.forwardClaims["+claim+"]", "header %q has '_', which many servers drop or read as '-' (a client could then set the claim): use %q", h, strings.ReplaceAll(h, "_", "-"))
 		}
 	}
 	if len(c.problems) > before {

@@ -48,6 +48,8 @@ func TestForwardClaimsReservedHeaders(t *testing.T) {
 		{"X-HTTP-Method-Override", `header "X-HTTP-Method-Override" is reserved (read by applications as the request's method): choose another name, such as X-Claim-Oid`},
 		{"X-Cluster-Client-Ip", `header "X-Cluster-Client-Ip" is reserved (read by applications as the caller's address): choose another name, such as X-Claim-Oid`},
 		{"Client-Ip", `header "Client-Ip" is reserved (read by applications as the caller's address): choose another name, such as X-Claim-Oid`},
+		{"X_Claim_Oid", `header "X_Claim_Oid" has '_', which many servers drop or read as '-' (a client could then set the claim): use "X-Claim-Oid"`},
+		{"X-Claim_oid", `header "X-Claim_oid" has '_', which many servers drop or read as '-' (a client could then set the claim): use "X-Claim-oid"`},
 		{"grpc-encoding", `header "grpc-encoding" is reserved (gRPC framing and metadata): choose another name, such as X-Claim-Oid`},
 	} {
 		t.Run(tc.header, func(t *testing.T) {
@@ -74,6 +76,18 @@ func TestForwardClaimsReservedHeaders(t *testing.T) {
 				t.Errorf("problems (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// TestUnderscoreRuleInCRD: the CRD refuses '_' in a forwardClaims header
+// name, as the compiler does.
+func TestUnderscoreRuleInCRD(t *testing.T) {
+	src, err := os.ReadFile("apis/v1alpha1/issuer_types.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(src), `XValidation:rule="!self.contains('_')"`) {
+		t.Error(`apis/v1alpha1/issuer_types.go: no XValidation rule "!self.contains('_')" on HeaderName`)
 	}
 }
 

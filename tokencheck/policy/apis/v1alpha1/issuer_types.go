@@ -74,7 +74,11 @@ type IssuerSpec struct {
 // The rule below mirrors tokencheck/policy/headers.go, which also checks
 // the name's syntax; keep them together.
 
-// HeaderName is the name of a request header set from a claim.
+// HeaderName is the name of a request header set from a claim. It may not
+// contain '_': many servers (nginx, Apache, gunicorn) drop such names and
+// CGI-style stacks read '_' as '-', so a client's "X-Claim-Oid" could pose
+// as "X_Claim_Oid".
+// +kubebuilder:validation:XValidation:rule="!self.contains('_')",message="a forwardClaims header name may not contain '_' (servers drop it or read it as '-'): use '-'"
 // +kubebuilder:validation:MinLength=1
 // +kubebuilder:validation:MaxLength=256
 // +kubebuilder:validation:XValidation:rule="!(self.lowerAscii().replace('_', '-') in ['host', 'connection', 'keep-alive', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings', 'expect', 'forwarded', 'authorization', 'cookie', 'proxy-authorization', 'x-real-ip', 'x-client-ip', 'true-client-ip', 'x-http-method-override', 'x-http-method', 'x-method-override', 'x-rewrite-url', 'x-original-forwarded-for', 'client-ip', 'x-cluster-client-ip', 'x-envoy-external-address', 'cf-connecting-ip', 'fastly-client-ip']) && !['x-portcullis-', 'x-forwarded-', 'x-original-', 'proxy-', 'content-', 'grpc-', 'sec-'].exists(p, self.lowerAscii().replace('_', '-').startsWith(p))",messageExpression="'header ' + self + ' is reserved (a framing, credential or caller header): choose another name, such as X-Claim-<Claim>'"
