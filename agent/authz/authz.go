@@ -57,8 +57,26 @@ type setView struct {
 	set     *policy.Set
 	issuers map[string]policy.Issuer  // by ref
 	forward map[string][]forwardClaim // issuer ref → claims to forward
-	headers []string                  // every forwardClaims header name, sorted
-	strip   map[string]bool           // headers, canonical: verifier.Decision.Strip
+	// cluster is the forwardClaims headers of the ClusterIssuers, which
+	// apply to every workload; byNS adds, for each namespace that has
+	// Issuers, theirs. An Issuer's headers are stripped only from the
+	// requests of its own namespace's workloads: it is trusted nowhere else.
+	cluster stripHeaders
+	byNS    map[string]*stripHeaders
+}
+
+// stripHeaders is a set of forwardClaims header names.
+type stripHeaders struct {
+	names []string        // sorted, unique ignoring case
+	set   map[string]bool // names, canonical: verifier.Decision.Strip
+}
+
+// stripFor returns the claim headers of the issuers trusted in namespace.
+func (v *setView) stripFor(namespace string) *stripHeaders {
+	if h, ok := v.byNS[namespace]; ok {
+		return h
+	}
+	return &v.cluster
 }
 
 // trustedIn reports whether the issuer named ref is in the set and may
@@ -95,7 +113,8 @@ func buildView(set *policy.Set) *setView {
 	if set == nil {
 		return v
 	}
-	seen := map[string]bool{}
+	var cluster []string
+	namespaced := map[string][]string{}
 	for _, is := range set.Issuers() {
 		v.issuers[is.Ref] = is
 		claims := make([]string, 0, len(is.Spec.ForwardClaims))
@@ -106,26 +125,51 @@ func buildView(set *policy.Set) *setView {
 		for _, c := range claims {
 			h := string(is.Spec.ForwardClaims[c])
 			v.forward[is.Ref] = append(v.forward[is.Ref], forwardClaim{claim: c, header: h})
-			if !seen[strings.ToLower(h)] {
-				seen[strings.ToLower(h)] = true
-				v.headers = append(v.headers, h)
+			if is.Namespace == "" {
+				cluster = append(cluster, h)
+			} else {
+				namespaced[is.Namespace] = append(namespaced[is.Namespace], h)
 			}
 		}
 	}
-	sort.Strings(v.headers)
-	for _, h := range v.headers {
-		if v.strip == nil {
-			v.strip = make(map[string]bool, len(v.headers))
-		}
-		v.strip[http.CanonicalHeaderKey(h)] = true
+	v.cluster = newStripHeaders(cluster)
+	// A namespace whose Issuers forward no claims gets cluster's list.
+	if len(namespaced) > 0 {
+		v.byNS = make(map[string]*stripHeaders, len(namespaced))
+	}
+	for ns, names := range namespaced {
+		h := newStripHeaders(append(names, cluster...))
+		v.byNS[ns] = &h
 	}
 	return v
 }
 
-// ForwardedHeaders returns every header name some issuer's forwardClaims
-// sets: the verifier strips client-sent copies of them. Pushed after a
-// reload, it lags the set in force for a moment; AuthorizeStrip does not.
-func (e *Engine) ForwardedHeaders() []string { return e.current().headers }
+func newStripHeaders(names []string) stripHeaders {
+	var h stripHeaders
+	seen := map[string]bool{}
+	for _, n := range names {
+		if !seen[strings.ToLower(n)] {
+			seen[strings.ToLower(n)] = true
+			h.names = append(h.names, n)
+		}
+	}
+	sort.Strings(h.names)
+	for _, n := range h.names {
+		if h.set == nil {
+			h.set = make(map[string]bool, len(h.names))
+		}
+		h.set[http.CanonicalHeaderKey(n)] = true
+	}
+	return h
+}
+
+// ForwardedHeaders returns the header names the ClusterIssuers'
+// forwardClaims set, which the verifier strips from every workload's
+// requests. Those of a namespace's Issuers are not in it: they are
+// stripped only from that namespace's workloads, through each decision's
+// Strip (AuthorizeStrip). Decision.Strip covers the ClusterIssuers' names
+// too, so pushing this list to the verifier is no longer needed.
+func (e *Engine) ForwardedHeaders() []string { return e.current().cluster.names }
 
 // Workload is the destination as the Engine needs it: its key and what
 // policies select on. The agent keeps one per enrolled pod and replaces it
@@ -222,15 +266,15 @@ func (e *Engine) Authorize(ctx context.Context, w *Workload, r *verifier.Request
 }
 
 // AuthorizeStrip is Authorize that also returns the forwardClaims header
-// names (sorted, shared: do not modify) of the very policy set that made
-// the decision: those whose client-sent copies must be removed from this
-// request. Unlike ForwardedHeaders, pushed to the verifier after a reload,
+// names (sorted, shared: do not modify) of the issuers trusted for w's
+// namespace in the very policy set that made the decision: those whose
+// client-sent copies must be removed from this request (Decision.Strip). Unlike ForwardedHeaders, pushed to the verifier after a reload,
 // they cannot lag behind the set in force.
 func (e *Engine) AuthorizeStrip(ctx context.Context, w *Workload, r *verifier.Request) (verifier.Decision, []string) {
 	in, _ := e.Input(ctx, w, r)
 	v := e.current()
 	_, d := e.decide(v, in)
-	return d, v.headers
+	return d, v.stripFor(in.Workload.Namespace).names
 }
 
 // ReasonNoPolicySet is the reason of every refusal while no valid policy
@@ -270,9 +314,10 @@ func (e *Engine) convert(v *setView, in policy.Input, d policy.Decision) verifie
 		Allow:  d.Allowed(),
 		Policy: d.Policy,
 		Reason: verifier.Reason(d.Reason),
-		// Client copies of every claim header of this set are removed,
-		// whether or not this token has the claim.
-		Strip: v.strip,
+		// Client copies of the claim headers of every issuer trusted in
+		// the workload's namespace are removed, whether or not this token
+		// has the claim.
+		Strip: v.stripFor(in.Workload.Namespace).set,
 	}
 	if d.Rule >= 0 {
 		out.Rule = strconv.Itoa(d.Rule)
