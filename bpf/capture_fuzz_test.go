@@ -18,7 +18,24 @@ func modelVerdict(frame []byte, listener uint16, captured map[uint16]bool) uint3
 		dport uint16
 		frag  bool
 	)
-	switch binary.BigEndian.Uint16(frame[12:14]) {
+	// Up to 4 VLAN tags are skipped; TCP to a captured port behind them
+	// is dropped, which is the verdict without a listener anyway.
+	isVLAN := func(p uint16) bool { return p == eth8021Q || p == eth8021AD }
+	proto := binary.BigEndian.Uint16(frame[12:14])
+	for range 4 {
+		if !isVLAN(proto) {
+			break
+		}
+		if len(l3) < 4 {
+			return tcxDrop
+		}
+		proto = binary.BigEndian.Uint16(l3[2:4])
+		l3 = l3[4:]
+	}
+	if isVLAN(proto) {
+		return tcxDrop
+	}
+	switch proto {
 	case ethIPv4:
 		if len(l3) < 20 {
 			return tcxDrop
@@ -99,6 +116,7 @@ func FuzzCaptureProgram(f *testing.F) {
 		ethFrame(ethIPv6, ipv6(nil, protoTCP, tcp(testPort))),
 		ethFrame(ethIPv6, ipv6([]uint8{hopByHop, fragment, destOpts}, protoTCP, tcp(otherPort))),
 		ethFrame(ethARP, make([]byte, 28)),
+		vlanFrame([]uint16{eth8021Q, eth8021AD}, ethIPv4, ipv4(protoTCP, 0, tcp(testPort))),
 	} {
 		f.Add(seed)
 	}

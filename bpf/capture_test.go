@@ -22,6 +22,19 @@ func ethFrame(proto uint16, payload []byte) []byte {
 	return append(b, payload...)
 }
 
+// vlanFrame builds an Ethernet frame with a tag (VID 0) of each TPID in
+// tpids before the payload of ethertype proto.
+func vlanFrame(tpids []uint16, proto uint16, payload []byte) []byte {
+	var tags []byte
+	for i := 1; i < len(tpids); i++ {
+		tags = binary.BigEndian.AppendUint16(tags, 0)
+		tags = binary.BigEndian.AppendUint16(tags, tpids[i])
+	}
+	tags = binary.BigEndian.AppendUint16(tags, 0)
+	tags = binary.BigEndian.AppendUint16(tags, proto)
+	return ethFrame(tpids[0], append(tags, payload...))
+}
+
 func tcpHeader(sport, dport uint16) []byte {
 	b := make([]byte, 20)
 	binary.BigEndian.PutUint16(b[0:], sport)
@@ -79,6 +92,8 @@ const (
 	ethIPv4   = 0x0800
 	ethIPv6   = 0x86dd
 	ethARP    = 0x0806
+	eth8021Q  = 0x8100
+	eth8021AD = 0x88a8
 	protoTCP  = 6
 	protoUDP  = 17
 	hopByHop  = 0
@@ -180,6 +195,18 @@ func TestCaptureProgramVerdicts(t *testing.T) {
 		{name: "ipv6 too many extension headers", pkt: ethFrame(ethIPv6, ipv6([]uint8{destOpts, destOpts, destOpts, destOpts, destOpts, destOpts, destOpts}, protoTCP, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureMalformed}},
 		{name: "ipv6 udp behind extension header", pkt: ethFrame(ethIPv6, ipv6([]uint8{destOpts}, protoUDP, tcp(testPort))), want: tcxNext},
 		{name: "ipv6 first fragment to captured port", pkt: ethFrame(ethIPv6, ipv6([]uint8{fragment}, protoTCP, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+		// Tagged frames: at TCX the stack has stripped one tag at most, and
+		// strips a VID-0 tag after TCX (vlan_do_receive), delivering the
+		// packet behind it. TCP to a captured port behind tags is dropped.
+		{name: "tcp to captured port behind two 802.1Q tags", pkt: vlanFrame([]uint16{eth8021Q, eth8021Q}, ethIPv4, ipv4(protoTCP, 0, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+		{name: "tcp to captured port behind 802.1AD and 802.1Q tags", pkt: vlanFrame([]uint16{eth8021AD, eth8021Q}, ethIPv4, ipv4(protoTCP, 0, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+		{name: "ipv6 tcp to captured port behind a tag", pkt: vlanFrame([]uint16{eth8021Q}, ethIPv6, ipv6([]uint8{destOpts}, protoTCP, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+		{name: "tcp to uncaptured port behind two tags", pkt: vlanFrame([]uint16{eth8021Q, eth8021Q}, ethIPv4, ipv4(protoTCP, 0, tcp(otherPort))), want: tcxNext, counted: []Counter{CaptureUncaptured}},
+		{name: "udp behind two tags", pkt: vlanFrame([]uint16{eth8021Q, eth8021Q}, ethIPv4, ipv4(protoUDP, 0, tcp(testPort))), want: tcxNext},
+		{name: "arp behind a tag", pkt: vlanFrame([]uint16{eth8021Q}, ethARP, make([]byte, 28)), want: tcxNext},
+		{name: "tcp to captured port behind four tags", pkt: vlanFrame([]uint16{eth8021Q, eth8021Q, eth8021Q, eth8021Q}, ethIPv4, ipv4(protoTCP, 0, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+		{name: "five tags", pkt: vlanFrame([]uint16{eth8021Q, eth8021Q, eth8021Q, eth8021Q, eth8021Q}, ethIPv4, ipv4(protoUDP, 0, tcp(testPort))), want: tcxDrop, counted: []Counter{CaptureMalformed}},
+		{name: "truncated tag", pkt: ethFrame(eth8021Q, []byte{0, 0}), want: tcxDrop, counted: []Counter{CaptureMalformed}},
 	}
 	for _, kind := range []captureKind{captureEthernet, captureL3} {
 		prog := loadCaptureTest(t, d, cookie, kind)

@@ -69,8 +69,8 @@ type Config struct {
 	AccelMark uint32
 	// OnError receives the errors of the interface watchers (see
 	// Pod.Interfaces) with the key of the pod concerned: an interface that
-	// appeared and could not be captured (ErrUnsupportedInterface, or an
-	// attach error: that interface is then not captured), or a lost
+	// appeared and could not be captured (an attach error: that interface
+	// is then not captured), or a lost
 	// subscription to the pod's link events (the watcher subscribes again
 	// and lists the links anew). It is called from the watcher's goroutine,
 	// never with the datapath's lock held, and should return quickly. It

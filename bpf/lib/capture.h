@@ -72,6 +72,16 @@ struct {
  * and the packet is dropped if it may be TCP (see pc_parse_ipv6). */
 #define PC_MAX_IPV6_EXT 6
 
+/* 802.1Q/802.1AD tags skipped before the IP header. More than this and the
+ * packet is dropped (see pc_parse). */
+#define PC_MAX_VLAN_TAGS 4
+
+/* pc_pull_len caps what the L3 instance pulls into the linear part when a
+ * header it reads is outside it (see pc_load): the packet's headers after
+ * whatever precedes the network header (mac_len, at most the outer headers
+ * of a tunnel). */
+#define PC_PULL_SLACK 256
+
 #define PC_IP_MF 0x2000
 #define PC_IP_OFFSET 0x1fff
 
@@ -87,6 +97,9 @@ struct pc_pkt {
 	bool later_fragment;
 	/* syn: a SYN without ACK, the first segment of a new connection. */
 	bool syn;
+	/* vlan: the IP header came after 802.1Q/802.1AD tags in the payload,
+	 * which the stack strips only after TCX ran (vlan_do_receive). */
+	bool vlan;
 };
 
 #define PC_TCP_FLAG_SYN 0x02
@@ -125,22 +138,31 @@ enum pc_parse {
  * outside the linear part of the skb is still parsed instead of being
  * mistaken for a malformed packet: bpf_skb_load_bytes reads fragments;
  * bpf_skb_load_bytes_relative reads the linear part only, so when it fails
- * the skb is made linear (bpf_skb_pull_data with 0: all of it, rare) and
- * read again. Returns 0 or a negative error. */
+ * the header is pulled into the linear part and read again (rare: tun with
+ * IFF_VNET_HDR, GSO). bpf_skb_pull_data pulls the given length counted from
+ * skb->data, which is at the mac header at TCX ingress, so the length covers
+ * what precedes the network header (PC_PULL_SLACK) and is capped at the
+ * packet's length; with 0 it would pull nothing (it only makes the linear
+ * part writable). Returns 0 or a negative error. */
 static __always_inline long pc_load(struct __sk_buff *skb, __u32 off, void *to, __u32 len)
 {
+	__u32 want;
+
 	if (!pc_l3_dev)
 		return bpf_skb_load_bytes(skb, ETH_HLEN + off, to, len);
 	if (bpf_skb_load_bytes_relative(skb, off, to, len, BPF_HDR_START_NET) == 0)
 		return 0;
-	if (bpf_skb_pull_data(skb, 0) < 0)
+	want = off + len + PC_PULL_SLACK;
+	if (want > skb->len)
+		want = skb->len;
+	if (bpf_skb_pull_data(skb, want) < 0)
 		return -1;
 	return bpf_skb_load_bytes_relative(skb, off, to, len, BPF_HDR_START_NET);
 }
 
-static __always_inline enum pc_parse pc_parse_ipv4(struct __sk_buff *skb, struct pc_pkt *pkt)
+static __always_inline enum pc_parse pc_parse_ipv4(struct __sk_buff *skb, struct pc_pkt *pkt,
+						   __u32 off)
 {
-	__u32 off = 0;
 	struct iphdr ip;
 	struct pc_tcp_head th;
 	__u32 ihl;
@@ -176,9 +198,9 @@ static __always_inline bool pc_ipv6_ext(__u8 nexthdr)
 	       nexthdr == IPPROTO_DSTOPTS || nexthdr == IPPROTO_FRAGMENT;
 }
 
-static __always_inline enum pc_parse pc_parse_ipv6(struct __sk_buff *skb, struct pc_pkt *pkt)
+static __always_inline enum pc_parse pc_parse_ipv6(struct __sk_buff *skb, struct pc_pkt *pkt,
+						   __u32 off)
 {
-	__u32 off = 0;
 	struct ipv6hdr ip6;
 	struct pc_tcp_head th;
 	__u8 nexthdr;
@@ -231,14 +253,52 @@ static __always_inline enum pc_parse pc_parse_ipv6(struct __sk_buff *skb, struct
 	return PC_PARSE_OK;
 }
 
+static __always_inline bool pc_vlan_proto(__be16 proto)
+{
+	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
+}
+
+/* pc_vlan_tag is an 802.1Q/802.1AD tag in the payload (struct vlan_hdr). */
+struct pc_vlan_tag {
+	__be16 tci;
+	__be16 proto;
+};
+
 /* pc_parse fills pkt from the packet's network header, of the protocol
- * skb->protocol names. */
+ * skb->protocol names.
+ *
+ * VLAN tags: the stack strips one tag before TCX (skb_vlan_untag), and
+ * skb->protocol then names what follows it. A frame with more tags arrives
+ * here with skb->protocol 802.1Q or 802.1AD and the next tag at the network
+ * header. Such a frame is not dropped by the stack when the pod has no
+ * VLAN device: for VID 0 (priority tags) vlan_do_receive strips the next
+ * tag after TCX ran and delivers the packet to IP, so a TCP segment hidden
+ * behind tags would reach the application without capture. So tags are
+ * skipped (up to PC_MAX_VLAN_TAGS; more and the packet is dropped) and the
+ * packet behind them parsed, marked pkt->vlan. */
 static __always_inline enum pc_parse pc_parse(struct __sk_buff *skb, struct pc_pkt *pkt)
 {
-	if (skb->protocol == bpf_htons(ETH_P_IP))
-		return pc_parse_ipv4(skb, pkt);
-	if (skb->protocol == bpf_htons(ETH_P_IPV6))
-		return pc_parse_ipv6(skb, pkt);
+	__be16 proto = skb->protocol;
+	__u32 off = 0;
+	int i;
+
+	for (i = 0; i < PC_MAX_VLAN_TAGS; i++) {
+		struct pc_vlan_tag tag;
+
+		if (!pc_vlan_proto(proto))
+			break;
+		if (pc_load(skb, off, &tag, sizeof(tag)) < 0)
+			return PC_PARSE_MALFORMED;
+		pkt->vlan = true;
+		proto = tag.proto;
+		off += sizeof(tag);
+	}
+	if (pc_vlan_proto(proto))
+		return PC_PARSE_MALFORMED;
+	if (proto == bpf_htons(ETH_P_IP))
+		return pc_parse_ipv4(skb, pkt, off);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return pc_parse_ipv6(skb, pkt, off);
 	return PC_PARSE_NOT_IP;
 }
 
@@ -392,6 +452,14 @@ static __always_inline int pc_capture(struct __sk_buff *skb)
 	}
 	if (pkt.fragment) {
 		/* bpf_sk_assign on a fragment would bypass reassembly. */
+		pc_count(PC_CNT_CAPTURE_MALFORMED);
+		return PC_TCX_DROP;
+	}
+	if (pkt.vlan) {
+		/* TCP to a captured port behind VLAN tags (see pc_parse): not
+		 * steered, since the stack would still have to strip the tags
+		 * of an assigned skb, but dropped. Pods do not normally receive
+		 * tagged frames. */
 		pc_count(PC_CNT_CAPTURE_MALFORMED);
 		return PC_TCX_DROP;
 	}
