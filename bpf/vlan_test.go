@@ -166,4 +166,3 @@ func TestCaptureDropsTaggedSYN(t *testing.T) {
 		t.Errorf("SYN to uncaptured port %d behind two tags: answer %#x, want a RST from the stack", otherPort, got)
 	}
 }
-
