@@ -162,6 +162,22 @@ func (c *tokenCache) purge(now int64) {
 	}
 }
 
+// drop removes the entries for which f is true. f runs with a shard
+// locked.
+func (c *tokenCache) drop(f func(*cacheEntry) bool) {
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		for h, e := range sh.m {
+			if f(e) {
+				delete(sh.m, h)
+				sh.bytes -= e.cost
+			}
+		}
+		sh.mu.Unlock()
+	}
+}
+
 func (c *tokenCache) stats() (hits, misses, evictions uint64, entries int, bytes int64) {
 	for i := range c.shards {
 		sh := &c.shards[i]

@@ -154,6 +154,22 @@ func (v *Validator) SetIssuers(cfgs []IssuerConfig) error {
 			}
 		}
 	}
+	if len(next.issuers) > len(kept) && v.cache != nil {
+		// An issuer was added (or replaced): the cached answer for a token
+		// whose iss it accepts may no longer be the one a fresh validation
+		// gives. A ClusterIssuer added for an iss a namespace's Issuer
+		// accepted is tried first now, and must be the one named
+		// (validateIn). Tokens of other iss keep their entries.
+		var buf [4]route
+		v.cache.drop(func(e *cacheEntry) bool {
+			for _, rt := range next.lookup(e.claims.Issuer, buf[:0]) {
+				if !kept[rt.iss] {
+					return true
+				}
+			}
+			return false
+		})
+	}
 	if stopped || len(old.issuers) > len(kept) {
 		v.purge()
 	}
@@ -310,6 +326,8 @@ func (v *Validator) validateIn(ctx context.Context, raw string, sc scope) (*Clai
 	// first, in a fixed order, so one accepted by such an issuer is
 	// accepted by the same one whatever the namespace; one accepted by a
 	// namespace's issuer was refused by every issuer of every namespace.
+	// SetIssuers drops the entries of the iss an issuer it adds accepts,
+	// whose answer that could change.
 	if v.cache != nil {
 		if c := v.cache.get(raw, now.UnixNano(), sc); c != nil {
 			return c, ReasonNone, nil
