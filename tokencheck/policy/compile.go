@@ -241,16 +241,22 @@ func (c *compiler) compile() {
 		return false
 	}
 	for _, is := range c.objs.Issuers {
+		// Bad metadata leaves the Issuer out, as a bad spec does: kept
+		// with an empty namespace, it would be trusted in every namespace
+		// like a ClusterIssuer.
+		before := len(c.problems)
 		c.checkMeta(is, v1.KindIssuer, &is.ObjectMeta, true)
 		if dup(is, v1.KindIssuer, &is.ObjectMeta) {
 			continue
 		}
-		before := len(c.problems)
 		c.checkIssuerSpec(is, v1.KindIssuer, &is.Spec)
 		if c.opts.RestrictNamespacedIssuers {
 			c.checkNamespacedFetch(is, &is.Spec)
 		}
 		if len(c.problems) > before {
+			continue
+		}
+		if is.Namespace == "" { // checkMeta refused it; never trust it cluster-wide
 			continue
 		}
 		ref := is.Namespace + "/" + is.Name
