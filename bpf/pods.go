@@ -627,6 +627,24 @@ func (d *Datapath) Capturing(key string) bool {
 	return st != nil && len(st.links) > 0
 }
 
+// Enrolled reports whether the pod with key is enrolled in the datapath:
+// its capture entry is written and capture is attached to its interfaces
+// or will be as they appear (its watcher runs). Such a pod's new
+// connections to captured ports go to the agent's listener or, without
+// one, are dropped, also while it has no interface besides lo (Capturing
+// is false then). A pod re-adopted by Open and not enrolled since counts
+// when it has links.
+func (d *Datapath) Enrolled(key string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.pods[key]
+	if st == nil || (st.watch == nil && len(st.links) == 0) {
+		return false
+	}
+	var pod portcullisPcPod
+	return d.objs.PcPods.Lookup(st.cookie, &pod) == nil
+}
+
 // Pods lists the enrolled pods, sorted by key.
 func (d *Datapath) Pods() ([]PodInfo, error) {
 	d.mu.Lock()

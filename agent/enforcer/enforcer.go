@@ -129,8 +129,10 @@ type workload struct {
 	// ports are the captured ports: served by pod, or, while enrolment
 	// fails, dropped by capture attached without a verifier (closed).
 	ports bpf.PortSpec
-	// closed: capture is attached (by this agent or a previous one) but no
-	// verifier serves the pod, so new connections to ports are dropped.
+	// closed: the pod is enrolled in the datapath (by this agent or a
+	// previous one; bpf.Datapath.Enrolled) but no verifier serves it, so
+	// new connections to ports are dropped, also on interfaces that
+	// appear later.
 	closed bool
 	err    error // last enrolment error, for the debug API
 	regErr error // identity registration error, for the debug API
@@ -650,7 +652,7 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 		acc.Close()
 		_ = v.srv.Close()
 		v.dialer.Close()
-		w.closed = e.dp.Capturing(key)
+		w.closed = e.dp.Enrolled(key)
 		if w.closed {
 			w.ports = ports
 			e.resetPreexisting(w, ports.Covers, before)
@@ -689,7 +691,10 @@ func (e *Enforcer) failClosedLocked(w *workload, pod bpf.Pod, adopted bool, befo
 		before = e.established(w)
 	}
 	err := e.dp.Enroll(pod)
-	w.closed = e.dp.Capturing(pod.Key)
+	// Closed means enrolled in the datapath, not "has links": a pod with
+	// lo only is closed too, as capture attaches (and, without a listener,
+	// drops) as soon as its interface appears.
+	w.closed = e.dp.Enrolled(pod.Key)
 	if w.closed {
 		w.ports = pod.Ports
 		e.resetPreexisting(w, pod.Ports.Covers, before)

@@ -389,13 +389,12 @@ func TestAdoptedCaptureSurvivesFailedEnrol(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		squat bool
-		// odd: an interface capture does not support is up in the pod,
-		// which makes Enroll itself fail, after the listener and the
-		// verifier are up.
-		odd bool
+		// full: an interface of the pod whose TCX ingress is full makes
+		// Enroll itself fail, after the listener and the verifier are up.
+		full bool
 	}{
 		{name: "listen", squat: true},
-		{name: "attach", odd: true},
+		{name: "attach", full: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
@@ -404,8 +403,8 @@ func TestAdoptedCaptureSurvivesFailedEnrol(t *testing.T) {
 			if tc.squat {
 				f.squat(d)
 			}
-			if tc.odd {
-				oddInterface(t, f.pod.NetnsPath)
+			if tc.full {
+				fullTCX(t, f.pod.NetnsPath)
 			}
 			e := f.newEnforcer(d, f.store(fmt.Sprint(appPort)))
 			f.report(e, true)
@@ -413,8 +412,8 @@ func TestAdoptedCaptureSurvivesFailedEnrol(t *testing.T) {
 			if s.Enrolled || !s.Closed || s.LastError == "" {
 				t.Errorf("got Enrolled %t, Closed %t, LastError %q; want a failing enrolment with capture kept", s.Enrolled, s.Closed, s.LastError)
 			}
-			if tc.odd && !strings.Contains(s.LastError, bpf.ErrUnsupportedInterface.Error()) {
-				t.Errorf("LastError %q: want Enroll's error (%v)", s.LastError, bpf.ErrUnsupportedInterface)
+			if tc.full && !strings.Contains(s.LastError, "attach capture: ") {
+				t.Errorf("LastError %q: want Enroll's error (attach capture: ...)", s.LastError)
 			}
 			if !d.Capturing(podKey) {
 				t.Error("Capturing after the failed enrolment: got false, want true")
@@ -529,13 +528,15 @@ func TestEnrolWaitsForSync(t *testing.T) {
 
 // TestDatapathErrorReattaches: an error the datapath reports for an enrolled
 // pod (its interface watcher) makes the workload fail until capture is
-// attached again, which a retry does.
+// attached again, which a retry does. Capture is detached behind the
+// enforcer's back first: only the retry's Enroll attaches it again.
 func TestDatapathErrorReattaches(t *testing.T) {
 	f := newFixture(t)
 	d := f.openDatapath()
 	e := f.newEnforcer(d, f.store(fmt.Sprint(appPort)))
 	f.report(e, true)
-	e.DatapathError(podKey, fmt.Errorf("interface tun9 (x): %w", bpf.ErrUnsupportedInterface))
+	detachBehindBack(t, f.pinDir)
+	e.DatapathError(podKey, errors.New("interface eth0: attach tcx: device busy"))
 	e.waitRetry(t, "that succeeds", func(err error) bool { return err == nil })
 	if s := e.status(t); !s.Enrolled || s.Failures != 0 || s.LastError != "" {
 		t.Errorf("after the retry: got Enrolled %t, Failures %d, LastError %q; want enrolled without error", s.Enrolled, s.Failures, s.LastError)

@@ -16,8 +16,8 @@ import (
 )
 
 // oddInterface creates a tun device in the netns, of a link type capture
-// does not support (ARPHRD_NETLINK, set with TUNSETLINK) and up, so that
-// bpf.Datapath.Enroll fails with bpf.ErrUnsupportedInterface. It is
+// has no name for (ARPHRD_NETLINK, set with TUNSETLINK) and up: capture
+// reads it with its L3 instance, as any non-Ethernet interface. It is
 // deleted when the test ends (with its only file descriptor).
 func oddInterface(t *testing.T, netnsPath string) {
 	t.Helper()
