@@ -432,6 +432,15 @@ func (c *compiler) checkIssuerSpec(o any, kind string, s *v1.IssuerSpec) {
 	}
 }
 
+// rulePaths returns the path patterns a rule matches with: a Deny rule's
+// are widened (denyPaths).
+func rulePaths(paths []string, deny bool) []string {
+	if deny && len(paths) > 0 {
+		return denyPaths(paths)
+	}
+	return paths
+}
+
 // maxHeaderName mirrors the CRD's maxLength of a forwardClaims header.
 const maxHeaderName = 256
 
@@ -547,7 +556,7 @@ func (c *compiler) compilePolicy(ap *v1.AccessPolicy, ord int, refs map[string]b
 		patterns := make([][]string, len(s.Rules))
 		for i := range s.Rules {
 			if s.Rules[i].To != nil {
-				patterns[i] = s.Rules[i].To.Paths
+				patterns[i] = rulePaths(s.Rules[i].To.Paths, p.deny)
 			}
 		}
 		p.index = newRuleIndex(p.rules, patterns)
@@ -601,7 +610,7 @@ func (c *compiler) compileRule(ap *v1.AccessPolicy, path string, r *v1.Rule, den
 			}
 		}
 		if len(t.Paths) > 0 {
-			cr.paths = newPathMatcher(t.Paths)
+			cr.paths = newPathMatcher(rulePaths(t.Paths, deny))
 		}
 		for i, h := range t.Hosts {
 			if err := checkHostPattern(h); err != nil {

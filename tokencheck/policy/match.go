@@ -84,6 +84,34 @@ func checkPathPattern(p string) error {
 	return nil
 }
 
+// denyPaths returns a Deny rule's path patterns with those that make a
+// trailing '/' not significant, because many routers (Express without
+// strict routing, Spring up to 5.3, Flask's redirect) serve "/admin/" as
+// "/admin": an exact "/admin" also matches "/admin/" and the reverse, a
+// prefix "/admin/*" also matches "/admin", and a suffix "*.bak" also
+// matches "x.bak/" (the internal suffix ".bak/", which users cannot
+// write). The widening only ever refuses more; Allow rules keep the exact
+// meaning, since widening them could allow more.
+func denyPaths(patterns []string) []string {
+	out := slices.Clone(patterns)
+	for _, p := range patterns {
+		switch {
+		case p == "*" || p == "/" || p == "/*":
+		case strings.HasPrefix(p, "*"):
+			out = append(out, p+"/")
+		case strings.HasSuffix(p, "/*"):
+			out = append(out, strings.TrimSuffix(p, "/*"))
+		case strings.HasSuffix(p, "*"):
+			// "/admin*" already matches "/admin" and "/admin/".
+		case strings.HasSuffix(p, "/"):
+			out = append(out, strings.TrimSuffix(p, "/"))
+		default:
+			out = append(out, p+"/")
+		}
+	}
+	return out
+}
+
 func newPathMatcher(patterns []string) *pathMatcher {
 	m := &pathMatcher{}
 	var pre, suf []string

@@ -118,12 +118,19 @@ type Destination struct {
 	// +kubebuilder:validation:items:Pattern=`^[A-Za-z]+$`
 	// +listType=set
 	Methods []string `json:"methods,omitempty"`
-	// Paths are request paths (without the query), in one of three forms:
-	// exact ("/healthz"), prefix ("/api/*" matches "/api/" and below) or
-	// suffix ("*.json"); "*" alone matches every path. Empty means any path.
-	// Matched against the decoded path; one with "//", "." or ".."
-	// segments, '\', '#' or control characters is refused (400) first.
-	// ';' is ordinary: a Deny of "/admin/*" misses "/admin;x/y".
+	// Paths are request paths (no query): exact ("/healthz"), prefix
+	// ("/api/*": "/api/" and below), suffix ("*.json"), or "*" (all); empty
+	// means any. Matched case-sensitively against the decoded path ("//",
+	// "." or ".." segments, '\', '#', control characters: 400 first). In a
+	// Deny rule a trailing '/' does not count ("/admin" also refuses
+	// "/admin/", "/admin/*" also "/admin"). ';' is ordinary. See
+	// docs/architecture.md.
+	//
+	// Matching case-sensitively, a Deny of "/admin/*" misses "/ADMIN/x",
+	// which Express and ASP.NET Core route like "/admin/x" by default, and
+	// "/admin;x/y", which Tomcat and Spring read as "/admin/y": protect such
+	// applications with Allow rules, which fail closed. In an Allow rule a
+	// trailing '/' counts ("/healthz" does not allow "/healthz/").
 	// +optional
 	// +kubebuilder:validation:MaxItems=256
 	// +kubebuilder:validation:items:Pattern=`^(\*|/[^*]*\*?|\*[^*/]+)$`
