@@ -339,7 +339,7 @@ func (a *Agent) startAdmin() error {
 	}
 	mux := http.NewServeMux()
 	// Liveness: the enforcer still answers (see enforcerStallLimit).
-	health := &watchdog{probe: func() { a.enforcer.Synced() }, limit: enforcerStallLimit, now: time.Now}
+	health := &watchdog{probe: func() { a.enforcer.Synced() }, progress: a.enforcer.Progress, limit: enforcerStallLimit, now: time.Now}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := health.check(); err != nil {
 			http.Error(w, "unhealthy: enforcer: "+err.Error(), http.StatusServiceUnavailable)

@@ -89,9 +89,11 @@ type Config struct {
 type Enforcer struct {
 	cfg Config
 	dp  *bpf.Datapath
-	log *slog.Logger
-	ids *idalloc.Allocator
-	ipc *ipcache.Cache
+	// progress counts reconciled workloads (Progress), without e.mu.
+	progress atomic.Uint64
+	log      *slog.Logger
+	ids      *idalloc.Allocator
+	ipc      *ipcache.Cache
 
 	// sources maps identity IDs to the caller identity they stand for; read
 	// on every accepted connection.
@@ -476,6 +478,7 @@ func (e *Enforcer) reconcileLocked(w *workload) {
 		e.noteAttemptLocked(w, "update capture", e.updateLocked(w, ports))
 	}
 	e.setMetricsLocked()
+	e.progress.Add(1)
 }
 
 // updateLocked brings the capture of an enrolled pod in line: it attaches
@@ -961,6 +964,15 @@ func (e *Enforcer) setMetricsLocked() {
 	}
 	e.cfg.Metrics.SetEnrolledPods(enrolled)
 	e.cfg.Metrics.SetEnrolFailedPods(failing)
+}
+
+// Progress counts the workloads the Enforcer has reconciled so far. It is
+// read without the Enforcer's lock, and advances while the Enforcer works
+// through many workloads holding it (the initial sync enrols every pod of
+// the node in turn, each enrolment bounded by a 5 s listen timeout), so a
+// watchdog can tell a long sync from a stall.
+func (e *Enforcer) Progress() uint64 {
+	return e.progress.Load()
 }
 
 // Synced reports whether the workload source has reported every workload.
