@@ -52,8 +52,12 @@ type Config struct {
 	// capture hands new connections only to a listener carrying it and
 	// drops them when the socket it finds lacks it (an application that
 	// listens on the port, by accident or while the agent's listener is
-	// missing). Setting SO_MARK needs CAP_NET_ADMIN in the pod's netns, so
-	// an application without it cannot pass for the agent. Connections the
+	// missing). Setting SO_MARK needs CAP_NET_ADMIN or, since Linux 5.17,
+	// CAP_NET_RAW in the pod's netns: an application that has neither
+	// cannot pass for the agent, but NET_RAW is in the default capability
+	// set of containers, so a pod that keeps it can forge the mark and
+	// defeat its own capture while the agent's listener is missing (drop
+	// NET_RAW, as Pod Security "restricted" does). Connections the
 	// agent accepts inherit the mark. It must differ from AccelMark. Zero
 	// means DefaultListenerMark. Changing it needs nothing more than a
 	// restart: the capture programs are loaded anew with it.

@@ -24,8 +24,12 @@ const volatile __u16 pc_listener_port = 0;
  * listener that carries it: whatever else listens on pc_listener_port in
  * the pod (the application, by accident or while the agent's listener is
  * missing) is refused and the packet dropped. Setting SO_MARK needs
- * CAP_NET_ADMIN in the socket's netns (socket(7)), which the agent has and
- * an application pod normally has not. Set by the loader before load. */
+ * CAP_NET_ADMIN or, since Linux 5.17, CAP_NET_RAW in the socket's netns
+ * (sk_setsockopt), and CAP_NET_RAW is in the default capability set of
+ * containers: a root process of the pod that drops nothing can pass for
+ * the agent while the agent's listener is missing. It only defeats its own
+ * pod's protection; pods should drop NET_RAW. Set by the loader before
+ * load. */
 const volatile __u32 pc_listener_mark = 0;
 
 /* pc_pod_netns_cookie is the netns cookie of the pod this program instance
