@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -27,9 +28,10 @@ const DefaultPinDir = BPFFSRoot + "/portcullis/agent"
 // Config.ListenerPort is zero.
 const DefaultListenerPort = 15006
 
-// DefaultListenerMark is the SO_MARK of the agent's in-pod listeners when
-// Config.ListenerMark is zero ("PL", next to the acceleration mark "PC",
-// 0x5043, which agent upstream sockets carry).
+// DefaultListenerMark was the SO_MARK of the agent's in-pod listeners.
+//
+// Deprecated: capture recognises the agent's listeners by a socket storage
+// flag (see Listen); Config.ListenerMark is ignored.
 const DefaultListenerMark = 0x504c
 
 // Config configures Open.
@@ -47,20 +49,13 @@ type Config struct {
 	// ListenerPort is the port of the agent's listener in every enrolled
 	// pod's netns. It is never captured. Zero means DefaultListenerPort.
 	ListenerPort uint16
-	// ListenerMark is the SO_MARK that tells the agent's listeners (made
-	// by Listen) from any other socket listening on ListenerPort in a pod:
-	// capture hands new connections only to a listener carrying it and
-	// drops them when the socket it finds lacks it (an application that
-	// listens on the port, by accident or while the agent's listener is
-	// missing). Setting SO_MARK needs CAP_NET_ADMIN or, since Linux 5.17,
-	// CAP_NET_RAW in the pod's netns: an application that has neither
-	// cannot pass for the agent, but NET_RAW is in the default capability
-	// set of containers, so a pod that keeps it can forge the mark and
-	// defeat its own capture while the agent's listener is missing (drop
-	// NET_RAW, as Pod Security "restricted" does). Connections the
-	// agent accepts inherit the mark. It must differ from AccelMark. Zero
-	// means DefaultListenerMark. Changing it needs nothing more than a
-	// restart: the capture programs are loaded anew with it.
+	// ListenerMark is ignored.
+	//
+	// Deprecated: it was the SO_MARK that told the agent's listeners from
+	// other sockets on ListenerPort, but since Linux 5.17 CAP_NET_RAW (in
+	// the default capability set of containers) is enough to set a mark.
+	// Capture now recognises the agent's listeners by a flag Listen stores
+	// in the socket's BPF storage, which an application cannot set.
 	ListenerMark uint32
 	// AccelMark turns on local acceleration (lib/accel.h): connections
 	// from sockets carrying this SO_MARK (the agent's upstream sockets) to
@@ -127,10 +122,12 @@ func (o *sharedObjects) Close() error {
 }
 
 // unpinnedMaps hold state of one agent run only: the sockets of local
-// acceleration. Every load starts them empty.
+// acceleration, the flags of the agent's listeners. Every load starts them
+// empty.
 var unpinnedMaps = map[string]bool{
 	portcullisMapPcSocks:     true,
 	portcullisMapPcUpstreams: true,
+	portcullisMapPcListeners: true,
 }
 
 // Pin layout below Config.PinDir.
@@ -153,12 +150,6 @@ func Open(cfg Config) (*Datapath, error) {
 	}
 	if cfg.ListenerPort == 0 {
 		cfg.ListenerPort = DefaultListenerPort
-	}
-	if cfg.ListenerMark == 0 {
-		cfg.ListenerMark = DefaultListenerMark
-	}
-	if cfg.ListenerMark == cfg.AccelMark {
-		return nil, fmt.Errorf("open datapath: listener mark %#x is also the acceleration mark", cfg.ListenerMark)
 	}
 	if cfg.CgroupRoot == "" {
 		root, err := cgroupv2.Root()
@@ -198,9 +189,6 @@ func (d *Datapath) load() error {
 	}
 	if err := spec.Variables[portcullisVarPcListenerPort].Set(d.cfg.ListenerPort); err != nil {
 		return fmt.Errorf("set listener port: %w", err)
-	}
-	if err := spec.Variables[portcullisVarPcListenerMark].Set(d.cfg.ListenerMark); err != nil {
-		return fmt.Errorf("set listener mark: %w", err)
 	}
 	if err := spec.Variables[portcullisVarPcAccelMark].Set(d.cfg.AccelMark); err != nil {
 		return fmt.Errorf("set acceleration mark: %w", err)
@@ -334,9 +322,6 @@ func (d *Datapath) loadCapture(cookie uint64, kind captureKind) (*ebpf.Program, 
 	if err := spec.Variables[portcullisVarPcListenerPort].Set(d.cfg.ListenerPort); err != nil {
 		return nil, fmt.Errorf("set listener port: %w", err)
 	}
-	if err := spec.Variables[portcullisVarPcListenerMark].Set(d.cfg.ListenerMark); err != nil {
-		return nil, fmt.Errorf("set listener mark: %w", err)
-	}
 	if err := spec.Variables[portcullisVarPcPodNetnsCookie].Set(cookie); err != nil {
 		return nil, fmt.Errorf("set netns cookie: %w", err)
 	}
@@ -344,11 +329,12 @@ func (d *Datapath) loadCapture(cookie uint64, kind captureKind) (*ebpf.Program, 
 		Prog *ebpf.Program `ebpf:"pc_capture_in"`
 	}
 	err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: map[string]*ebpf.Map{
-		portcullisMapPcPods:     d.objs.PcPods,
-		portcullisMapPcPorts:    d.objs.PcPorts,
-		portcullisMapPcCounters: d.objs.PcCounters,
-		portcullisMapPcCgroups:  d.objs.PcCgroups,
-		portcullisMapPcConns:    d.objs.PcConns,
+		portcullisMapPcPods:      d.objs.PcPods,
+		portcullisMapPcPorts:     d.objs.PcPorts,
+		portcullisMapPcCounters:  d.objs.PcCounters,
+		portcullisMapPcCgroups:   d.objs.PcCgroups,
+		portcullisMapPcConns:     d.objs.PcConns,
+		portcullisMapPcListeners: d.objs.PcListeners,
 	}})
 	if err != nil {
 		return nil, fmt.Errorf("load %s capture program: %w", kind, verifierDetail(err))
@@ -570,21 +556,44 @@ func (d *Datapath) AccelMark() uint32 { return d.cfg.AccelMark }
 // ListenerPort returns the agent listener port the programs were loaded with.
 func (d *Datapath) ListenerPort() uint16 { return d.cfg.ListenerPort }
 
-// ListenerMark returns the SO_MARK capture requires of the agent's
-// listeners (Config.ListenerMark).
+// ListenerMark returns Config.ListenerMark.
+//
+// Deprecated: capture no longer looks at marks (see Config.ListenerMark).
 func (d *Datapath) ListenerMark() uint32 { return d.cfg.ListenerMark }
 
 // Listen opens the agent's listener on ListenerPort inside the netns at
-// netnsPath, marked with ListenerMark so that capture hands it the pod's
-// captured connections: capture drops them rather than give them to a
-// listener without the mark. addr is the address to bind; the zero Addr
-// means every address, IPv4 and IPv6, with one dual-stack socket, which is
-// what capture expects. Needs CAP_NET_ADMIN (SO_MARK).
+// netnsPath, flagged (pc_listeners, a BPF socket storage map) so that
+// capture hands it the pod's captured connections: capture drops them
+// rather than give them to a listener without the flag. The flag is set
+// before the socket listens, and only this datapath's maps can set it,
+// which needs CAP_BPF or CAP_SYS_ADMIN. addr is the address to bind; the
+// zero Addr means every address, IPv4 and IPv6, with one dual-stack
+// socket, which is what capture expects. The socket is plain TCP, not
+// MPTCP.
 func (d *Datapath) Listen(ctx context.Context, netnsPath string, addr netip.Addr) (net.Listener, error) {
 	host := ""
 	if addr.IsValid() {
 		host = addr.String()
 	}
-	lc := net.ListenConfig{Control: podnet.MarkControl(d.cfg.ListenerMark)}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var err error
+		if cerr := c.Control(func(fd uintptr) { err = d.flagListener(int(fd)) }); cerr != nil {
+			return cerr
+		}
+		return err
+	}}
+	// Plain TCP: an MPTCP socket (Go's default for listeners where the
+	// kernel has MPTCP) listens through a TCP subflow socket of its own,
+	// which is what capture's lookup finds, and the flag stored on the
+	// MPTCP socket is not on it.
+	lc.SetMultipathTCP(false)
 	return podnet.Listen(ctx, netnsPath, &lc, net.JoinHostPort(host, strconv.Itoa(int(d.cfg.ListenerPort))))
+}
+
+// flagListener flags the socket fd as the agent's listener (pc_listeners).
+func (d *Datapath) flagListener(fd int) error {
+	if err := d.objs.PcListeners.Update(int32(fd), uint8(1), ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("flag listener socket: %w", err)
+	}
+	return nil
 }

@@ -7,8 +7,8 @@
 //     pod's network namespace. A TCP packet to a captured port that belongs
 //     to no existing socket is bpf_sk_assign'ed to the agent's listener on
 //     Config.ListenerPort in that namespace; the accepted socket's local
-//     address is the original destination. Only a listener carrying
-//     Config.ListenerMark (SO_MARK, set by Datapath.Listen) is the agent's:
+//     address is the original destination. Only a listener flagged by
+//     Datapath.Listen (a BPF socket storage map) is the agent's:
 //     with no listener, or with another socket on that port (the pod's
 //     own application), the packet is dropped: a captured port is never
 //     reachable unverified.

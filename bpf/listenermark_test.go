@@ -22,14 +22,27 @@ import (
 // must not come: the SYN and its first retransmission (1s) are dropped.
 const dropWait = 1500 * time.Millisecond
 
-// listenMarked listens on addr in the current netns with SO_MARK mark
-// (none when 0), closed when the test ends.
-func listenMarked(t *testing.T, addr string, mark uint32) net.Listener {
+// listenSock listens on addr in the current netns, plain TCP, with SO_MARK
+// mark (none when 0) and, when flag, flagged as the agent's listener in d;
+// closed when the test ends.
+func listenSock(t *testing.T, d *Datapath, addr string, mark uint32, flag bool) net.Listener {
 	t.Helper()
-	var lc net.ListenConfig
-	if mark != 0 {
-		lc.Control = podnet.MarkControl(mark)
-	}
+	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+		if mark != 0 {
+			if err := podnet.MarkControl(mark)(network, address, c); err != nil {
+				return err
+			}
+		}
+		if !flag {
+			return nil
+		}
+		var err error
+		if cerr := c.Control(func(fd uintptr) { err = d.flagListener(int(fd)) }); cerr != nil {
+			return cerr
+		}
+		return err
+	}}
+	lc.SetMultipathTCP(false)
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -38,13 +51,14 @@ func listenMarked(t *testing.T, addr string, mark uint32) net.Listener {
 	return ln
 }
 
-// TestCaptureProgramListenerMark runs the capture program with
+// TestCaptureProgramListenerFlag runs the capture program with
 // BPF_PROG_TEST_RUN on a SYN to a captured port, with a socket listening
 // on the listener port in the test's netns (where the program looks
-// sockets up): only one carrying the listener mark is the agent's; the SYN
-// is dropped, counted as capture_foreign_listener, for any other.
-func TestCaptureProgramListenerMark(t *testing.T) {
-	const mark = 0x1234_5678
+// sockets up): only one Listen flagged (pc_listeners) is the agent's; the
+// SYN is dropped, counted as capture_foreign_listener, for any other, also
+// one carrying the SO_MARK the agent's listeners had before (which
+// CAP_NET_RAW is enough to set).
+func TestCaptureProgramListenerFlag(t *testing.T) {
 	tcp := tcpHeader(40000, testPort)
 	pkts := map[string][]byte{
 		"ipv4": ethFrame(ethIPv4, ipv4(protoTCP, 0, tcp)),
@@ -53,25 +67,26 @@ func TestCaptureProgramListenerMark(t *testing.T) {
 	tests := []struct {
 		name string
 		mark uint32 // of the listener; 0: none
+		flag bool
 		// assigned: the program got as far as bpf_sk_assign, which
 		// BPF_PROG_TEST_RUN refuses (the skb is not at TC ingress):
 		// capture_assign_error, where a live packet is assigned.
 		assigned bool
 	}{
-		{name: "unmarked listener", mark: 0},
-		{name: "listener with another mark", mark: mark + 1},
+		{name: "plain listener"},
+		{name: "listener with the old listener mark", mark: DefaultListenerMark},
 		{name: "listener with the acceleration mark", mark: 0x5043},
-		{name: "agent listener", mark: mark, assigned: true},
+		{name: "agent listener", flag: true, assigned: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := openTestWith(t, Config{ListenerPort: freePort(t), ListenerMark: mark})
+			d := openTestWith(t, Config{ListenerPort: freePort(t)})
 			const cookie = 0x3a4c
 			if err := d.writePorts(&podState{key: "test/mark", cookie: cookie}, PortSpec{Ports: []uint16{testPort}}); err != nil {
 				t.Fatal(err)
 			}
 			// A dual-stack wildcard socket: found for both families.
-			listenMarked(t, fmt.Sprintf(":%d", d.ListenerPort()), tt.mark)
+			listenSock(t, d, fmt.Sprintf(":%d", d.ListenerPort()), tt.mark, tt.flag)
 			for _, kind := range []captureKind{captureEthernet, captureL3} {
 				prog := loadCaptureTest(t, d, cookie, kind)
 				for family, pkt := range pkts {
@@ -138,17 +153,29 @@ func acceptedNone(t *testing.T, what string, ln net.Listener) {
 // not be opened because of that socket). A connection to a captured port
 // is dropped, over IPv4 and IPv6, instead of being handed to the app's
 // socket unchecked; neither that socket nor the app's own socket on the
-// captured port accept anything.
+// captured port accept anything. An SO_MARK on the app's socket (the one
+// the agent's listeners carried before, which CAP_NET_RAW suffices to set)
+// changes nothing.
 func TestCaptureRefusesAppListener(t *testing.T) {
 	d := openTest(t)
 	n := testenv.NewNetwork(t)
-	for _, bind := range []string{"wildcard", "pod address"} {
+	for _, bind := range []string{"wildcard", "pod address", "wildcard with the old listener mark"} {
 		t.Run(bind, func(t *testing.T) {
 			pod := n.NewPod(t, testenv.PodOptions{NoProcess: true})
 			squat := []net.Listener{listenIn(t, pod.NetnsPath, "", testPort)} // the app's own port
-			if bind == "wildcard" {
+			switch bind {
+			case "wildcard with the old listener mark":
+				// What a root process of the pod with CAP_NET_RAW can do.
+				lc := net.ListenConfig{Control: podnet.MarkControl(DefaultListenerMark)}
+				ln, err := podnet.Listen(context.Background(), pod.NetnsPath, &lc, fmt.Sprintf(":%d", d.ListenerPort()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { ln.Close() })
+				squat = append(squat, ln)
+			case "wildcard":
 				squat = append(squat, listenIn(t, pod.NetnsPath, "", d.ListenerPort()))
-			} else {
+			default:
 				squat = append(squat, listenIn(t, pod.NetnsPath, pod.IPv4.String(), d.ListenerPort()),
 					listenIn(t, pod.NetnsPath, pod.IPv6.String(), d.ListenerPort()))
 			}
@@ -240,14 +267,15 @@ func TestCaptureAssignsAgentListener(t *testing.T) {
 	}
 }
 
-// TestReadoptionWithNewListenerMark: an agent restarted with another
-// listener mark re-points the pinned capture links to programs loaded with
-// it: a listener still marked with the old one is refused, and one opened
-// by the new datapath is used.
-func TestReadoptionWithNewListenerMark(t *testing.T) {
+// TestReadoptionListenerFlag: the flags of a previous run's listeners do
+// not count after a restart (pc_listeners is not pinned, and the re-adopted
+// capture links are re-pointed to programs using the new run's map): a
+// listener the old datapath opened is refused, one the new datapath opens
+// is used.
+func TestReadoptionListenerFlag(t *testing.T) {
 	testenv.RequirePrivileged(t)
 	pinDir := testPinDir(t)
-	d1, err := Open(Config{PinDir: pinDir, ListenerMark: 0x1001})
+	d1, err := Open(Config{PinDir: pinDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +293,7 @@ func TestReadoptionWithNewListenerMark(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	d2, err := Open(Config{PinDir: pinDir, ListenerMark: 0x1002})
+	d2, err := Open(Config{PinDir: pinDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +307,7 @@ func TestReadoptionWithNewListenerMark(t *testing.T) {
 	if diff[CaptureForeignListener] == 0 {
 		t.Errorf("with the old agent's listener: counter changes %v, want capture_foreign_listener", diff)
 	}
-	acceptedNone(t, "the listener with the old mark", old)
+	acceptedNone(t, "the previous run's listener", old)
 	old.Close()
 
 	ln, err := d2.Listen(context.Background(), pod.NetnsPath, netip.Addr{})
@@ -294,10 +322,11 @@ func TestReadoptionWithNewListenerMark(t *testing.T) {
 	c.Close()
 }
 
-// TestListenMarksSockets: Listen's sockets carry the listener mark, for
-// IPv4, IPv6 and the dual-stack wildcard.
-func TestListenMarksSockets(t *testing.T) {
-	d := openTestWith(t, Config{ListenerMark: 0xabc})
+// TestListenFlagsSockets: Listen's sockets are flagged in pc_listeners,
+// for IPv4, IPv6 and the dual-stack wildcard, and are plain TCP (MPTCP
+// listens through a subflow socket the flag is not on).
+func TestListenFlagsSockets(t *testing.T) {
+	d := openTest(t)
 	pod := testenv.NewNetwork(t).NewPod(t, testenv.PodOptions{NoProcess: true})
 	for _, addr := range []netip.Addr{{}, pod.IPv4, pod.IPv6} {
 		ln, err := d.Listen(context.Background(), pod.NetnsPath, addr)
@@ -308,33 +337,26 @@ func TestListenMarksSockets(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var mark int
-		var serr error
+		var (
+			flag       uint8
+			proto      int
+			lerr, serr error
+		)
 		if err := raw.Control(func(fd uintptr) {
-			mark, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK)
+			lerr = d.objs.PcListeners.Lookup(int32(fd), &flag)
+			proto, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_PROTOCOL)
 		}); err != nil || serr != nil {
-			t.Fatalf("getsockopt SO_MARK: %v %v", err, serr)
+			t.Fatalf("getsockopt SO_PROTOCOL: %v %v", err, serr)
 		}
 		if got, want := netip.MustParseAddrPort(ln.Addr().String()).Port(), d.ListenerPort(); got != want {
 			t.Errorf("Listen on %v: port %d, want %d", addr, got, want)
 		}
 		ln.Close()
-		if uint32(mark) != d.ListenerMark() {
-			t.Errorf("Listen on %v: SO_MARK %#x, want %#x", addr, mark, d.ListenerMark())
+		if lerr != nil || flag != 1 {
+			t.Errorf("Listen on %v: flag %d (%v), want 1", addr, flag, lerr)
 		}
-	}
-}
-
-func TestOpenRefusesListenerMarkEqualToAccelMark(t *testing.T) {
-	testenv.RequirePrivileged(t)
-	d, err := Open(Config{PinDir: testPinDir(t), ListenerMark: 0x77, AccelMark: 0x77})
-	if err == nil {
-		d.Teardown()
-		t.Fatal("Open with ListenerMark == AccelMark: got nil error")
-	}
-	d, err = Open(Config{PinDir: testPinDir(t), AccelMark: DefaultListenerMark})
-	if err == nil {
-		d.Teardown()
-		t.Fatal("Open with the default listener mark as AccelMark: got nil error")
+		if proto != syscall.IPPROTO_TCP {
+			t.Errorf("Listen on %v: protocol %d, want TCP (%d)", addr, proto, syscall.IPPROTO_TCP)
+		}
 	}
 }

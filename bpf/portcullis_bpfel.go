@@ -96,6 +96,7 @@ const (
 	portcullisMapPcCgroups          = "pc_cgroups"
 	portcullisMapPcConns            = "pc_conns"
 	portcullisMapPcCounters         = "pc_counters"
+	portcullisMapPcListeners        = "pc_listeners"
 	portcullisMapPcPods             = "pc_pods"
 	portcullisMapPcPorts            = "pc_ports"
 	portcullisMapPcSocks            = "pc_socks"
@@ -105,7 +106,6 @@ const (
 	portcullisProgPcSockops         = "pc_sockops"
 	portcullisVarPcAccelMark        = "pc_accel_mark"
 	portcullisVarPcL3Dev            = "pc_l3_dev"
-	portcullisVarPcListenerMark     = "pc_listener_mark"
 	portcullisVarPcListenerPort     = "pc_listener_port"
 	portcullisVarPcPodNetnsCookie   = "pc_pod_netns_cookie"
 )
@@ -164,6 +164,7 @@ type portcullisMapSpecs struct {
 	PcCgroups   *ebpf.MapSpec `ebpf:"pc_cgroups"`
 	PcConns     *ebpf.MapSpec `ebpf:"pc_conns"`
 	PcCounters  *ebpf.MapSpec `ebpf:"pc_counters"`
+	PcListeners *ebpf.MapSpec `ebpf:"pc_listeners"`
 	PcPods      *ebpf.MapSpec `ebpf:"pc_pods"`
 	PcPorts     *ebpf.MapSpec `ebpf:"pc_ports"`
 	PcSocks     *ebpf.MapSpec `ebpf:"pc_socks"`
@@ -176,7 +177,6 @@ type portcullisMapSpecs struct {
 type portcullisVariableSpecs struct {
 	PcAccelMark      *ebpf.VariableSpec `ebpf:"pc_accel_mark"`
 	PcL3Dev          *ebpf.VariableSpec `ebpf:"pc_l3_dev"`
-	PcListenerMark   *ebpf.VariableSpec `ebpf:"pc_listener_mark"`
 	PcListenerPort   *ebpf.VariableSpec `ebpf:"pc_listener_port"`
 	PcPodNetnsCookie *ebpf.VariableSpec `ebpf:"pc_pod_netns_cookie"`
 }
@@ -204,6 +204,7 @@ type portcullisMaps struct {
 	PcCgroups   *ebpf.Map `ebpf:"pc_cgroups"`
 	PcConns     *ebpf.Map `ebpf:"pc_conns"`
 	PcCounters  *ebpf.Map `ebpf:"pc_counters"`
+	PcListeners *ebpf.Map `ebpf:"pc_listeners"`
 	PcPods      *ebpf.Map `ebpf:"pc_pods"`
 	PcPorts     *ebpf.Map `ebpf:"pc_ports"`
 	PcSocks     *ebpf.Map `ebpf:"pc_socks"`
@@ -215,6 +216,7 @@ func (m *portcullisMaps) Close() error {
 		m.PcCgroups,
 		m.PcConns,
 		m.PcCounters,
+		m.PcListeners,
 		m.PcPods,
 		m.PcPorts,
 		m.PcSocks,
@@ -228,7 +230,6 @@ func (m *portcullisMaps) Close() error {
 type portcullisVariables struct {
 	PcAccelMark      *ebpf.Variable `ebpf:"pc_accel_mark"`
 	PcL3Dev          *ebpf.Variable `ebpf:"pc_l3_dev"`
-	PcListenerMark   *ebpf.Variable `ebpf:"pc_listener_mark"`
 	PcListenerPort   *ebpf.Variable `ebpf:"pc_listener_port"`
 	PcPodNetnsCookie *ebpf.Variable `ebpf:"pc_pod_netns_cookie"`
 }

@@ -144,7 +144,6 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Agent,
 		CgroupRoot:   cfg.CgroupRoot,
 		ListenerPort: uint16(cfg.ListenerPort),
 		AccelMark:    cfg.LocalAcceleration.Mark,
-		ListenerMark: cfg.ListenerMark,
 		OnError: func(key string, err error) {
 			if e := enf.Load(); e != nil {
 				e.DatapathError(key, err)

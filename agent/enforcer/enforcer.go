@@ -677,8 +677,8 @@ func (e *Enforcer) enrollLocked(w *workload, ports bpf.PortSpec) error {
 // does), so that none goes on unchecked. It returns cause, joined with
 // Enroll's error if capture could not be attached.
 //
-// Capture hands new connections only to the agent's own listener (marked,
-// bpf.Config.ListenerMark): when the listener could not be opened because
+// Capture hands new connections only to the agent's own listener (flagged
+// by bpf.Datapath.Listen): when the listener could not be opened because
 // a socket of the pod holds the listener port, capture drops them whatever
 // address that socket is bound to. When it is bound to the pod's address or
 // the wildcard, the error names it (heldListenerPort): the pod listens on

@@ -19,18 +19,25 @@
  * (host byte order). It is never captured. Set by the loader before load. */
 const volatile __u16 pc_listener_port = 0;
 
-/* pc_listener_mark is the SO_MARK of the agent's listening sockets
- * (Config.ListenerMark, never 0). Capture assigns a connection only to a
- * listener that carries it: whatever else listens on pc_listener_port in
- * the pod (the application, by accident or while the agent's listener is
- * missing) is refused and the packet dropped. Setting SO_MARK needs
- * CAP_NET_ADMIN or, since Linux 5.17, CAP_NET_RAW in the socket's netns
- * (sk_setsockopt), and CAP_NET_RAW is in the default capability set of
- * containers: a root process of the pod that drops nothing can pass for
- * the agent while the agent's listener is missing. It only defeats its own
- * pod's protection; pods should drop NET_RAW. Set by the loader before
- * load. */
-const volatile __u32 pc_listener_mark = 0;
+/* pc_listeners flags the agent's listening sockets: Datapath.Listen
+ * stores PC_LISTENER_FLAG for its listener's socket from user space (a map
+ * update keyed by the socket's fd, which needs this map's fd: CAP_BPF or
+ * CAP_SYS_ADMIN, never an application pod's). Capture assigns a connection
+ * only to a listener that has it: whatever else listens on
+ * pc_listener_port in the pod (the application, by accident or while the
+ * agent's listener is missing) is refused and the packet dropped. An
+ * SO_MARK would not do: since Linux 5.17 CAP_NET_RAW, in the default
+ * capability set of containers, is enough to set one. Not pinned: the
+ * listeners of a previous agent run are gone with it, and the capture
+ * programs a new run re-adopts use its map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+} pc_listeners SEC(".maps");
+
+#define PC_LISTENER_FLAG 1
 
 /* pc_pod_netns_cookie is the netns cookie of the pod this program instance
  * serves: the loader loads one instance per pod. The program cannot learn
@@ -372,13 +379,14 @@ static __always_inline enum pc_existing pc_lookup_existing(struct __sk_buff *skb
  * matches) with a zero source, so that it can only find a listener. The
  * stack's own listener lookup picks the most specific socket, so it may
  * find one that is not the agent's: an application's socket bound to the
- * pod's address or the wildcard on that port. Only a listener carrying
- * pc_listener_mark is used; any other means the packet is dropped.
+ * pod's address or the wildcard on that port. Only a listener flagged in
+ * pc_listeners is used; any other means the packet is dropped.
  * Returns a TCX verdict. */
 static __always_inline int pc_assign_listener(struct __sk_buff *skb, struct pc_pkt *pkt)
 {
 	struct bpf_sock_tuple ln = {};
 	struct bpf_sock *sk, *full;
+	__u8 *flag = NULL;
 	long err;
 
 	if (pkt->ipv6) {
@@ -399,11 +407,13 @@ static __always_inline int pc_assign_listener(struct __sk_buff *skb, struct pc_p
 		pc_count(PC_CNT_CAPTURE_NO_LISTENER);
 		return PC_TCX_DROP;
 	}
-	/* A listener is a full socket; ->mark is only readable on one
-	 * (bpf_sock_is_valid_access). bpf_sk_fullsock returns the same socket,
-	 * still referenced through sk. */
+	/* A listener is a full socket, which bpf_sk_storage_get wants.
+	 * bpf_sk_fullsock returns the same socket, still referenced through
+	 * sk. Without BPF_SK_STORAGE_GET_F_CREATE nothing is stored. */
 	full = bpf_sk_fullsock(sk);
-	if (!full || full->mark != pc_listener_mark) {
+	if (full)
+		flag = bpf_sk_storage_get(&pc_listeners, full, 0, 0);
+	if (!flag || *flag != PC_LISTENER_FLAG) {
 		bpf_sk_release(sk);
 		pc_count(PC_CNT_CAPTURE_FOREIGN_LISTENER);
 		return PC_TCX_DROP;
