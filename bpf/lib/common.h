@@ -62,8 +62,8 @@ enum pc_counter {
 	 * on TCP agent-to-application for its lifetime. */
 	PC_CNT_ACCEL_TCP_ONLY,
 	/* capture: dropped, the socket listening on the listener port for the
-	 * packet's destination is not the agent's (its SO_MARK is not
-	 * pc_listener_mark): an application of the pod holds the port, and
+	 * packet's destination is not the agent's (not flagged in
+	 * pc_listeners): an application of the pod holds the port, and
 	 * must not receive captured connections unchecked (fail closed). */
 	PC_CNT_CAPTURE_FOREIGN_LISTENER,
 	PC_CNT_MAX,
