@@ -28,12 +28,6 @@ const DefaultPinDir = BPFFSRoot + "/portcullis/agent"
 // Config.ListenerPort is zero.
 const DefaultListenerPort = 15006
 
-// DefaultListenerMark was the SO_MARK of the agent's in-pod listeners.
-//
-// Deprecated: capture recognises the agent's listeners by a socket storage
-// flag (see Listen); Config.ListenerMark is ignored.
-const DefaultListenerMark = 0x504c
-
 // Config configures Open.
 type Config struct {
 	// PinDir is the bpffs directory that holds this datapath's programs,
@@ -49,14 +43,6 @@ type Config struct {
 	// ListenerPort is the port of the agent's listener in every enrolled
 	// pod's netns. It is never captured. Zero means DefaultListenerPort.
 	ListenerPort uint16
-	// ListenerMark is ignored.
-	//
-	// Deprecated: it was the SO_MARK that told the agent's listeners from
-	// other sockets on ListenerPort, but since Linux 5.17 CAP_NET_RAW (in
-	// the default capability set of containers) is enough to set a mark.
-	// Capture now recognises the agent's listeners by a flag Listen stores
-	// in the socket's BPF storage, which an application cannot set.
-	ListenerMark uint32
 	// AccelMark turns on local acceleration (lib/accel.h): connections
 	// from sockets carrying this SO_MARK (the agent's upstream sockets) to
 	// a local application move their bytes socket to socket through a
@@ -555,11 +541,6 @@ func (d *Datapath) AccelMark() uint32 { return d.cfg.AccelMark }
 
 // ListenerPort returns the agent listener port the programs were loaded with.
 func (d *Datapath) ListenerPort() uint16 { return d.cfg.ListenerPort }
-
-// ListenerMark returns Config.ListenerMark.
-//
-// Deprecated: capture no longer looks at marks (see Config.ListenerMark).
-func (d *Datapath) ListenerMark() uint32 { return d.cfg.ListenerMark }
 
 // Listen opens the agent's listener on ListenerPort inside the netns at
 // netnsPath, flagged (pc_listeners, a BPF socket storage map) so that

@@ -74,7 +74,7 @@ func TestCaptureProgramListenerFlag(t *testing.T) {
 		assigned bool
 	}{
 		{name: "plain listener"},
-		{name: "listener with the old listener mark", mark: DefaultListenerMark},
+		{name: "listener with the old listener mark", mark: oldListenerMark},
 		{name: "listener with the acceleration mark", mark: 0x5043},
 		{name: "agent listener", flag: true, assigned: true},
 	}
@@ -166,7 +166,7 @@ func TestCaptureRefusesAppListener(t *testing.T) {
 			switch bind {
 			case "wildcard with the old listener mark":
 				// What a root process of the pod with CAP_NET_RAW can do.
-				lc := net.ListenConfig{Control: podnet.MarkControl(DefaultListenerMark)}
+				lc := net.ListenConfig{Control: podnet.MarkControl(oldListenerMark)}
 				ln, err := podnet.Listen(context.Background(), pod.NetnsPath, &lc, fmt.Sprintf(":%d", d.ListenerPort()))
 				if err != nil {
 					t.Fatal(err)
@@ -360,3 +360,8 @@ func TestListenFlagsSockets(t *testing.T) {
 		}
 	}
 }
+
+// oldListenerMark is the SO_MARK an earlier capture program required of the
+// agent's listeners (CAP_NET_RAW suffices to set it): a listener carrying
+// it without the storage flag must get nothing.
+const oldListenerMark = 0x504c

@@ -47,13 +47,6 @@ type Config struct {
 	// ListenerPort is the port of the agent's listener inside each enrolled
 	// pod's network namespace; it is never captured. Zero: 15006.
 	ListenerPort int `json:"listenerPort,omitempty"`
-	// ListenerMark is the SO_MARK of the agent's listeners in each pod:
-	// capture hands connections only to a listener carrying it, never to
-	// an application socket that happens to listen on ListenerPort (an
-	// application needs CAP_NET_ADMIN to set a mark). Zero: 0x504c ("PL").
-	// It must differ from localAcceleration.mark; change it if the pod
-	// network gives that fwmark a meaning.
-	ListenerMark uint32 `json:"listenerMark,omitempty"`
 	// PinDir is where the datapath pins programs, maps and links so that
 	// enforcement survives an agent restart. Zero: /sys/fs/bpf/portcullis/agent.
 	PinDir string `json:"pinDir,omitempty"`
@@ -125,9 +118,6 @@ const DefaultMaxConns = 8192
 
 // DefaultAccelerationMark is AccelerationConfig.Mark's default.
 const DefaultAccelerationMark = 0x5043
-
-// DefaultListenerMark is Config.ListenerMark's default (bpf's default too).
-const DefaultListenerMark = 0x504c
 
 // LocalConfig names the files of local mode. Relative paths are resolved
 // against the config file's directory.
@@ -300,9 +290,6 @@ func (c *Config) Default() {
 	if c.LocalAcceleration.Mark == 0 {
 		c.LocalAcceleration.Mark = DefaultAccelerationMark
 	}
-	if c.ListenerMark == 0 {
-		c.ListenerMark = DefaultListenerMark
-	}
 	if c.Audit.Path == "" {
 		c.Audit.Path = "-"
 	}
@@ -366,9 +353,6 @@ func (c *Config) Validate() error {
 	}
 	if c.ListenerPort < 1 || c.ListenerPort > 65535 {
 		errs = append(errs, fmt.Errorf("listenerPort: %d is not a TCP port", c.ListenerPort))
-	}
-	if c.ListenerMark == c.LocalAcceleration.Mark {
-		errs = append(errs, fmt.Errorf("listenerMark: %#x is also localAcceleration.mark; the two must differ", c.ListenerMark))
 	}
 	if c.AdminAddress != "off" {
 		if _, _, err := net.SplitHostPort(c.AdminAddress); err != nil {

@@ -11,8 +11,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-
-	"github.com/portcullis-mesh/portcullis/bpf"
 )
 
 func writeFile(t *testing.T, dir, name, body string) string {
@@ -82,10 +80,6 @@ func TestLoadErrors(t *testing.T) {
 		{"bad port and rate", "local: {workloads: w, policies: p}\nlistenerPort: 70000\naudit: {allowSampleRate: 2}\n",
 			[]string{"listenerPort: 70000 is not a TCP port", "audit.allowSampleRate: 2 is not within 0..1"}},
 		{"bad duration", "local: {workloads: w, policies: p}\nshutdownGrace: 5\n", []string{"duration must be a string"}},
-		{"listener mark equals the acceleration mark", "local: {workloads: w, policies: p}\nlistenerMark: 0x5043\n",
-			[]string{"listenerMark: 0x5043 is also localAcceleration.mark"}},
-		{"acceleration mark equals the default listener mark", "local: {workloads: w, policies: p}\nlocalAcceleration: {mark: 0x504c}\n",
-			[]string{"listenerMark: 0x504c is also localAcceleration.mark"}},
 		{"negative duration", "local: {workloads: w, policies: p}\nshutdownGrace: -5s\n", []string{`duration "-5s" is negative`}},
 		{"negative limits", "local: {workloads: w, policies: p}\nlimits: {maxHeaderBytes: -1, maxHeaders: -2, maxConnsPerPod: -3, maxConns: -4}\n",
 			[]string{"limits.maxHeaderBytes: -1 is negative", "limits.maxHeaders: -2 is negative", "limits.maxConnsPerPod: -3 is negative", "limits.maxConns: -4 is negative"}},
@@ -204,12 +198,5 @@ func TestAllowSampleRate(t *testing.T) {
 	_, err := Load(p)
 	if want := "audit.allowSampleRate: 0.7 is not 1/N for a whole N: one allow in every N is recorded, so write 0.5 (1/2) or 1 (1/1)"; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("Load error: got %v, want it to contain %q", err, want)
-	}
-}
-
-// TestDefaultListenerMark: the configuration's default is the datapath's.
-func TestDefaultListenerMark(t *testing.T) {
-	if DefaultListenerMark != bpf.DefaultListenerMark {
-		t.Errorf("DefaultListenerMark: got %#x, want bpf.DefaultListenerMark %#x", DefaultListenerMark, bpf.DefaultListenerMark)
 	}
 }
