@@ -268,8 +268,9 @@ func (e *Engine) Authorize(ctx context.Context, w *Workload, r *verifier.Request
 // AuthorizeStrip is Authorize that also returns the forwardClaims header
 // names (sorted, shared: do not modify) of the issuers trusted for w's
 // namespace in the very policy set that made the decision: those whose
-// client-sent copies must be removed from this request (Decision.Strip). Unlike ForwardedHeaders, pushed to the verifier after a reload,
-// they cannot lag behind the set in force.
+// client-sent copies must be removed from this request (Decision.Strip).
+// Unlike ForwardedHeaders, pushed to the verifier after a reload, they
+// cannot lag behind the set in force.
 func (e *Engine) AuthorizeStrip(ctx context.Context, w *Workload, r *verifier.Request) (verifier.Decision, []string) {
 	in, _ := e.Input(ctx, w, r)
 	v := e.current()
