@@ -163,14 +163,6 @@ func newStripHeaders(names []string) stripHeaders {
 	return h
 }
 
-// ForwardedHeaders returns the header names the ClusterIssuers'
-// forwardClaims set, which the verifier strips from every workload's
-// requests. Those of a namespace's Issuers are not in it: they are
-// stripped only from that namespace's workloads, through each decision's
-// Strip (AuthorizeStrip). Decision.Strip covers the ClusterIssuers' names
-// too, so pushing this list to the verifier is no longer needed.
-func (e *Engine) ForwardedHeaders() []string { return e.current().cluster.names }
-
 // Workload is the destination as the Engine needs it: its key and what
 // policies select on. The agent keeps one per enrolled pod and replaces it
 // when labels change.
@@ -269,8 +261,7 @@ func (e *Engine) Authorize(ctx context.Context, w *Workload, r *verifier.Request
 // names (sorted, shared: do not modify) of the issuers trusted for w's
 // namespace in the very policy set that made the decision: those whose
 // client-sent copies must be removed from this request (Decision.Strip).
-// Unlike ForwardedHeaders, pushed to the verifier after a reload, they
-// cannot lag behind the set in force.
+// They cannot lag behind the set in force.
 func (e *Engine) AuthorizeStrip(ctx context.Context, w *Workload, r *verifier.Request) (verifier.Decision, []string) {
 	in, _ := e.Input(ctx, w, r)
 	v := e.current()

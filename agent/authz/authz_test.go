@@ -116,10 +116,6 @@ func TestAuthorize(t *testing.T) {
 			}
 		})
 	}
-	// The set has no ClusterIssuer: nothing is stripped cluster-wide.
-	if got := e.ForwardedHeaders(); len(got) != 0 {
-		t.Errorf("ForwardedHeaders: got %v, want none", got)
-	}
 }
 
 func TestNamespaceEnforcedDefaultDeny(t *testing.T) {

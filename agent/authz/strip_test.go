@@ -73,10 +73,6 @@ spec:
 			}
 		})
 	}
-	// Only the ClusterIssuers' names apply to every workload.
-	if diff := cmp.Diff([]string{"X-Corp-Oid", "x-claim-oid"}, e.ForwardedHeaders()); diff != "" {
-		t.Errorf("ForwardedHeaders (-want +got):\n%s", diff)
-	}
 }
 
 // TestStripDoesNotAllocate: choosing the namespace's strip list costs no

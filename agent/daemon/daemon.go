@@ -233,7 +233,6 @@ func (a *Agent) applySet(set *policy.Set) {
 		a.log.Error("configure issuers", "error", err)
 	}
 	a.enforcer.PolicyChanged()
-	a.enforcer.StripHeadersChanged()
 	st := a.store.Stats()
 	a.log.Info("policy set applied", "generation", st.Generation, "policies", st.Policies, "rules", st.Rules,
 		"compile_seconds", st.CompileDuration.Seconds())

@@ -817,7 +817,6 @@ func (e *Enforcer) newVerifierLocked(w *workload) (*podVerifier, error) {
 		vc.NoSplice = true
 	}
 	vc.Dialer = dialer
-	vc.StripHeaders = e.cfg.Engine.ForwardedHeaders()
 	if e.cfg.Audit != nil {
 		vc.Audit = e.cfg.Audit
 	}
@@ -934,19 +933,6 @@ func (e *Enforcer) unenrollLocked(w *workload) {
 		retire(ctx, p.podVerifier)
 	}()
 	e.log.Info("unenrolled workload", "workload", key)
-}
-
-// StripHeadersChanged pushes the forwardClaims header names of a new policy
-// set to every verifier.
-func (e *Enforcer) StripHeadersChanged() {
-	h := e.cfg.Engine.ForwardedHeaders()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, w := range e.workloads {
-		if w.pod != nil {
-			w.pod.srv.SetStripHeaders(h)
-		}
-	}
 }
 
 func (e *Enforcer) setMetricsLocked() {
