@@ -178,6 +178,8 @@ func TestInvalidObjects(t *testing.T) {
 		{"forwarded claim header", is + "  oidc: {issuer: https://x, audiences: [a]}\n  forwardClaims: {oid: X-Forwarded-For}", "is reserved"},
 		{"verifier's own header, underscores", is + "  oidc: {issuer: https://x, audiences: [a]}\n  forwardClaims: {oid: x_portcullis_source}", "is reserved"},
 		{"framing claim header", is + "  oidc: {issuer: https://x, audiences: [a]}\n  forwardClaims: {oid: Transfer-Encoding}", "is reserved"},
+		{"client address claim header", is + "  oidc: {issuer: https://x, audiences: [a]}\n  forwardClaims: {oid: Client-Ip}", "is reserved"},
+		{"underscore in a claim header", is + "  oidc: {issuer: https://x, audiences: [a]}\n  forwardClaims: {oid: X_Claim_Oid}", "_"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
