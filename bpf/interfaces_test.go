@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -127,65 +126,12 @@ func newTunOfType(t *testing.T, netnsPath, name string, linkType int, encap stri
 // does not know.
 const arphrdNetlink = 824
 
-// createTun creates a tun device, down, in the netns. linkType >= 0 sets
-// its ARPHRD type (TUNSETLINK), which lets a test make a device of a link
-// type the kernel has no driver for here. It is deleted when the test
-// ends.
+// createTun creates a tun device, down, in the netns (testenv.Tun).
 func createTun(t *testing.T, netnsPath, name string, linkType int) *tunDevice {
 	t.Helper()
-	tun := &tunDevice{name: name}
-	err := podnet.Do(netnsPath, func() error {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-		if err != nil {
-			return fmt.Errorf("open /dev/net/tun: %w", err)
-		}
-		ifr, err := unix.NewIfreq(tun.name)
-		if err != nil {
-			unix.Close(fd)
-			return err
-		}
-		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("TUNSETIFF: %w", err)
-		}
-		if linkType >= 0 {
-			if err := unix.IoctlSetInt(fd, unix.TUNSETLINK, linkType); err != nil {
-				unix.Close(fd)
-				return fmt.Errorf("TUNSETLINK: %w", err)
-			}
-		}
-		tun.file = os.NewFile(uintptr(fd), tun.name) // non-blocking: deadlines work
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tun.file.Close() })
+	tun := &tunDevice{name: name, file: testenv.Tun(t, netnsPath, name, linkType)}
 	tun.ifindex = ifindexOf(t, netnsPath, name)
 	return tun
-}
-
-// setUp sets the interface up.
-func setUp(t *testing.T, netnsPath string, ifindex int) {
-	t.Helper()
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	l, err := h.LinkByIndex(ifindex)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(l); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // checksum is the Internet checksum (RFC 1071) of b, starting from sum.
@@ -584,7 +530,7 @@ func TestWatchCapturesUnknownLinkTypes(t *testing.T) {
 		t.Fatal(err)
 	}
 	odd := createTun(t, pod.NetnsPath, "pcodd1", arphrdNetlink)
-	setUp(t, pod.NetnsPath, odd.ifindex)
+	testenv.SetLinkUp(t, pod.NetnsPath, odd.name)
 	waitFor(t, "capture on the unknown-type interface", func() (bool, error) {
 		return len(tcxIngress(t, pod.NetnsPath, odd.ifindex)) == 1, nil
 	})

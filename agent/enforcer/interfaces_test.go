@@ -3,15 +3,12 @@ package enforcer
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-mesh/portcullis/bpf"
@@ -120,46 +117,8 @@ const mprogMax = 64
 func fullTCX(t *testing.T, netnsPath string) (release func()) {
 	t.Helper()
 	const name = "pcfull0"
-	var tun *os.File
-	err := podnet.Do(netnsPath, func() error {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("open /dev/net/tun: %w", err)
-		}
-		tun = os.NewFile(uintptr(fd), name)
-		ifr, err := unix.NewIfreq(name)
-		if err != nil {
-			return err
-		}
-		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			return fmt.Errorf("TUNSETIFF: %w", err)
-		}
-		return nil
-	})
-	if tun != nil {
-		t.Cleanup(func() { tun.Close() }) // deletes the device
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(l); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Tun(t, netnsPath, name, -1)
+	l := testenv.SetLinkUp(t, netnsPath, name)
 	var links []link.Link
 	release = func() {
 		for _, l := range links {

@@ -2,17 +2,14 @@ package enforcer
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-mesh/portcullis/bpf"
-	"github.com/portcullis-mesh/portcullis/bpf/podnet"
+	"github.com/portcullis-mesh/portcullis/bpf/testenv"
 )
 
 // oddInterface creates a tun device in the netns, of a link type capture
@@ -22,49 +19,8 @@ import (
 func oddInterface(t *testing.T, netnsPath string) {
 	t.Helper()
 	const name = "pcodd0"
-	var tun *os.File
-	err := podnet.Do(netnsPath, func() error {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return fmt.Errorf("open /dev/net/tun: %w", err)
-		}
-		tun = os.NewFile(uintptr(fd), name)
-		ifr, err := unix.NewIfreq(name)
-		if err != nil {
-			return err
-		}
-		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			return fmt.Errorf("TUNSETIFF: %w", err)
-		}
-		if err := unix.IoctlSetInt(fd, unix.TUNSETLINK, unix.ARPHRD_NETLINK); err != nil {
-			return fmt.Errorf("TUNSETLINK: %w", err)
-		}
-		return nil
-	})
-	if tun != nil {
-		t.Cleanup(func() { tun.Close() })
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(l); err != nil {
-		t.Fatal(err)
-	}
+	testenv.Tun(t, netnsPath, name, unix.ARPHRD_NETLINK)
+	testenv.SetLinkUp(t, netnsPath, name)
 }
 
 // TestTooManyPortsCapturesEveryPort: the policies list more ports than the
