@@ -15,7 +15,6 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/portcullis-mesh/portcullis/bpf/podnet"
 	"github.com/portcullis-mesh/portcullis/bpf/testenv"
 )
 
@@ -32,29 +31,7 @@ const vnetPrefix = 4 + 10 // tun_pi, virtio_net_hdr
 
 func newVnetTun(t *testing.T, netnsPath, name string) *vnetTun {
 	t.Helper()
-	var f *os.File
-	err := podnet.Do(netnsPath, func() error {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-		if err != nil {
-			return fmt.Errorf("open /dev/net/tun: %w", err)
-		}
-		ifr, err := unix.NewIfreq(name)
-		if err != nil {
-			unix.Close(fd)
-			return err
-		}
-		ifr.SetUint16(unix.IFF_TUN | unix.IFF_VNET_HDR)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("TUNSETIFF: %w", err)
-		}
-		f = os.NewFile(uintptr(fd), name) // non-blocking: deadlines work
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
+	f := testenv.TunFlags(t, netnsPath, name, unix.IFF_TUN|unix.IFF_VNET_HDR, -1)
 	ns, err := netns.GetFromPath(netnsPath)
 	if err != nil {
 		t.Fatal(err)

@@ -22,6 +22,13 @@ import (
 // the only descriptor of a non-persistent tun device).
 func Tun(t testing.TB, netnsPath, name string, linkType int) *os.File {
 	t.Helper()
+	return TunFlags(t, netnsPath, name, unix.IFF_TUN|unix.IFF_NO_PI, linkType)
+}
+
+// TunFlags is Tun with the device's TUNSETIFF flags, e.g. IFF_TUN |
+// IFF_VNET_HDR for a queue whose packets carry a virtio-net header.
+func TunFlags(t testing.TB, netnsPath, name string, flags uint16, linkType int) *os.File {
+	t.Helper()
 	var tun *os.File
 	err := podnet.Do(netnsPath, func() error {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
@@ -33,7 +40,7 @@ func Tun(t testing.TB, netnsPath, name string, linkType int) *os.File {
 			unix.Close(fd)
 			return err
 		}
-		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+		ifr.SetUint16(flags)
 		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 			unix.Close(fd)
 			return fmt.Errorf("TUNSETIFF: %w", err)
@@ -79,4 +86,21 @@ func SetLinkUp(t testing.TB, netnsPath, name string) netlink.Link {
 		t.Fatalf("set %s up in %s: %v", name, netnsPath, err)
 	}
 	return l
+}
+
+// EnsureHostBPFFS mounts a bpffs on /sys/fs/bpf when the host has none
+// there, as a node has (systemd mounts it): kubernetes-mode agents refuse a
+// pin directory that is not on it. Call it from the init or TestMain of
+// test packages that run such agents; it does nothing unless root.
+func EnsureHostBPFFS() {
+	if os.Geteuid() != 0 {
+		return
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs("/sys/fs/bpf", &st); err == nil && st.Type == unix.BPF_FS_MAGIC {
+		return
+	}
+	if err := unix.Mount("bpffs", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
+		fmt.Fprintf(os.Stderr, "mount bpffs on /sys/fs/bpf: %v (kubernetes-mode agents will refuse to start)\n", err)
+	}
 }
