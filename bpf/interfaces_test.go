@@ -17,7 +17,6 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-mesh/portcullis/bpf/podnet"
@@ -82,16 +81,7 @@ func newTun(t *testing.T, netnsPath string) *tunDevice {
 func newTunOfType(t *testing.T, netnsPath, name string, linkType int, encap string) *tunDevice {
 	t.Helper()
 	tun := createTun(t, netnsPath, name, linkType)
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := testenv.Netlink(t, netnsPath)
 	l, err := h.LinkByIndex(tun.ifindex)
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-mesh/portcullis/bpf/testenv"
@@ -32,16 +31,7 @@ const vnetPrefix = 4 + 10 // tun_pi, virtio_net_hdr
 func newVnetTun(t *testing.T, netnsPath, name string) *vnetTun {
 	t.Helper()
 	f := testenv.TunFlags(t, netnsPath, name, unix.IFF_TUN|unix.IFF_VNET_HDR, -1)
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := testenv.Netlink(t, netnsPath)
 	l, err := h.LinkByName(name)
 	if err != nil {
 		t.Fatal(err)

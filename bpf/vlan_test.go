@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/portcullis-mesh/portcullis/bpf/podnet"
@@ -60,16 +59,7 @@ func TestCaptureDropsTaggedSYN(t *testing.T) {
 	if err := d.Enroll(Pod{Key: "test/vlan", NetnsPath: pod.NetnsPath, Ports: PortSpec{Ports: []uint16{testPort}}}); err != nil {
 		t.Fatal(err)
 	}
-	ns, err := netns.GetFromPath(pod.NetnsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := testenv.Netlink(t, pod.NetnsPath)
 	eth, err := h.LinkByName(testenv.PodInterface)
 	if err != nil {
 		t.Fatal(err)

@@ -68,16 +68,7 @@ func TunFlags(t testing.TB, netnsPath, name string, flags uint16, linkType int) 
 // netnsPath up and returns it.
 func SetLinkUp(t testing.TB, netnsPath, name string) netlink.Link {
 	t.Helper()
-	ns, err := netns.GetFromPath(netnsPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
+	h := Netlink(t, netnsPath)
 	l, err := h.LinkByName(name)
 	if err != nil {
 		t.Fatal(err)
@@ -103,4 +94,21 @@ func EnsureHostBPFFS() {
 	if err := unix.Mount("bpffs", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
 		fmt.Fprintf(os.Stderr, "mount bpffs on /sys/fs/bpf: %v (kubernetes-mode agents will refuse to start)\n", err)
 	}
+}
+
+// Netlink returns a netlink handle in the network namespace at netnsPath,
+// closed when the test ends.
+func Netlink(t testing.TB, netnsPath string) *netlink.Handle {
+	t.Helper()
+	ns, err := netns.GetFromPath(netnsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatalf("netlink in %s: %v", netnsPath, err)
+	}
+	t.Cleanup(h.Close)
+	return h
 }
